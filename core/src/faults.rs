@@ -1,0 +1,54 @@
+//! Switches that break safety on purpose, compiled only into simulation builds.
+//!
+//! Each one removes a guarantee the design depends on. A simulation sweep with a switch on
+//! must fail; that is how we know the harness would notice the real bug.
+
+use std::cell::Cell;
+
+/// A deliberate safety bug.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The disk drops the vote on a crash: a restarted node may vote twice in one term.
+    VoteNotPersisted,
+    /// The leader acknowledges a write as soon as it is proposed, before it commits.
+    AckBeforeCommit,
+    /// A linearizable read is served from the local state of whichever node receives it.
+    StaleLinearizableRead,
+}
+
+impl Fault {
+    /// Every switch, with its command-line name.
+    pub const ALL: [(Fault, &'static str); 3] = [
+        (Fault::VoteNotPersisted, "vote-not-persisted"),
+        (Fault::AckBeforeCommit, "ack-before-commit"),
+        (Fault::StaleLinearizableRead, "stale-linearizable-read"),
+    ];
+
+    /// The switch named `name`.
+    pub fn from_name(name: &str) -> Option<Fault> {
+        Fault::ALL.iter().find(|(_, n)| *n == name).map(|(f, _)| *f)
+    }
+
+    fn bit(self) -> u8 {
+        match self {
+            Fault::VoteNotPersisted => 1,
+            Fault::AckBeforeCommit => 2,
+            Fault::StaleLinearizableRead => 4,
+        }
+    }
+}
+
+thread_local! {
+    // The simulator runs every node on one thread, so a thread-local is the whole world.
+    static ENABLED: Cell<u8> = const { Cell::new(0) };
+}
+
+/// Turns `fault` on for this simulation.
+pub fn enable(fault: Fault) {
+    ENABLED.with(|bits| bits.set(bits.get() | fault.bit()));
+}
+
+/// True if `fault` is on.
+pub fn enabled(fault: Fault) -> bool {
+    ENABLED.with(|bits| bits.get() & fault.bit() != 0)
+}

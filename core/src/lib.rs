@@ -1,0 +1,28 @@
+//! seedkv's core: everything that decides, nothing that waits on the outside world.
+//!
+//! - [`command`]: the writes clients ask for, and the limits they must respect;
+//! - [`state`]: the key-value state every replica applies the log to;
+//! - [`storage`]: the [`storage::Disk`] contract, and the Raft log and state machine on it;
+//! - [`types`]: the openraft type config, node and group ids;
+//! - [`runtime`]: the async runtime binding that runs the same code on tokio and on madsim;
+//! - [`codec`]: checksummed frames for everything stored or shipped;
+//! - [`faults`] (simulation builds only): switches that break safety on purpose, to prove
+//!   the simulation catches it.
+//!
+//! The core performs no I/O: disks and networks are traits implemented by `io-sim` and
+//! `io-real`, and time comes from the runtime.
+
+pub mod codec;
+pub mod command;
+#[cfg(madsim)]
+pub mod faults;
+pub mod runtime;
+pub mod state;
+pub mod storage;
+pub mod types;
+
+pub use command::{
+    Command, InvalidRequest, Limits, Response, Revision, ScanRange, Versioned, WriteOp,
+};
+pub use state::KvState;
+pub use types::{GroupId, NodeId, Raft, TypeConfig};

@@ -1,0 +1,337 @@
+//! The replicated key-value state: what every replica holds after applying the log.
+//!
+//! Pure data and pure functions: `apply` takes a command and the log index it was committed
+//! at and returns the response; reads borrow. Determinism matters here more than anywhere —
+//! every replica must reach the same bytes — so the map is a `BTreeMap` and nothing reads a
+//! clock or a random source.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+use serde::{Deserialize, Serialize};
+
+use crate::command::{Command, Response, Revision, ScanRange, Versioned, WriteOp};
+
+/// The key-value map at some applied log index.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvState {
+    data: BTreeMap<Vec<u8>, Versioned>,
+}
+
+impl KvState {
+    /// Applies `command`, committed at log index `revision`, and says what happened.
+    pub fn apply(&mut self, revision: Revision, command: &Command) -> Response {
+        assert!(revision > 0, "log indexes used as revisions start at 1");
+        match command {
+            Command::Single(WriteOp::Put { key, value }) => {
+                self.write(key, Some(value), revision);
+                Response::Put { revision }
+            }
+            Command::Single(WriteOp::Delete { key }) => {
+                let existed = self.data.contains_key(key.as_slice());
+                self.write(key, None, revision);
+                Response::Delete { revision, existed }
+            }
+            Command::Single(WriteOp::Cas { key, expect, new }) => {
+                if self.matches(key, expect.as_deref()) {
+                    self.write(key, new.as_ref(), revision);
+                    Response::Cas {
+                        succeeded: true,
+                        revision,
+                    }
+                } else {
+                    let current = self.data.get(key.as_slice()).map_or(0, |v| v.revision);
+                    Response::Cas {
+                        succeeded: false,
+                        revision: current,
+                    }
+                }
+            }
+            Command::Batch(ops) => {
+                let all_hold = ops.iter().all(|op| match op {
+                    WriteOp::Cas { key, expect, .. } => self.matches(key, expect.as_deref()),
+                    WriteOp::Put { .. } | WriteOp::Delete { .. } => true,
+                });
+                if !all_hold {
+                    return Response::Batch {
+                        succeeded: false,
+                        revision: 0,
+                    };
+                }
+                for op in ops {
+                    match op {
+                        WriteOp::Put { key, value } => self.write(key, Some(value), revision),
+                        WriteOp::Delete { key } => self.write(key, None, revision),
+                        WriteOp::Cas { key, new, .. } => self.write(key, new.as_ref(), revision),
+                    }
+                }
+                Response::Batch {
+                    succeeded: true,
+                    revision,
+                }
+            }
+        }
+    }
+
+    fn matches(&self, key: &[u8], expect: Option<&[u8]>) -> bool {
+        self.data.get(key).map(|v| v.value.as_slice()) == expect
+    }
+
+    fn write(&mut self, key: &[u8], value: Option<&Vec<u8>>, revision: Revision) {
+        match value {
+            Some(value) => {
+                let previous = self.data.insert(
+                    key.to_vec(),
+                    Versioned {
+                        value: value.clone(),
+                        revision,
+                    },
+                );
+                // Revisions only move forward: a key is never rewritten by an older entry.
+                debug_assert!(previous.is_none_or(|p| p.revision < revision));
+            }
+            None => {
+                self.data.remove(key);
+            }
+        }
+    }
+
+    /// The value of `key`, if present.
+    pub fn get(&self, key: &[u8]) -> Option<&Versioned> {
+        self.data.get(key)
+    }
+
+    /// Up to `limit` entries of `range`, in key order (`limit` 0: no limit).
+    pub fn scan(&self, range: &ScanRange, limit: usize) -> Vec<(Vec<u8>, Versioned)> {
+        let limit = if limit == 0 { usize::MAX } else { limit };
+        self.data
+            .range::<[u8], _>((Bound::Included(range.start()), Bound::Unbounded))
+            .take_while(|(key, _)| {
+                key.starts_with(&range.prefix) || key.as_slice() < range.prefix.as_slice()
+            })
+            .filter(|(key, _)| range.contains(key))
+            .take(limit)
+            .map(|(key, value)| (key.clone(), value.clone()))
+            .collect()
+    }
+
+    /// Number of keys held.
+    pub fn len(&self) -> usize {
+        self.data.len()
+    }
+
+    /// True when no key is held.
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+
+    /// Every entry in key order.
+    pub fn iter(&self) -> impl Iterator<Item = (&Vec<u8>, &Versioned)> {
+        self.data.iter()
+    }
+
+    /// A 64-bit digest of the whole state (FNV-1a over keys, values and revisions). Equal
+    /// states give equal digests on every platform: used to compare replicas.
+    pub fn digest(&self) -> u64 {
+        let mut hash = Fnv64::default();
+        for (key, value) in &self.data {
+            hash.write(&(key.len() as u64).to_le_bytes());
+            hash.write(key);
+            hash.write(&(value.value.len() as u64).to_le_bytes());
+            hash.write(&value.value);
+            hash.write(&value.revision.to_le_bytes());
+        }
+        hash.finish()
+    }
+}
+
+/// FNV-1a: a tiny, stable, seedless hash for digests and trace fingerprints.
+#[derive(Debug, Clone, Copy)]
+pub struct Fnv64(u64);
+
+impl Default for Fnv64 {
+    fn default() -> Self {
+        Fnv64(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fnv64 {
+    /// Mixes `bytes` into the hash.
+    pub fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 ^= u64::from(*byte);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+
+    /// The hash so far.
+    pub fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(key: &str, value: &str) -> Command {
+        Command::Single(WriteOp::Put {
+            key: key.into(),
+            value: value.into(),
+        })
+    }
+
+    #[test]
+    fn put_get_delete_with_revisions() {
+        let mut state = KvState::default();
+        assert_eq!(
+            state.apply(3, &put("a", "1")),
+            Response::Put { revision: 3 }
+        );
+        assert_eq!(state.get(b"a").map(|v| v.revision), Some(3));
+        let del = Command::Single(WriteOp::Delete { key: "a".into() });
+        assert_eq!(
+            state.apply(4, &del),
+            Response::Delete {
+                revision: 4,
+                existed: true
+            }
+        );
+        assert!(state.get(b"a").is_none());
+        assert_eq!(
+            state.apply(5, &del),
+            Response::Delete {
+                revision: 5,
+                existed: false
+            }
+        );
+    }
+
+    #[test]
+    fn cas_compares_value_or_absence() {
+        let mut state = KvState::default();
+        let cas = |expect: Option<&str>, new: Option<&str>| {
+            Command::Single(WriteOp::Cas {
+                key: "k".into(),
+                expect: expect.map(Into::into),
+                new: new.map(Into::into),
+            })
+        };
+        assert_eq!(
+            state.apply(1, &cas(Some("x"), Some("y"))),
+            Response::Cas {
+                succeeded: false,
+                revision: 0
+            }
+        );
+        assert_eq!(
+            state.apply(2, &cas(None, Some("y"))),
+            Response::Cas {
+                succeeded: true,
+                revision: 2
+            }
+        );
+        assert_eq!(
+            state.apply(3, &cas(Some("z"), None)),
+            Response::Cas {
+                succeeded: false,
+                revision: 2
+            }
+        );
+        assert_eq!(
+            state.apply(4, &cas(Some("y"), None)),
+            Response::Cas {
+                succeeded: true,
+                revision: 4
+            }
+        );
+        assert!(state.is_empty());
+    }
+
+    #[test]
+    fn batch_is_all_or_nothing() {
+        let mut state = KvState::default();
+        state.apply(1, &put("a", "1"));
+        let failing = Command::Batch(vec![
+            WriteOp::Put {
+                key: "b".into(),
+                value: "2".into(),
+            },
+            WriteOp::Cas {
+                key: "a".into(),
+                expect: Some("wrong".into()),
+                new: None,
+            },
+        ]);
+        assert_eq!(
+            state.apply(2, &failing),
+            Response::Batch {
+                succeeded: false,
+                revision: 0
+            }
+        );
+        assert!(state.get(b"b").is_none());
+        let passing = Command::Batch(vec![
+            WriteOp::Put {
+                key: "b".into(),
+                value: "2".into(),
+            },
+            WriteOp::Cas {
+                key: "a".into(),
+                expect: Some("1".into()),
+                new: None,
+            },
+        ]);
+        assert_eq!(
+            state.apply(3, &passing),
+            Response::Batch {
+                succeeded: true,
+                revision: 3
+            }
+        );
+        assert_eq!(state.get(b"b").map(|v| v.revision), Some(3));
+        assert!(state.get(b"a").is_none());
+    }
+
+    #[test]
+    fn scan_prefix_range_and_limit() {
+        let mut state = KvState::default();
+        for (i, key) in ["a", "b1", "b2", "b3", "c"].iter().enumerate() {
+            state.apply(i as u64 + 1, &put(key, "v"));
+        }
+        let keys = |range: ScanRange, limit| -> Vec<Vec<u8>> {
+            state
+                .scan(&range, limit)
+                .into_iter()
+                .map(|(k, _)| k)
+                .collect()
+        };
+        let prefix = ScanRange {
+            prefix: b"b".to_vec(),
+            ..Default::default()
+        };
+        assert_eq!(
+            keys(prefix.clone(), 0),
+            vec![b"b1".to_vec(), b"b2".to_vec(), b"b3".to_vec()]
+        );
+        assert_eq!(keys(prefix, 2).len(), 2);
+        let range = ScanRange {
+            from: b"b2".to_vec(),
+            to: b"c".to_vec(),
+            ..Default::default()
+        };
+        assert_eq!(keys(range, 0), vec![b"b2".to_vec(), b"b3".to_vec()]);
+        assert_eq!(keys(ScanRange::default(), 0).len(), 5);
+    }
+
+    #[test]
+    fn digest_tells_states_apart() {
+        let mut a = KvState::default();
+        let mut b = KvState::default();
+        a.apply(1, &put("k", "v"));
+        b.apply(1, &put("k", "v"));
+        assert_eq!(a.digest(), b.digest());
+        b.apply(2, &put("k", "v"));
+        assert_ne!(a.digest(), b.digest());
+    }
+}

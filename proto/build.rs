@@ -1,0 +1,9 @@
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // No system protoc is assumed: use the one vendored on crates.io.
+    let protoc = protoc_bin_vendored::protoc_bin_path()?;
+    // SAFETY: build scripts are single-threaded; nothing else reads the environment here.
+    unsafe { std::env::set_var("PROTOC", protoc) };
+    println!("cargo:rerun-if-changed=proto/seedkv.proto");
+    tonic_build::configure().compile_protos(&["proto/seedkv.proto"], &["proto"])?;
+    Ok(())
+}

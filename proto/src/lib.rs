@@ -1,0 +1,26 @@
+//! seedkv on the wire: the gRPC services, the node that serves them, and the client.
+//!
+//! Everything here is written against `madsim-tonic` and `madsim-tokio`, so the very same
+//! node and client run on real TCP and inside the simulator's network.
+//!
+//! - [`pb`]: the generated protobuf types and gRPC stubs (`proto/seedkv.proto`);
+//! - [`node`]: a seedkv node: Raft groups plus the `Kv`, `Raft` and `Admin` services;
+//! - [`network`]: openraft's network over the `Raft` gRPC service;
+//! - [`client`]: a client that follows leader hints and retries within a bound;
+//! - [`status`]: how errors map onto gRPC statuses and back;
+//! - [`trace`]: the events a node reports, which the simulator hashes into a fingerprint.
+
+pub mod client;
+pub mod network;
+pub mod node;
+pub mod status;
+pub mod trace;
+
+/// Generated protobuf and gRPC code.
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+pub mod pb {
+    tonic::include_proto!("seedkv.v1");
+}
+
+pub use client::{Client, ClientConfig, ClientError, Consistency};
+pub use node::{Node, NodeConfig};

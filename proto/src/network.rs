@@ -1,0 +1,205 @@
+//! openraft's network, carried by the `Raft` gRPC service.
+//!
+//! Each openraft request travels as a checksummed seedkv frame inside a `RaftMessage`,
+//! tagged with its group, so one node can host many groups behind one service. Replies carry
+//! `Result<reply, RaftError>` so a remote refusal arrives as openraft's own error.
+
+use std::time::Duration;
+
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::BasicNode;
+use seedkv_core::codec;
+use seedkv_core::runtime::timeout;
+use seedkv_core::{GroupId, NodeId, TypeConfig};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::pb::raft_client::RaftClient;
+use crate::pb::RaftMessage;
+use crate::trace::{RaftRpc, TraceEvent, Tracer};
+
+/// How long to wait for a connection to a peer.
+pub const CONNECT_TIMEOUT_MS: u64 = 500;
+
+/// Opens [`PeerConnection`]s for one group of one node.
+pub struct GrpcNetwork {
+    pub(crate) group: GroupId,
+    pub(crate) from: NodeId,
+    pub(crate) tracer: Tracer,
+}
+
+impl RaftNetworkFactory<TypeConfig> for GrpcNetwork {
+    type Network = PeerConnection;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerConnection {
+        PeerConnection {
+            group: self.group,
+            from: self.from,
+            target,
+            addr: node.addr.clone(),
+            client: None,
+            tracer: self.tracer.clone(),
+        }
+    }
+}
+
+/// The Raft RPC link from this node to one peer; reconnects after a failure.
+pub struct PeerConnection {
+    group: GroupId,
+    from: NodeId,
+    target: NodeId,
+    addr: String,
+    client: Option<RaftClient<Channel>>,
+    tracer: Tracer,
+}
+
+/// Opens a gRPC channel to `addr` (`host:port`), waiting at most `connect_timeout`.
+pub async fn connect(addr: &str, connect_timeout: Duration) -> Result<Channel, String> {
+    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|err| format!("bad address {addr:?}: {err}"))?
+        .connect_timeout(connect_timeout);
+    match timeout(connect_timeout, endpoint.connect()).await {
+        Ok(Ok(channel)) => Ok(channel),
+        Ok(Err(err)) => Err(format!("cannot connect to {addr}: {err}")),
+        Err(_) => Err(format!("cannot connect to {addr}: timed out")),
+    }
+}
+
+impl PeerConnection {
+    async fn call<Req, Resp, E>(
+        &mut self,
+        rpc: RaftRpc,
+        request: &Req,
+        ttl: Duration,
+    ) -> Result<Resp, RPCError<NodeId, BasicNode, E>>
+    where
+        Req: Serialize,
+        Result<Resp, E>: DeserializeOwned,
+        E: std::error::Error,
+    {
+        let result = self.call_inner(rpc, request, ttl).await;
+        (self.tracer)(TraceEvent::Raft {
+            group: self.group,
+            from: self.from,
+            to: self.target,
+            rpc,
+            delivered: result.is_ok(),
+        });
+        if result.is_err() {
+            self.client = None;
+        }
+        match result {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(remote)) => Err(RPCError::RemoteError(RemoteError::new_with_node(
+                self.target,
+                BasicNode::new(&self.addr),
+                remote,
+            ))),
+            Err(err) => Err(err),
+        }
+    }
+
+    async fn call_inner<Req, Resp, E>(
+        &mut self,
+        rpc: RaftRpc,
+        request: &Req,
+        ttl: Duration,
+    ) -> Result<Result<Resp, E>, RPCError<NodeId, BasicNode, E>>
+    where
+        Req: Serialize,
+        Result<Resp, E>: DeserializeOwned,
+        E: std::error::Error,
+    {
+        let mut client = match &self.client {
+            Some(client) => client.clone(),
+            None => {
+                let channel = connect(&self.addr, Duration::from_millis(CONNECT_TIMEOUT_MS))
+                    .await
+                    .map_err(|err| RPCError::Unreachable(Unreachable::new(&StringError(err))))?;
+                let client = RaftClient::new(channel)
+                    .max_decoding_message_size(usize::MAX)
+                    .max_encoding_message_size(usize::MAX);
+                self.client = Some(client.clone());
+                client
+            }
+        };
+        let message = RaftMessage {
+            group: self.group.0,
+            payload: codec::encode(request),
+        };
+        let call = async {
+            match rpc {
+                RaftRpc::AppendEntries => client.append_entries(message).await,
+                RaftRpc::Vote => client.vote(message).await,
+                RaftRpc::InstallSnapshot => client.install_snapshot(message).await,
+            }
+        };
+        let reply = match timeout(ttl, call).await {
+            Ok(Ok(reply)) => reply.into_inner(),
+            Ok(Err(status)) => {
+                return Err(RPCError::Network(NetworkError::new(&StringError(format!(
+                    "{rpc:?} to node {}: {status}",
+                    self.target
+                )))))
+            }
+            Err(elapsed) => {
+                return Err(RPCError::Network(NetworkError::new(&StringError(format!(
+                    "{rpc:?} to node {}: {elapsed}",
+                    self.target
+                )))))
+            }
+        };
+        codec::decode(&reply.payload).map_err(|err| RPCError::Network(NetworkError::new(&err)))
+    }
+}
+
+/// A plain message as an error, for openraft's error wrappers.
+#[derive(Debug)]
+struct StringError(String);
+
+impl std::fmt::Display for StringError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StringError {}
+
+impl RaftNetwork<TypeConfig> for PeerConnection {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        self.call(RaftRpc::AppendEntries, &rpc, option.hard_ttl())
+            .await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
+    > {
+        self.call(RaftRpc::InstallSnapshot, &rpc, option.hard_ttl())
+            .await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        self.call(RaftRpc::Vote, &rpc, option.hard_ttl()).await
+    }
+}

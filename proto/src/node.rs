@@ -1,0 +1,643 @@
+//! A seedkv node: its Raft groups and the gRPC services in front of them.
+//!
+//! Writes go through Raft on the leader; a follower refuses them with a leader hint and the
+//! client follows it. Linearizable reads confirm leadership with a read index before reading
+//! the local state; serializable reads read the local state of whichever node they reach.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use openraft::error::{
+    CheckIsLeaderError, ClientWriteError, InitializeError, InstallSnapshotError, RaftError,
+};
+use openraft::{BasicNode, ServerState};
+use seedkv_core::codec;
+use seedkv_core::command::{Command, Response, ScanRange, Versioned, WriteOp};
+use seedkv_core::storage::{Disk, LogStore, SharedState, StateMachineStore};
+use seedkv_core::{GroupId, Limits, NodeId, Raft};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tonic::{Request, Response as GrpcResponse, Status};
+
+use crate::network::GrpcNetwork;
+use crate::pb;
+use crate::status::not_leader;
+use crate::trace::Tracer;
+
+/// What a node needs to start.
+#[derive(Clone)]
+pub struct NodeConfig {
+    /// This node's id; never 0.
+    pub id: NodeId,
+    /// The address peers and clients reach this node at (`host:port`).
+    pub addr: String,
+    /// Raft timing and snapshot policy.
+    pub raft: openraft::Config,
+    /// Request limits.
+    pub limits: Limits,
+}
+
+impl NodeConfig {
+    /// Defaults for a node `id` at `addr`: 100 ms heartbeats, 300–600 ms election timeout,
+    /// a snapshot every 5,000 log entries.
+    pub fn new(id: NodeId, addr: impl Into<String>) -> Self {
+        NodeConfig {
+            id,
+            addr: addr.into(),
+            raft: openraft::Config {
+                cluster_name: "seedkv".into(),
+                heartbeat_interval: 100,
+                election_timeout_min: 300,
+                election_timeout_max: 600,
+                snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(5_000),
+                max_in_snapshot_log_to_keep: 1_000,
+                ..Default::default()
+            },
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// A node failed to start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("node id must not be 0")]
+    ZeroId,
+    #[error("invalid Raft configuration: {0}")]
+    Config(String),
+    #[error("storage: {0}")]
+    Storage(String),
+    #[error("raft: {0}")]
+    Raft(String),
+}
+
+/// One Raft group on this node and the state it applies to.
+struct Group {
+    raft: Raft,
+    state: Arc<SharedState>,
+}
+
+/// A running seedkv node.
+pub struct Node {
+    id: NodeId,
+    addr: String,
+    limits: Limits,
+    groups: BTreeMap<GroupId, Group>,
+}
+
+/// The group that holds every key until sharding lands.
+const DEFAULT_GROUP: GroupId = GroupId(0);
+
+impl Node {
+    /// Opens the node's storage on `disk` and starts its Raft group.
+    pub async fn start<D: Disk>(
+        config: NodeConfig,
+        disk: Arc<D>,
+        tracer: Tracer,
+    ) -> Result<Arc<Node>, NodeError> {
+        if config.id == 0 {
+            return Err(NodeError::ZeroId);
+        }
+        let raft_config = Arc::new(
+            config
+                .raft
+                .validate()
+                .map_err(|err| NodeError::Config(err.to_string()))?,
+        );
+        let group = DEFAULT_GROUP;
+        let log = LogStore::new(disk.clone(), group);
+        let state_machine = StateMachineStore::open(disk, group)
+            .map_err(|err| NodeError::Storage(err.to_string()))?;
+        let state = state_machine.state();
+        let network = GrpcNetwork {
+            group,
+            from: config.id,
+            tracer,
+        };
+        let raft = Raft::new(config.id, raft_config, network, log, state_machine)
+            .await
+            .map_err(|err| NodeError::Raft(err.to_string()))?;
+        let mut groups = BTreeMap::new();
+        groups.insert(group, Group { raft, state });
+        Ok(Arc::new(Node {
+            id: config.id,
+            addr: config.addr,
+            limits: config.limits,
+            groups,
+        }))
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// The Raft handle of the default group.
+    pub fn raft(&self) -> &Raft {
+        &self.default_group().raft
+    }
+
+    /// The applied state of the default group (for tests and status).
+    pub fn state(&self) -> &SharedState {
+        &self.default_group().state
+    }
+
+    fn default_group(&self) -> &Group {
+        match self.groups.get(&DEFAULT_GROUP) {
+            Some(group) => group,
+            // `start` always creates the default group and nothing removes it.
+            None => unreachable!("the default group always exists"),
+        }
+    }
+
+    fn group(&self, id: u32) -> Result<&Group, Status> {
+        self.groups
+            .get(&GroupId(id))
+            .ok_or_else(|| Status::not_found(format!("raft group {id} is not hosted here")))
+    }
+
+    /// Serves the `Kv`, `Raft` and `Admin` services on `addr` until the task is dropped.
+    pub async fn serve(self: Arc<Self>, addr: SocketAddr) -> Result<(), tonic::transport::Error> {
+        self.router().serve(addr).await
+    }
+
+    /// The three services, ready to serve.
+    pub fn router(self: Arc<Self>) -> tonic::transport::server::Router {
+        let max = self.limits.max_request_bytes + 64 * 1024;
+        tonic::transport::Server::builder()
+            .add_service(
+                pb::kv_server::KvServer::new(KvService(self.clone()))
+                    .max_decoding_message_size(max),
+            )
+            .add_service(
+                pb::raft_server::RaftServer::new(RaftService(self.clone()))
+                    .max_decoding_message_size(usize::MAX)
+                    .max_encoding_message_size(usize::MAX),
+            )
+            .add_service(pb::admin_server::AdminServer::new(AdminService(self)))
+    }
+
+    /// Stops Raft; the node answers nothing afterwards.
+    pub async fn shutdown(&self) {
+        for group in self.groups.values() {
+            if let Err(err) = group.raft.shutdown().await {
+                tracing::warn!(node = self.id, "raft shutdown: {err}");
+            }
+        }
+    }
+
+    async fn write(&self, command: Command) -> Result<Response, Status> {
+        self.limits
+            .check_command(&command)
+            .map_err(|err| Status::invalid_argument(err.to_string()))?;
+        let group = self.default_group();
+        #[cfg(madsim)]
+        if seedkv_core::faults::enabled(seedkv_core::faults::Fault::AckBeforeCommit) {
+            return self.write_acked_early(group, command).await;
+        }
+        match group.raft.client_write(command).await {
+            Ok(written) => Ok(written.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
+                Err(not_leader(&forward))
+            }
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(err))) => {
+                Err(Status::internal(err.to_string()))
+            }
+            Err(RaftError::Fatal(fatal)) => {
+                Err(Status::unavailable(format!("raft stopped: {fatal}")))
+            }
+        }
+    }
+
+    /// The `AckBeforeCommit` fault: answer from the leader's own state and proposed index
+    /// without waiting for a quorum. Deliberately wrong.
+    #[cfg(madsim)]
+    async fn write_acked_early(&self, group: &Group, command: Command) -> Result<Response, Status> {
+        let metrics = group.raft.metrics().borrow().clone();
+        if metrics.state != ServerState::Leader {
+            return Err(not_leader(&openraft::error::ForwardToLeader {
+                leader_id: metrics.current_leader,
+                leader_node: None,
+            }));
+        }
+        let revision = metrics.last_log_index.unwrap_or(0) + 1;
+        let response = group.state.read().kv.clone().apply(revision, &command);
+        group
+            .raft
+            .client_write_ff(command)
+            .await
+            .map_err(|fatal| Status::unavailable(fatal.to_string()))?;
+        Ok(response)
+    }
+
+    /// Waits until this node may serve a read of the given consistency.
+    async fn read_barrier(&self, consistency: i32) -> Result<&Group, Status> {
+        let group = self.default_group();
+        let consistency = pb::Consistency::try_from(consistency)
+            .map_err(|_| Status::invalid_argument(format!("unknown consistency {consistency}")))?;
+        if consistency == pb::Consistency::Serializable {
+            return Ok(group);
+        }
+        #[cfg(madsim)]
+        if seedkv_core::faults::enabled(seedkv_core::faults::Fault::StaleLinearizableRead) {
+            return Ok(group);
+        }
+        match group.raft.ensure_linearizable().await {
+            Ok(_) => Ok(group),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward))) => {
+                Err(not_leader(&forward))
+            }
+            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(err))) => Err(
+                Status::unavailable(format!("leadership not confirmed: {err}")),
+            ),
+            Err(RaftError::Fatal(fatal)) => {
+                Err(Status::unavailable(format!("raft stopped: {fatal}")))
+            }
+        }
+    }
+}
+
+fn get_response(found: Option<&Versioned>) -> pb::GetResponse {
+    match found {
+        Some(v) => pb::GetResponse {
+            found: true,
+            value: v.value.clone(),
+            revision: v.revision,
+        },
+        None => pb::GetResponse::default(),
+    }
+}
+
+fn unexpected(response: &Response) -> Status {
+    Status::internal(format!(
+        "state machine answered {response:?} to a different command"
+    ))
+}
+
+fn write_op(op: pb::WriteOp) -> Result<WriteOp, Status> {
+    match op.op {
+        Some(pb::write_op::Op::Put(put)) => Ok(WriteOp::Put {
+            key: put.key,
+            value: put.value,
+        }),
+        Some(pb::write_op::Op::Delete(del)) => Ok(WriteOp::Delete { key: del.key }),
+        Some(pb::write_op::Op::Cas(cas)) => Ok(WriteOp::Cas {
+            key: cas.key,
+            expect: cas.expect,
+            new: cas.new_value,
+        }),
+        None => Err(Status::invalid_argument("batch operation has no op set")),
+    }
+}
+
+/// The `Kv` service.
+pub struct KvService(Arc<Node>);
+
+#[tonic::async_trait]
+impl pb::kv_server::Kv for KvService {
+    async fn put(
+        &self,
+        request: Request<pb::PutRequest>,
+    ) -> Result<GrpcResponse<pb::PutResponse>, Status> {
+        let req = request.into_inner();
+        let command = Command::Single(WriteOp::Put {
+            key: req.key,
+            value: req.value,
+        });
+        match self.0.write(command).await? {
+            Response::Put { revision } => Ok(GrpcResponse::new(pb::PutResponse { revision })),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn get(
+        &self,
+        request: Request<pb::GetRequest>,
+    ) -> Result<GrpcResponse<pb::GetResponse>, Status> {
+        let req = request.into_inner();
+        self.0
+            .limits
+            .check_key(&req.key)
+            .map_err(|err| Status::invalid_argument(err.to_string()))?;
+        let group = self.0.read_barrier(req.consistency).await?;
+        let applied = group.state.read();
+        Ok(GrpcResponse::new(get_response(applied.kv.get(&req.key))))
+    }
+
+    async fn delete(
+        &self,
+        request: Request<pb::DeleteRequest>,
+    ) -> Result<GrpcResponse<pb::DeleteResponse>, Status> {
+        let command = Command::Single(WriteOp::Delete {
+            key: request.into_inner().key,
+        });
+        match self.0.write(command).await? {
+            Response::Delete { revision, existed } => {
+                Ok(GrpcResponse::new(pb::DeleteResponse { revision, existed }))
+            }
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn scan(
+        &self,
+        request: Request<pb::ScanRequest>,
+    ) -> Result<GrpcResponse<pb::ScanResponse>, Status> {
+        let req = request.into_inner();
+        let range = ScanRange {
+            prefix: req.prefix,
+            from: req.from,
+            to: req.to,
+        };
+        let limits = &self.0.limits;
+        let limit = match req.limit {
+            0 => limits.max_scan_limit,
+            n => usize::try_from(n).unwrap_or(usize::MAX),
+        };
+        limits
+            .check_scan(&range, limit)
+            .map_err(|err| Status::invalid_argument(err.to_string()))?;
+        let group = self.0.read_barrier(req.consistency).await?;
+        // One more than asked tells whether the result was cut short.
+        let mut rows = group.state.read().kv.scan(&range, limit + 1);
+        let more = rows.len() > limit;
+        rows.truncate(limit);
+        let entries = rows
+            .into_iter()
+            .map(|(key, v)| pb::KeyValue {
+                key,
+                value: v.value,
+                revision: v.revision,
+            })
+            .collect();
+        Ok(GrpcResponse::new(pb::ScanResponse { entries, more }))
+    }
+
+    async fn multi_get(
+        &self,
+        request: Request<pb::MultiGetRequest>,
+    ) -> Result<GrpcResponse<pb::MultiGetResponse>, Status> {
+        let req = request.into_inner();
+        self.0
+            .limits
+            .check_keys(&req.keys)
+            .map_err(|err| Status::invalid_argument(err.to_string()))?;
+        let group = self.0.read_barrier(req.consistency).await?;
+        let applied = group.state.read();
+        let values = req
+            .keys
+            .iter()
+            .map(|key| get_response(applied.kv.get(key)))
+            .collect();
+        Ok(GrpcResponse::new(pb::MultiGetResponse { values }))
+    }
+
+    async fn cas(
+        &self,
+        request: Request<pb::CasRequest>,
+    ) -> Result<GrpcResponse<pb::CasResponse>, Status> {
+        let req = request.into_inner();
+        let command = Command::Single(WriteOp::Cas {
+            key: req.key,
+            expect: req.expect,
+            new: req.new_value,
+        });
+        match self.0.write(command).await? {
+            Response::Cas {
+                succeeded,
+                revision,
+            } => Ok(GrpcResponse::new(pb::CasResponse {
+                succeeded,
+                revision,
+            })),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn batch(
+        &self,
+        request: Request<pb::BatchRequest>,
+    ) -> Result<GrpcResponse<pb::BatchResponse>, Status> {
+        let ops = request
+            .into_inner()
+            .ops
+            .into_iter()
+            .map(write_op)
+            .collect::<Result<Vec<_>, _>>()?;
+        match self.0.write(Command::Batch(ops)).await? {
+            Response::Batch {
+                succeeded,
+                revision,
+            } => Ok(GrpcResponse::new(pb::BatchResponse {
+                succeeded,
+                revision,
+            })),
+            other => Err(unexpected(&other)),
+        }
+    }
+}
+
+/// The `Raft` service: peers' Raft RPCs, routed to the group they name.
+pub struct RaftService(Arc<Node>);
+
+fn decode_request<T: DeserializeOwned>(message: &pb::RaftMessage) -> Result<T, Status> {
+    codec::decode(&message.payload)
+        .map_err(|err| Status::invalid_argument(format!("undecodable raft message: {err}")))
+}
+
+fn reply<T: Serialize>(group: u32, result: &T) -> GrpcResponse<pb::RaftMessage> {
+    GrpcResponse::new(pb::RaftMessage {
+        group,
+        payload: codec::encode(result),
+    })
+}
+
+#[tonic::async_trait]
+impl pb::raft_server::Raft for RaftService {
+    async fn append_entries(
+        &self,
+        request: Request<pb::RaftMessage>,
+    ) -> Result<GrpcResponse<pb::RaftMessage>, Status> {
+        let message = request.into_inner();
+        let group = self.0.group(message.group)?;
+        let rpc = decode_request(&message)?;
+        let result = group.raft.append_entries(rpc).await;
+        Ok(reply(message.group, &result))
+    }
+
+    async fn vote(
+        &self,
+        request: Request<pb::RaftMessage>,
+    ) -> Result<GrpcResponse<pb::RaftMessage>, Status> {
+        let message = request.into_inner();
+        let group = self.0.group(message.group)?;
+        let rpc = decode_request(&message)?;
+        let result = group.raft.vote(rpc).await;
+        Ok(reply(message.group, &result))
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: Request<pb::RaftMessage>,
+    ) -> Result<GrpcResponse<pb::RaftMessage>, Status> {
+        let message = request.into_inner();
+        let group = self.0.group(message.group)?;
+        let rpc = decode_request(&message)?;
+        let result: Result<_, RaftError<NodeId, InstallSnapshotError>> =
+            group.raft.install_snapshot(rpc).await;
+        Ok(reply(message.group, &result))
+    }
+}
+
+/// The `Admin` service: status and membership.
+pub struct AdminService(Arc<Node>);
+
+fn role(state: ServerState) -> &'static str {
+    match state {
+        ServerState::Leader => "leader",
+        ServerState::Follower => "follower",
+        ServerState::Candidate => "candidate",
+        ServerState::Learner => "learner",
+        ServerState::Shutdown => "shutdown",
+    }
+}
+
+fn membership_error<E: std::fmt::Display>(err: RaftError<NodeId, E>) -> Status
+where
+    E: std::error::Error,
+{
+    match err {
+        RaftError::APIError(api) => Status::failed_precondition(api.to_string()),
+        RaftError::Fatal(fatal) => Status::unavailable(format!("raft stopped: {fatal}")),
+    }
+}
+
+fn client_write_error(err: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> Status {
+    match err {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => not_leader(&forward),
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(err)) => {
+            Status::invalid_argument(err.to_string())
+        }
+        RaftError::Fatal(fatal) => Status::unavailable(format!("raft stopped: {fatal}")),
+    }
+}
+
+#[tonic::async_trait]
+impl pb::admin_server::Admin for AdminService {
+    async fn status(
+        &self,
+        _request: Request<pb::StatusRequest>,
+    ) -> Result<GrpcResponse<pb::StatusResponse>, Status> {
+        let group = self.0.default_group();
+        let metrics = group.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let voter_ids: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let member = |(id, node): (&NodeId, &BasicNode)| pb::Member {
+            id: *id,
+            addr: node.addr.clone(),
+        };
+        let voters = membership
+            .nodes()
+            .filter(|(id, _)| voter_ids.contains(id))
+            .map(member)
+            .collect();
+        let learners = membership
+            .nodes()
+            .filter(|(id, _)| !voter_ids.contains(id))
+            .map(member)
+            .collect();
+        let (key_count, state_digest) = {
+            let applied = group.state.read();
+            (applied.kv.len() as u64, applied.kv.digest())
+        };
+        Ok(GrpcResponse::new(pb::StatusResponse {
+            node_id: self.0.id,
+            addr: self.0.addr.clone(),
+            role: role(metrics.state).to_string(),
+            term: metrics.current_term,
+            leader_id: metrics.current_leader.unwrap_or(0),
+            last_log_index: metrics.last_log_index.unwrap_or(0),
+            applied_index: metrics.last_applied.map_or(0, |id| id.index),
+            voters,
+            learners,
+            key_count,
+            state_digest,
+        }))
+    }
+
+    async fn init(
+        &self,
+        request: Request<pb::InitRequest>,
+    ) -> Result<GrpcResponse<pb::InitResponse>, Status> {
+        let members = request.into_inner().members;
+        if members.is_empty() {
+            return Err(Status::invalid_argument("init needs at least one member"));
+        }
+        let mut nodes = BTreeMap::new();
+        for member in members {
+            if member.id == 0 {
+                return Err(Status::invalid_argument("node id 0 is not allowed"));
+            }
+            if nodes
+                .insert(member.id, BasicNode::new(member.addr))
+                .is_some()
+            {
+                return Err(Status::invalid_argument(format!(
+                    "node id {} is listed twice",
+                    member.id
+                )));
+            }
+        }
+        match self.0.raft().initialize(nodes).await {
+            Ok(()) => Ok(GrpcResponse::new(pb::InitResponse {})),
+            Err(RaftError::APIError(InitializeError::NotAllowed(err))) => Err(
+                Status::already_exists(format!("cluster is already initialized: {err}")),
+            ),
+            Err(err) => Err(membership_error(err)),
+        }
+    }
+
+    async fn add_learner(
+        &self,
+        request: Request<pb::AddLearnerRequest>,
+    ) -> Result<GrpcResponse<pb::AddLearnerResponse>, Status> {
+        let member = request
+            .into_inner()
+            .member
+            .ok_or_else(|| Status::invalid_argument("add-learner needs a member"))?;
+        if member.id == 0 {
+            return Err(Status::invalid_argument("node id 0 is not allowed"));
+        }
+        let written = self
+            .0
+            .raft()
+            .add_learner(member.id, BasicNode::new(member.addr), true)
+            .await
+            .map_err(client_write_error)?;
+        Ok(GrpcResponse::new(pb::AddLearnerResponse {
+            log_index: written.log_id.index,
+        }))
+    }
+
+    async fn change_membership(
+        &self,
+        request: Request<pb::ChangeMembershipRequest>,
+    ) -> Result<GrpcResponse<pb::ChangeMembershipResponse>, Status> {
+        let voters: BTreeSet<NodeId> = request.into_inner().voters.into_iter().collect();
+        if voters.is_empty() {
+            return Err(Status::invalid_argument(
+                "membership needs at least one voter",
+            ));
+        }
+        let written = self
+            .0
+            .raft()
+            .change_membership(voters, false)
+            .await
+            .map_err(client_write_error)?;
+        Ok(GrpcResponse::new(pb::ChangeMembershipResponse {
+            log_index: written.log_id.index,
+        }))
+    }
+}

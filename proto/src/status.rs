@@ -1,0 +1,53 @@
+//! Errors as gRPC statuses, and leader hints in status metadata.
+//!
+//! The code says what a client may do next: `INVALID_ARGUMENT` — fix the request;
+//! `FAILED_PRECONDITION` with a leader hint — nothing was done, retry at the leader;
+//! anything else on a write — the outcome is unknown.
+
+use openraft::error::ForwardToLeader;
+use openraft::BasicNode;
+use seedkv_core::NodeId;
+use tonic::{Code, Status};
+
+/// Metadata key naming the leader's id.
+pub const LEADER_ID: &str = "seedkv-leader-id";
+/// Metadata key naming the leader's address.
+pub const LEADER_ADDR: &str = "seedkv-leader-addr";
+/// Metadata key marking a refusal by a node that is not the leader.
+pub const NOT_LEADER: &str = "seedkv-not-leader";
+
+/// A refusal from a node that is not the leader, carrying the leader if known.
+pub fn not_leader(forward: &ForwardToLeader<NodeId, BasicNode>) -> Status {
+    let leader = match (&forward.leader_id, &forward.leader_node) {
+        (Some(id), Some(node)) => format!("node {id} at {}", node.addr),
+        (Some(id), None) => format!("node {id}"),
+        _ => "unknown".to_string(),
+    };
+    let mut status = Status::failed_precondition(format!("not the leader; the leader is {leader}"));
+    let metadata = status.metadata_mut();
+    metadata.insert(NOT_LEADER, tonic::metadata::MetadataValue::from_static("1"));
+    if let Some(id) = forward.leader_id {
+        if let Ok(value) = id.to_string().parse() {
+            metadata.insert(LEADER_ID, value);
+        }
+    }
+    if let Some(node) = &forward.leader_node {
+        if let Ok(value) = node.addr.parse() {
+            metadata.insert(LEADER_ADDR, value);
+        }
+    }
+    status
+}
+
+/// If `status` is a not-leader refusal: `Some(leader address if known)`.
+pub fn leader_hint(status: &Status) -> Option<Option<String>> {
+    if status.code() != Code::FailedPrecondition || status.metadata().get(NOT_LEADER).is_none() {
+        return None;
+    }
+    let addr = status
+        .metadata()
+        .get(LEADER_ADDR)
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_string);
+    Some(addr)
+}

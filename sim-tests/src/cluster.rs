@@ -1,0 +1,200 @@
+//! A cluster of simulated seedkv nodes, each on its own simulated host and disk.
+//!
+//! Killing a node drops its tasks and crashes its disk; restarting it runs the same start-up
+//! path a real process runs: open the disk (replaying what survived), start Raft, serve.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+
+use madsim::runtime::{Handle, NodeHandle};
+use seedkv_core::storage::SharedState;
+use seedkv_io_sim::{DiskConfig, NetFaults, SimDisk};
+use seedkv_proto::trace::Tracer;
+use seedkv_proto::{Node, NodeConfig};
+
+/// The port every simulated node listens on.
+pub const PORT: u16 = 7379;
+
+type Slot = Arc<Mutex<Option<Arc<Node>>>>;
+
+struct SimNode {
+    id: u64,
+    addr: String,
+    host: NodeHandle,
+    disk: SimDisk,
+    /// The running incarnation, set by the node itself once started.
+    running: Slot,
+    alive: bool,
+}
+
+/// A simulated cluster of `n` nodes with ids `1..=n`.
+pub struct SimCluster {
+    handle: Handle,
+    nodes: Vec<SimNode>,
+    /// Network fault controller over the nodes, in index order.
+    pub net: NetFaults,
+}
+
+fn lock(slot: &Slot) -> std::sync::MutexGuard<'_, Option<Arc<Node>>> {
+    slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl SimCluster {
+    /// Starts `n` nodes. They serve at once but form no cluster until initialized.
+    pub fn start(n: usize, tracer: Tracer, disk: DiskConfig) -> SimCluster {
+        let handle = Handle::current();
+        let mut nodes = Vec::with_capacity(n);
+        for index in 0..n {
+            let id = index as u64 + 1;
+            let ip = IpAddr::V4(Ipv4Addr::new(10, 0, 0, id as u8));
+            let addr = SocketAddr::new(ip, PORT);
+            let disk = SimDisk::new(disk.clone());
+            let running: Slot = Arc::new(Mutex::new(None));
+            let host = {
+                let disk = disk.clone();
+                let running = running.clone();
+                let tracer = tracer.clone();
+                handle
+                    .create_node()
+                    .name(format!("node{id}"))
+                    .ip(ip)
+                    .init(move || {
+                        let disk = disk.open();
+                        let running = running.clone();
+                        let config = sim_node_config(id, addr.to_string());
+                        let tracer = tracer.clone();
+                        async move {
+                            let node = match Node::start(config, disk, tracer).await {
+                                Ok(node) => node,
+                                Err(err) => panic!("node {id} failed to start: {err}"),
+                            };
+                            *lock(&running) = Some(node.clone());
+                            if let Err(err) = node.serve(addr).await {
+                                panic!("node {id} stopped serving: {err}");
+                            }
+                        }
+                    })
+                    .build()
+            };
+            nodes.push(SimNode {
+                id,
+                addr: addr.to_string(),
+                host,
+                disk,
+                running,
+                alive: true,
+            });
+        }
+        let net = NetFaults::new(nodes.iter().map(|n| n.host.id()).collect());
+        SimCluster { handle, nodes, net }
+    }
+
+    /// Number of nodes.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// True if the cluster has no nodes.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// `(id, address)` of every node.
+    pub fn members(&self) -> Vec<(u64, String)> {
+        self.nodes.iter().map(|n| (n.id, n.addr.clone())).collect()
+    }
+
+    /// Every node's address.
+    pub fn addrs(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.addr.clone()).collect()
+    }
+
+    /// The running node at `index`, if it is up and started.
+    pub fn node(&self, index: usize) -> Option<Arc<Node>> {
+        let node = self.nodes.get(index)?;
+        if !node.alive {
+            return None;
+        }
+        lock(&node.running).clone()
+    }
+
+    /// True if the node at `index` is up.
+    pub fn is_alive(&self, index: usize) -> bool {
+        self.nodes.get(index).is_some_and(|n| n.alive)
+    }
+
+    /// Nodes that are down.
+    pub fn down_count(&self) -> usize {
+        self.nodes.iter().filter(|n| !n.alive).count()
+    }
+
+    /// The index of the node that believes it leads, with the highest term among those.
+    pub fn leader(&self) -> Option<usize> {
+        (0..self.nodes.len())
+            .filter_map(|i| {
+                let node = self.node(i)?;
+                let metrics = node.raft().metrics().borrow().clone();
+                (metrics.state == openraft::ServerState::Leader)
+                    .then_some((metrics.current_term, i))
+            })
+            .max()
+            .map(|(_, i)| i)
+    }
+
+    /// Kills the node at `index` and crashes its disk: unsynced writes are lost or torn.
+    pub fn kill(&mut self, index: usize) {
+        let Some(node) = self.nodes.get_mut(index) else {
+            return;
+        };
+        if !node.alive {
+            return;
+        }
+        self.handle.kill(node.host.id());
+        *lock(&node.running) = None;
+        node.disk.crash();
+        node.alive = false;
+    }
+
+    /// Restarts a killed node from what its disk kept.
+    pub fn restart(&mut self, index: usize) {
+        let Some(node) = self.nodes.get_mut(index) else {
+            return;
+        };
+        if node.alive {
+            return;
+        }
+        self.handle.restart(node.host.id());
+        node.alive = true;
+    }
+
+    /// The applied state of every running node: `(index, applied index, digest)`.
+    pub fn applied(&self) -> Vec<(usize, u64, u64)> {
+        (0..self.nodes.len())
+            .filter_map(|i| {
+                let node = self.node(i)?;
+                let state: &SharedState = node.state();
+                let applied = state.read();
+                // Index and digest read under one lock: a consistent pair.
+                let applied_index = applied.last_applied.map_or(0, |id| id.index);
+                let digest = applied.kv.digest();
+                Some((i, applied_index, digest))
+            })
+            .collect()
+    }
+
+    /// The last log index of the leader, if there is one.
+    pub fn leader_last_log(&self) -> Option<u64> {
+        let node = self.node(self.leader()?)?;
+        let last = node.raft().metrics().borrow().last_log_index;
+        last
+    }
+}
+
+/// Raft settings for simulation: normal timings, frequent snapshots so that snapshot
+/// install and log purge are exercised in every run.
+pub fn sim_node_config(id: u64, addr: String) -> NodeConfig {
+    let mut config = NodeConfig::new(id, addr);
+    config.raft.snapshot_policy = openraft::SnapshotPolicy::LogsSinceLast(100);
+    config.raft.max_in_snapshot_log_to_keep = 20;
+    config
+}

@@ -1,0 +1,159 @@
+//! The fault schedule: what goes wrong, when, drawn from the seed.
+//!
+//! The nemesis alternates calm and trouble: wait, inject one fault from the scenario's menu,
+//! hold it, heal. Crashes never take down more than a minority at once, so the cluster can
+//! make progress between faults; partitions and loss may cut anything.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use madsim::rand::{thread_rng, Rng};
+use tokio::time::Instant;
+
+use crate::cluster::SimCluster;
+use crate::scenario::{FaultKind, Scenario};
+
+/// Shared handle on the cluster for the nemesis and the checker.
+pub type SharedCluster = Arc<Mutex<SimCluster>>;
+
+fn lock(cluster: &SharedCluster) -> std::sync::MutexGuard<'_, SimCluster> {
+    cluster
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn millis(range: std::ops::Range<u64>) -> Duration {
+    Duration::from_millis(thread_rng().gen_range(range))
+}
+
+/// Injects faults until `deadline`, reporting each action to `log`; leaves the cluster healed
+/// with every node running.
+pub async fn run(
+    scenario: Scenario,
+    cluster: SharedCluster,
+    deadline: Instant,
+    log: &mut dyn FnMut(String),
+) {
+    let menu = scenario.faults();
+    if menu.is_empty() {
+        return;
+    }
+    while Instant::now() < deadline {
+        tokio::time::sleep(millis(500..2_500)).await;
+        let kind = menu[thread_rng().gen_range(0..menu.len())];
+        let hold = millis(500..4_000);
+        match kind {
+            FaultKind::Partition => {
+                let action = {
+                    let mut c = lock(&cluster);
+                    partition(&mut c)
+                };
+                log(action);
+                tokio::time::sleep(hold).await;
+                lock(&cluster).net.heal();
+                log("heal".into());
+            }
+            FaultKind::Lossy => {
+                let action = {
+                    let mut c = lock(&cluster);
+                    if thread_rng().gen_bool(0.5) {
+                        let rate = thread_rng().gen_range(0.05..0.3);
+                        c.net.set_packet_loss(rate);
+                        format!("packet loss {rate:.2}")
+                    } else {
+                        let spike = thread_rng().gen_range(50..500);
+                        c.net.set_latency(
+                            Duration::from_millis(spike / 2)..Duration::from_millis(spike),
+                        );
+                        format!("latency spike {spike} ms")
+                    }
+                };
+                log(action);
+                tokio::time::sleep(hold).await;
+                lock(&cluster).net.heal();
+                log("heal".into());
+            }
+            FaultKind::Crash => {
+                let victims = {
+                    let mut c = lock(&cluster);
+                    crash(&mut c)
+                };
+                log(format!("kill {victims:?}"));
+                tokio::time::sleep(hold).await;
+                let mut c = lock(&cluster);
+                for index in &victims {
+                    c.restart(*index);
+                }
+                log(format!("restart {victims:?}"));
+            }
+        }
+    }
+    let mut c = lock(&cluster);
+    c.net.heal();
+    for index in 0..c.len() {
+        c.restart(index);
+    }
+}
+
+fn partition(c: &mut SimCluster) -> String {
+    let n = c.len();
+    let mut rng = thread_rng();
+    let leader = c.leader();
+    match rng.gen_range(0..4) {
+        0 => {
+            let target = leader.unwrap_or_else(|| rng.gen_range(0..n));
+            c.net.isolate(target);
+            format!("isolate {target} (leader {leader:?})")
+        }
+        1 => {
+            // A minority with the leader, if known, against the majority.
+            let minority = (n - 1) / 2;
+            let mut side: Vec<usize> = leader.into_iter().collect();
+            while side.len() < minority.max(1) {
+                let pick = rng.gen_range(0..n);
+                if !side.contains(&pick) {
+                    side.push(pick);
+                }
+            }
+            c.net.partition(&side);
+            format!("split {side:?} | rest")
+        }
+        2 => {
+            let from = rng.gen_range(0..n);
+            let to = (from + rng.gen_range(1..n)) % n;
+            c.net.cut_one_way(from, to);
+            format!("cut one-way {from} -> {to}")
+        }
+        _ => {
+            // Leader loses its outbound links only: it hears others but cannot reach them.
+            let from = leader.unwrap_or_else(|| rng.gen_range(0..n));
+            for to in 0..n {
+                c.net.cut_one_way(from, to);
+            }
+            format!("mute outbound of {from}")
+        }
+    }
+}
+
+fn crash(c: &mut SimCluster) -> Vec<usize> {
+    let n = c.len();
+    let max_down = (n - 1) / 2;
+    let mut rng = thread_rng();
+    let count = rng.gen_range(1..=max_down.max(1));
+    let mut victims = Vec::new();
+    if rng.gen_bool(0.5) {
+        if let Some(leader) = c.leader() {
+            victims.push(leader);
+        }
+    }
+    while victims.len() < count {
+        let pick = rng.gen_range(0..n);
+        if !victims.contains(&pick) {
+            victims.push(pick);
+        }
+    }
+    for &index in &victims {
+        c.kill(index);
+    }
+    victims
+}

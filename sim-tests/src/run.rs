@@ -1,0 +1,262 @@
+//! One seed, end to end: start, load, break, heal, check, fingerprint.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use seedkv_checker::{check_records, Model, Record, Verdict};
+use seedkv_core::state::Fnv64;
+use seedkv_io_sim::DiskConfig;
+use seedkv_proto::trace::{TraceEvent, Tracer};
+use seedkv_proto::{Client, ClientConfig};
+use tokio::time::Instant;
+
+use crate::cluster::SimCluster;
+use crate::nemesis::{self, SharedCluster};
+use crate::scenario::Scenario;
+use crate::workload::{self, History, WorkloadConfig};
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    pub scenario: Scenario,
+    pub nodes: usize,
+    pub workload: WorkloadConfig,
+    /// Bound on reaching convergence after the faults end (virtual time).
+    pub converge_timeout: Duration,
+    /// Print every nemesis action as it happens.
+    pub verbose: bool,
+}
+
+/// What a run found.
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    /// Operations in the history.
+    pub ops: usize,
+    /// Operations with an unknown outcome.
+    pub unknown_ops: usize,
+    /// Virtual seconds the run took.
+    pub virtual_s: f64,
+    /// Hash of the whole trace: every Raft message delivered or dropped, every fault, every
+    /// client result, the final states.
+    pub fingerprint: u64,
+    /// Raft messages delivered and dropped.
+    pub messages: (u64, u64),
+    /// `None` if the run passed, else why it failed.
+    pub failure: Option<String>,
+    /// The recorded history.
+    pub history: Vec<Record>,
+}
+
+#[derive(Default)]
+struct Trace {
+    hash: Fnv64,
+    delivered: u64,
+    dropped: u64,
+}
+
+impl Trace {
+    fn record(&mut self, line: &str) {
+        self.hash.write(line.as_bytes());
+        self.hash.write(b"\n");
+    }
+}
+
+/// Runs one simulated scenario in the current madsim runtime.
+pub async fn run(config: RunConfig) -> RunReport {
+    let start = Instant::now();
+    let trace = Arc::new(Mutex::new(Trace::default()));
+    let lock_trace = |trace: &Arc<Mutex<Trace>>| {
+        trace.lock().map(|_| ()).ok();
+    };
+    lock_trace(&trace);
+    let tracer: Tracer = {
+        let trace = trace.clone();
+        Arc::new(move |event: TraceEvent| {
+            let mut t = trace.lock().unwrap_or_else(|p| p.into_inner());
+            let TraceEvent::Raft { delivered, .. } = &event;
+            if *delivered {
+                t.delivered += 1;
+            } else {
+                t.dropped += 1;
+            }
+            t.record(&format!("{event:?}"));
+        })
+    };
+    let mut note = {
+        let trace = trace.clone();
+        let verbose = config.verbose;
+        move |line: String| {
+            if verbose {
+                eprintln!("[{:>8.3}s] {line}", start.elapsed().as_secs_f64());
+            }
+            trace
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .record(&line);
+        }
+    };
+
+    let cluster = SimCluster::start(config.nodes, tracer, DiskConfig::default());
+    let members = cluster.members();
+    let endpoints = cluster.addrs();
+    let cluster: SharedCluster = Arc::new(Mutex::new(cluster));
+    let handle = madsim::runtime::Handle::current();
+    let client_host = handle
+        .create_node()
+        .name("clients")
+        .ip("10.0.1.1"
+            .parse()
+            .unwrap_or(std::net::IpAddr::from([10, 0, 1, 1])))
+        .build();
+
+    // Bootstrap: initialize through node 1, retrying while the nodes come up.
+    let init_ok = client_host
+        .spawn({
+            let endpoints = endpoints.clone();
+            async move {
+                let client = Client::new(ClientConfig::new(endpoints.clone()));
+                for _ in 0..50 {
+                    if client.init(&endpoints[0], &members).await.is_ok() {
+                        return true;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                false
+            }
+        })
+        .await
+        .unwrap_or(false);
+    if !init_ok {
+        return failed(start, &trace, "cluster could not be initialized".into());
+    }
+    note("initialized".into());
+
+    // Load and faults, side by side.
+    let history: History = Arc::new(Mutex::new(Vec::new()));
+    let deadline = Instant::now() + config.workload.duration;
+    let mut clients = Vec::new();
+    for client_id in 0..config.workload.clients as u64 {
+        let mut endpoints = endpoints.clone();
+        // Each client starts at a different node.
+        let first = client_id as usize % endpoints.len();
+        endpoints.rotate_left(first);
+        clients.push(client_host.spawn(workload::run_client(
+            client_id,
+            endpoints,
+            config.workload.clone(),
+            start,
+            deadline,
+            history.clone(),
+        )));
+    }
+    nemesis::run(config.scenario, cluster.clone(), deadline, &mut note).await;
+    for client in clients {
+        // A client that outlives its deadline by a whole retry budget is stuck: a bug.
+        let budget = Duration::from_secs(30);
+        if tokio::time::timeout(budget, client).await.is_err() {
+            return failed(
+                start,
+                &trace,
+                "a client did not finish within 30 s of its deadline".into(),
+            );
+        }
+    }
+    note("workload done; healed".into());
+
+    // Convergence: every replica applies the leader's whole log and holds the same state.
+    let converged = converge(&cluster, config.converge_timeout).await;
+    let history = std::mem::take(&mut *history.lock().unwrap_or_else(|p| p.into_inner()));
+    let mut report = finish(start, &trace, history);
+    match converged {
+        Ok(states) => note(format!("converged {states:?}")),
+        Err(why) => {
+            report.failure = Some(why);
+        }
+    }
+    if report.failure.is_none() {
+        match check_records(&report.history, Model::Kv) {
+            Ok(check) if check.verdict == Verdict::Linearizable => {}
+            Ok(check) => {
+                report.failure = Some(format!(
+                    "history is not linearizable (keys {})",
+                    check.failing_partition.unwrap_or_default()
+                ))
+            }
+            Err(err) => report.failure = Some(format!("history is malformed: {err}")),
+        }
+    }
+    // Shut the nodes down so no task outlives the run.
+    let c = cluster.lock().unwrap_or_else(|p| p.into_inner());
+    for index in 0..c.len() {
+        if let Some(node) = c.node(index) {
+            node.shutdown().await;
+        }
+    }
+    let mut t = trace.lock().unwrap_or_else(|p| p.into_inner());
+    t.record(&format!("failure={:?}", report.failure));
+    report.fingerprint = t.hash.finish();
+    report
+}
+
+async fn converge(
+    cluster: &SharedCluster,
+    bound: Duration,
+) -> Result<Vec<(usize, u64, u64)>, String> {
+    let give_up = Instant::now() + bound;
+    let mut last = Vec::new();
+    while Instant::now() < give_up {
+        {
+            let c = cluster.lock().unwrap_or_else(|p| p.into_inner());
+            let applied = c.applied();
+            if let Some(target) = c.leader_last_log() {
+                let all_up = applied.len() == c.len();
+                let caught_up = applied.iter().all(|(_, index, _)| *index == target);
+                let same = applied.windows(2).all(|w| w[0].2 == w[1].2);
+                if all_up && caught_up && same {
+                    return Ok(applied);
+                }
+                // Equal applied index with different digests is divergence, not lag.
+                let first = applied.first().copied();
+                if caught_up {
+                    if let Some((_, _, digest)) = first {
+                        if applied.iter().any(|(_, _, d)| *d != digest) {
+                            return Err(format!(
+                                "replicas diverged at the same index: {applied:?}"
+                            ));
+                        }
+                    }
+                }
+            }
+            last = applied;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(format!(
+        "replicas did not converge within {} s: (node, applied, digest) = {last:?}",
+        bound.as_secs()
+    ))
+}
+
+fn finish(start: Instant, trace: &Arc<Mutex<Trace>>, history: Vec<Record>) -> RunReport {
+    let mut t = trace.lock().unwrap_or_else(|p| p.into_inner());
+    for record in &history {
+        if let Ok(line) = serde_json::to_string(record) {
+            t.record(&line);
+        }
+    }
+    RunReport {
+        ops: history.len(),
+        unknown_ops: history.iter().filter(|r| r.result.is_none()).count(),
+        virtual_s: start.elapsed().as_secs_f64(),
+        fingerprint: t.hash.finish(),
+        messages: (t.delivered, t.dropped),
+        failure: None,
+        history,
+    }
+}
+
+fn failed(start: Instant, trace: &Arc<Mutex<Trace>>, why: String) -> RunReport {
+    let mut report = finish(start, trace, Vec::new());
+    report.failure = Some(why);
+    report
+}

@@ -1,0 +1,81 @@
+//! The named scenarios a sweep can run, and what each one does to the cluster.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// A fault scenario.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scenario {
+    /// No faults: the baseline.
+    Basic,
+    /// Symmetric and one-way partitions, leader isolation, minority/majority splits.
+    Partition,
+    /// Nodes (the leader included) crash, losing unsynced writes, and restart.
+    CrashRestart,
+    /// Packet loss and latency spikes.
+    LossyNet,
+    /// All of the above, interleaved.
+    Mixed,
+}
+
+/// A kind of fault the nemesis can inject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultKind {
+    Partition,
+    Crash,
+    Lossy,
+}
+
+impl Scenario {
+    /// Every scenario with its name.
+    pub const ALL: [(Scenario, &'static str); 5] = [
+        (Scenario::Basic, "basic"),
+        (Scenario::Partition, "partition"),
+        (Scenario::CrashRestart, "crash-restart"),
+        (Scenario::LossyNet, "lossy-net"),
+        (Scenario::Mixed, "mixed"),
+    ];
+
+    /// The faults this scenario draws from.
+    pub fn faults(self) -> &'static [FaultKind] {
+        match self {
+            Scenario::Basic => &[],
+            Scenario::Partition => &[FaultKind::Partition],
+            Scenario::CrashRestart => &[FaultKind::Crash],
+            Scenario::LossyNet => &[FaultKind::Lossy],
+            Scenario::Mixed => &[FaultKind::Partition, FaultKind::Crash, FaultKind::Lossy],
+        }
+    }
+
+    /// The scenario's name.
+    pub fn name(self) -> &'static str {
+        Scenario::ALL
+            .iter()
+            .find(|(s, _)| *s == self)
+            .map_or("?", |(_, n)| n)
+    }
+}
+
+impl fmt::Display for Scenario {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Scenario {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Scenario::ALL
+            .iter()
+            .find(|(_, n)| *n == s)
+            .map(|(sc, _)| *sc)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Scenario::ALL.iter().map(|(_, n)| *n).collect();
+                format!(
+                    "unknown scenario {s:?}; expected one of {}",
+                    names.join(", ")
+                )
+            })
+    }
+}

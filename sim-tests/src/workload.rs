@@ -1,0 +1,241 @@
+//! Clients that hammer a small key space and record what they saw.
+//!
+//! Few keys and unique values make conflicts frequent and every read attributable to one
+//! write. A call whose outcome is unknown is recorded as such (the checker lets it take
+//! effect at any point after its call, or never); a call that certainly did nothing is left
+//! out of the history.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use madsim::rand::{thread_rng, Rng};
+use seedkv_checker::{Op, OpResult, Record};
+use seedkv_core::command::WriteOp;
+use seedkv_proto::{Client, ClientConfig, ClientError, Consistency};
+use tokio::time::Instant;
+
+/// What the clients do.
+#[derive(Debug, Clone)]
+pub struct WorkloadConfig {
+    /// Concurrent clients.
+    pub clients: usize,
+    /// Keys `k0..k{keys-1}`.
+    pub keys: usize,
+    /// How long the clients run (virtual time).
+    pub duration: Duration,
+}
+
+/// The shared history the clients append to.
+pub type History = Arc<Mutex<Vec<Record>>>;
+
+fn key_name(i: usize) -> String {
+    format!("k{i}")
+}
+
+/// Runs one client until `deadline`, appending to `history`.
+pub async fn run_client(
+    client_id: u64,
+    endpoints: Vec<String>,
+    config: WorkloadConfig,
+    start: Instant,
+    deadline: Instant,
+    history: History,
+) {
+    let mut client_config = ClientConfig::new(endpoints);
+    client_config.request_timeout_ms = 1_000;
+    client_config.max_attempts = 6;
+    client_config.retry_backoff_ms = 50;
+    let client = Client::new(client_config);
+    let mut seq = 0u64;
+    // The last value this client saw per key: CAS expectations come from here, so some
+    // succeed and many race.
+    let mut seen: Vec<Option<String>> = vec![None; config.keys];
+    let ns = |at: Instant| at.duration_since(start).as_nanos() as u64;
+    while Instant::now() < deadline {
+        seq += 1;
+        let value = format!("c{client_id}-{seq}");
+        let op = random_op(config.keys, &value, &seen);
+        let call = Instant::now();
+        let outcome = execute(&client, &op).await;
+        let done = Instant::now();
+        let record = match outcome {
+            Ok(result) => {
+                remember(&mut seen, &op, &result);
+                Some(Record {
+                    client: client_id,
+                    call_ns: ns(call),
+                    return_ns: Some(ns(done)),
+                    op,
+                    result: Some(result),
+                })
+            }
+            Err(ClientError::Unknown(_)) if !matches!(op, Op::Get { .. }) => Some(Record {
+                client: client_id,
+                call_ns: ns(call),
+                return_ns: None,
+                op,
+                result: None,
+            }),
+            // Certainly no effect (or a read): nothing to check.
+            Err(_) => None,
+        };
+        if let Some(record) = record {
+            history
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .push(record);
+        }
+        // A little think time keeps the clients from moving in lockstep.
+        let pause_us = thread_rng().gen_range(0..20_000);
+        tokio::time::sleep(Duration::from_micros(pause_us)).await;
+    }
+}
+
+fn random_op(keys: usize, value: &str, seen: &[Option<String>]) -> Op {
+    let mut rng = thread_rng();
+    let k = rng.gen_range(0..keys);
+    let key = key_name(k);
+    let roll = rng.gen_range(0..100);
+    match roll {
+        0..=34 => Op::Get { key },
+        35..=59 => Op::Put {
+            key,
+            value: value.to_string(),
+        },
+        60..=64 => Op::Delete { key },
+        65..=84 => Op::Cas {
+            key,
+            expect: seen[k].clone(),
+            new: if rng.gen_range(0..10) == 0 {
+                None
+            } else {
+                Some(value.to_string())
+            },
+        },
+        _ => {
+            // Batches join keys in fixed pairs (k0+k1, k2+k3, ...): atomicity across keys is
+            // checked, while the history still splits into small independent partitions.
+            let first = k;
+            let second = if (k ^ 1) < keys { k ^ 1 } else { k };
+            let mut ops = vec![Op::Put {
+                key: key_name(first),
+                value: value.to_string(),
+            }];
+            if second != first {
+                ops.push(if rng.gen_bool(0.5) {
+                    Op::Cas {
+                        key: key_name(second),
+                        expect: seen[second].clone(),
+                        new: Some(format!("{value}b")),
+                    }
+                } else {
+                    Op::Delete {
+                        key: key_name(second),
+                    }
+                });
+            }
+            Op::Batch { ops }
+        }
+    }
+}
+
+fn remember(seen: &mut [Option<String>], op: &Op, result: &OpResult) {
+    let index = |key: &str| key.strip_prefix('k').and_then(|n| n.parse::<usize>().ok());
+    match (op, result) {
+        (Op::Get { key }, OpResult::Get { value, .. }) => {
+            if let Some(i) = index(key) {
+                seen[i] = value.clone();
+            }
+        }
+        (Op::Put { key, value }, _) => {
+            if let Some(i) = index(key) {
+                seen[i] = Some(value.clone());
+            }
+        }
+        (
+            Op::Cas { key, new, .. },
+            OpResult::Cas {
+                succeeded: true, ..
+            },
+        ) => {
+            if let Some(i) = index(key) {
+                seen[i] = new.clone();
+            }
+        }
+        _ => {}
+    }
+}
+
+fn write_op(op: &Op) -> Option<WriteOp> {
+    Some(match op {
+        Op::Put { key, value } => WriteOp::Put {
+            key: key.clone().into_bytes(),
+            value: value.clone().into_bytes(),
+        },
+        Op::Delete { key } => WriteOp::Delete {
+            key: key.clone().into_bytes(),
+        },
+        Op::Cas { key, expect, new } => WriteOp::Cas {
+            key: key.clone().into_bytes(),
+            expect: expect.clone().map(String::into_bytes),
+            new: new.clone().map(String::into_bytes),
+        },
+        Op::Get { .. } | Op::Batch { .. } | Op::Append { .. } => return None,
+    })
+}
+
+fn text(bytes: Vec<u8>) -> String {
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+async fn execute(client: &Client, op: &Op) -> Result<OpResult, ClientError> {
+    match op {
+        Op::Get { key } => {
+            let found = client
+                .get(key.as_bytes(), Consistency::Linearizable)
+                .await?;
+            Ok(match found {
+                Some(v) => OpResult::Get {
+                    value: Some(text(v.value)),
+                    revision: v.revision,
+                },
+                None => OpResult::Get {
+                    value: None,
+                    revision: 0,
+                },
+            })
+        }
+        Op::Put { key, value } => {
+            let revision = client.put(key.as_bytes(), value.as_bytes()).await?;
+            Ok(OpResult::Put { revision })
+        }
+        Op::Delete { key } => {
+            let (revision, _existed) = client.delete(key.as_bytes()).await?;
+            Ok(OpResult::Delete { revision })
+        }
+        Op::Cas { key, expect, new } => {
+            let (succeeded, revision) = client
+                .cas(
+                    key.as_bytes(),
+                    expect.as_deref().map(str::as_bytes),
+                    new.as_deref().map(str::as_bytes),
+                )
+                .await?;
+            Ok(OpResult::Cas {
+                succeeded,
+                revision,
+            })
+        }
+        Op::Batch { ops } => {
+            let ops: Vec<WriteOp> = ops.iter().filter_map(write_op).collect();
+            let (succeeded, revision) = client.batch(&ops).await?;
+            Ok(OpResult::Batch {
+                succeeded,
+                revision,
+            })
+        }
+        Op::Append { .. } => Err(ClientError::InvalidArgument(
+            "append is not a seedkv operation".into(),
+        )),
+    }
+}
