@@ -215,7 +215,7 @@ impl Client {
                 _ => {}
             }
             self.rotate(&addr);
-            if retry == Retry::OnlyIfNotApplied {
+            if retry == Retry::OnlyIfNotApplied && !never_sent(&status) {
                 return Err(ClientError::Unknown(format!(
                     "{addr}: {}",
                     status.message()
@@ -447,6 +447,15 @@ impl Client {
             .await?;
         Ok(reply.log_index)
     }
+}
+
+/// True if `status` says the request never left: the connection itself was refused.
+fn never_sent(status: &Status) -> bool {
+    status.code() == Code::Unavailable
+        && status
+            .message()
+            .to_ascii_lowercase()
+            .contains("connection refused")
 }
 
 fn kv(channel: Channel) -> KvClient<Channel> {

@@ -24,8 +24,11 @@ struct Args {
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=64))]
     clients: u64,
     /// Size of the key space.
-    #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=1000))]
     keys: u64,
+    /// Each client pauses a uniform 0..think-ms milliseconds between operations.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    think_ms: u64,
     /// Virtual seconds of load.
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=3600))]
     duration_s: u64,
@@ -84,6 +87,7 @@ fn run(args: Args) -> Result<ExitCode, String> {
             clients: args.clients as usize,
             keys: args.keys as usize,
             duration: Duration::from_secs(args.duration_s),
+            think_ms: args.think_ms,
         },
         converge_timeout: Duration::from_secs(60),
         verbose: args.verbose,

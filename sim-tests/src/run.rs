@@ -152,7 +152,7 @@ pub async fn run(config: RunConfig) -> RunReport {
     nemesis::run(config.scenario, cluster.clone(), deadline, &mut note).await;
     for client in clients {
         // A client that outlives its deadline by a whole retry budget is stuck: a bug.
-        let budget = Duration::from_secs(30);
+        let budget = deadline.saturating_duration_since(Instant::now()) + Duration::from_secs(30);
         if tokio::time::timeout(budget, client).await.is_err() {
             return failed(
                 start,

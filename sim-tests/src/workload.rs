@@ -23,6 +23,8 @@ pub struct WorkloadConfig {
     pub keys: usize,
     /// How long the clients run (virtual time).
     pub duration: Duration,
+    /// Each client pauses a uniform 0..think_ms between operations.
+    pub think_ms: u64,
 }
 
 /// The shared history the clients append to.
@@ -42,7 +44,9 @@ pub async fn run_client(
     history: History,
 ) {
     let mut client_config = ClientConfig::new(endpoints);
-    client_config.request_timeout_ms = 1_000;
+    // Longer than a typical fault: a write stuck behind a partition usually resolves (applied,
+    // or refused after truncation) instead of ending with an unknown outcome.
+    client_config.request_timeout_ms = 5_000;
     client_config.max_attempts = 6;
     client_config.retry_backoff_ms = 50;
     let client = Client::new(client_config);
@@ -86,7 +90,7 @@ pub async fn run_client(
                 .push(record);
         }
         // A little think time keeps the clients from moving in lockstep.
-        let pause_us = thread_rng().gen_range(0..20_000);
+        let pause_us = thread_rng().gen_range(0..=config.think_ms * 1_000);
         tokio::time::sleep(Duration::from_micros(pause_us)).await;
     }
 }

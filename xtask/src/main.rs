@@ -1,1 +1,484 @@
-fn main() {}
+//! `cargo xtask`: the project's command runner.
+//!
+//! - `sim`: build the simulation once (its own target dir) and run seeds, each in a fresh
+//!   process so that it replays alone, exactly;
+//! - `bites`: prove the simulation catches deliberate safety bugs;
+//! - `test`: the whole test suite, as CI runs it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "seedkv's command runner")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Run simulation seeds.
+    Sim(SimArgs),
+    /// Show that each deliberate safety bug makes a sweep fail, and that the failing seed replays.
+    Bites(BitesArgs),
+    /// The full test suite: unit and integration tests, lints, simulation sweeps.
+    Test(TestArgs),
+}
+
+#[derive(Args, Clone)]
+struct SimArgs {
+    /// basic, partition, crash-restart, lossy-net or mixed.
+    #[arg(long)]
+    scenario: String,
+    /// A range of seeds, `A..B` (B excluded).
+    #[arg(long, conflicts_with = "seed", required_unless_present = "seed")]
+    seeds: Option<String>,
+    /// One seed.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Cluster size (3 or 5).
+    #[arg(long, default_value_t = 3)]
+    nodes: u64,
+    /// Concurrent clients.
+    #[arg(long)]
+    clients: Option<u64>,
+    /// Virtual seconds of load per seed.
+    #[arg(long)]
+    duration_s: Option<u64>,
+    /// Deliberate safety bug to switch on (see `bites`). Repeatable.
+    #[arg(long = "fault")]
+    faults: Vec<String>,
+    /// Run every seed twice, in fresh processes, and require identical fingerprints.
+    #[arg(long)]
+    twice: bool,
+    /// Seeds run at once (default: the number of cores).
+    #[arg(long)]
+    jobs: Option<usize>,
+    /// Stop at the first failing seed.
+    #[arg(long)]
+    fail_fast: bool,
+    /// Print each fault as it happens (single seed).
+    #[arg(long)]
+    verbose: bool,
+}
+
+#[derive(Args)]
+struct BitesArgs {
+    /// Most seeds to try per bug.
+    #[arg(long, default_value_t = 200)]
+    max_seeds: u64,
+}
+
+#[derive(Args)]
+struct TestArgs {
+    /// Seeds of the `mixed` sweep (5 nodes).
+    #[arg(long, default_value_t = 200)]
+    sim_seeds: u64,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Task::Sim(args) => sim(&args).map(|summary| summary.failed == 0),
+        Task::Bites(args) => bites(&args),
+        Task::Test(args) => test(&args),
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(err) => {
+            eprintln!("xtask: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn root() -> PathBuf {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().map(Path::to_path_buf).unwrap_or(manifest)
+}
+
+fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(root());
+    cmd
+}
+
+fn run_checked(mut cmd: Command, what: &str) -> Result<()> {
+    eprintln!("==> {what}");
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start: {what}"))?;
+    if !status.success() {
+        bail!("{what} failed ({status})");
+    }
+    Ok(())
+}
+
+/// Builds the simulation binary once, with `--cfg madsim`, in `target/sim`.
+fn build_sim() -> Result<PathBuf> {
+    let target_dir = root().join("target").join("sim");
+    let mut cmd = cargo();
+    cmd.args([
+        "build",
+        "--profile",
+        "sim",
+        "-p",
+        "seedkv-sim-tests",
+        "--bin",
+        "seedkv-sim",
+    ])
+    .env("RUSTFLAGS", "--cfg madsim")
+    .env("CARGO_TARGET_DIR", &target_dir);
+    run_checked(cmd, "build the simulation (--cfg madsim, target/sim)")?;
+    Ok(target_dir.join("sim").join("seedkv-sim"))
+}
+
+fn parse_seeds(args: &SimArgs) -> Result<Vec<u64>> {
+    if let Some(seed) = args.seed {
+        return Ok(vec![seed]);
+    }
+    let text = args.seeds.as_deref().unwrap_or_default();
+    let (from, to) = text
+        .split_once("..")
+        .with_context(|| format!("--seeds wants A..B, got {text:?}"))?;
+    let from: u64 = from
+        .trim()
+        .parse()
+        .with_context(|| format!("bad seed {from:?}"))?;
+    let to: u64 = to
+        .trim()
+        .parse()
+        .with_context(|| format!("bad seed {to:?}"))?;
+    if from >= to {
+        bail!("--seeds {text}: the range is empty");
+    }
+    Ok((from..to).collect())
+}
+
+/// The command that replays one seed exactly.
+fn replay_command(args: &SimArgs, seed: u64) -> String {
+    let mut line = format!(
+        "cargo xtask sim --scenario {} --seed {seed} --nodes {}",
+        args.scenario, args.nodes
+    );
+    if let Some(clients) = args.clients {
+        line.push_str(&format!(" --clients {clients}"));
+    }
+    if let Some(duration) = args.duration_s {
+        line.push_str(&format!(" --duration-s {duration}"));
+    }
+    for fault in &args.faults {
+        line.push_str(&format!(" --fault {fault}"));
+    }
+    line
+}
+
+struct SeedRun {
+    line: String,
+    detail: String,
+    ok: bool,
+    fingerprint: Option<String>,
+    virtual_s: f64,
+    wall_s: f64,
+}
+
+fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
+    line.split_whitespace()
+        .find_map(|part| part.strip_prefix(name)?.strip_prefix('='))
+}
+
+fn run_seed(binary: &Path, args: &SimArgs, seed: u64) -> SeedRun {
+    let mut cmd = Command::new(binary);
+    cmd.args(["--scenario", &args.scenario, "--seed", &seed.to_string()])
+        .args(["--nodes", &args.nodes.to_string()])
+        .stdin(Stdio::null());
+    if let Some(clients) = args.clients {
+        cmd.args(["--clients", &clients.to_string()]);
+    }
+    if let Some(duration) = args.duration_s {
+        cmd.args(["--duration-s", &duration.to_string()]);
+    }
+    for fault in &args.faults {
+        cmd.args(["--fault", fault]);
+    }
+    if args.verbose {
+        cmd.arg("--verbose").stderr(Stdio::inherit());
+    }
+    let output = match cmd.output() {
+        Ok(output) => output,
+        Err(err) => {
+            return SeedRun {
+                line: format!("seed={seed} scenario={} FAIL", args.scenario),
+                detail: format!("  cannot run {}: {err}", binary.display()),
+                ok: false,
+                fingerprint: None,
+                virtual_s: 0.0,
+                wall_s: 0.0,
+            }
+        }
+    };
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let mut lines = stdout.lines();
+    let line = lines.next().unwrap_or_default().to_string();
+    let mut detail: Vec<String> = lines.map(str::to_string).collect();
+    let ok = output.status.success() && line.ends_with(" ok");
+    if !ok && !output.status.success() && !line.starts_with("seed=") {
+        // Crashed before printing its line: a panic is a failure like any other.
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let tail: Vec<&str> = stderr.lines().rev().take(15).collect();
+        detail.extend(tail.into_iter().rev().map(|l| format!("  {l}")));
+        return SeedRun {
+            line: format!(
+                "seed={seed} scenario={} crashed ({}) FAIL",
+                args.scenario, output.status
+            ),
+            detail: detail.join("\n"),
+            ok: false,
+            fingerprint: None,
+            virtual_s: 0.0,
+            wall_s: 0.0,
+        };
+    }
+    SeedRun {
+        fingerprint: field(&line, "fingerprint").map(str::to_string),
+        virtual_s: field(&line, "virtual_s")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0),
+        wall_s: field(&line, "wall_s")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0),
+        line,
+        detail: detail.join("\n"),
+        ok,
+    }
+}
+
+struct Summary {
+    passed: u64,
+    failed: u64,
+    first_failure: Option<(u64, Option<String>)>,
+    virtual_s: f64,
+    wall_s: f64,
+}
+
+fn sim(args: &SimArgs) -> Result<Summary> {
+    let binary = build_sim()?;
+    sweep(&binary, args)
+}
+
+fn sweep(binary: &Path, args: &SimArgs) -> Result<Summary> {
+    let seeds = parse_seeds(args)?;
+    let jobs = args
+        .jobs
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
+        .max(1);
+    let queue = Arc::new(Mutex::new(seeds.clone().into_iter()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (tx, rx) = mpsc::channel::<(u64, SeedRun, Option<SeedRun>)>();
+    let mut workers = Vec::new();
+    for _ in 0..jobs {
+        let queue = queue.clone();
+        let tx = tx.clone();
+        let stop = stop.clone();
+        let binary = binary.to_path_buf();
+        let args = args.clone();
+        // Workers only launch and wait on child processes; each seed runs in its own.
+        #[allow(clippy::disallowed_methods)]
+        workers.push(std::thread::spawn(move || loop {
+            if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                break;
+            }
+            let next = queue.lock().map(|mut q| q.next()).unwrap_or(None);
+            let Some(seed) = next else { break };
+            let first = run_seed(&binary, &args, seed);
+            let second = args.twice.then(|| run_seed(&binary, &args, seed));
+            if tx.send((seed, first, second)).is_err() {
+                break;
+            }
+        }));
+    }
+    drop(tx);
+    let mut pending: BTreeMap<u64, (SeedRun, Option<SeedRun>)> = BTreeMap::new();
+    let mut order = seeds.iter().copied().peekable();
+    let mut summary = Summary {
+        passed: 0,
+        failed: 0,
+        first_failure: None,
+        virtual_s: 0.0,
+        wall_s: 0.0,
+    };
+    for (seed, first, second) in rx {
+        pending.insert(seed, (first, second));
+        while let Some(next) = order.peek().copied() {
+            let Some((first, second)) = pending.remove(&next) else {
+                break;
+            };
+            order.next();
+            let mut ok = first.ok;
+            println!("{}", first.line);
+            if !first.detail.is_empty() {
+                println!("{}", first.detail);
+            }
+            if let Some(second) = second {
+                if second.fingerprint != first.fingerprint || second.ok != first.ok {
+                    ok = false;
+                    println!("  not deterministic: second run gave {}", second.line);
+                } else {
+                    println!("  replayed: same fingerprint");
+                }
+            }
+            summary.virtual_s += first.virtual_s;
+            summary.wall_s += first.wall_s;
+            if ok {
+                summary.passed += 1;
+            } else {
+                summary.failed += 1;
+                println!("  replay: {}", replay_command(args, next));
+                if summary.first_failure.is_none() {
+                    summary.first_failure = Some((next, first.fingerprint.clone()));
+                }
+                if args.fail_fast {
+                    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        }
+        if args.fail_fast && summary.failed > 0 {
+            break;
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for worker in workers {
+        let _ = worker.join();
+    }
+    if summary.wall_s > 0.0 {
+        println!(
+            "simulated {:.0} s in {:.1} s of seed wall time: {:.0}x real time",
+            summary.virtual_s,
+            summary.wall_s,
+            summary.virtual_s / summary.wall_s
+        );
+    }
+    println!("{} passed, {} failed", summary.passed, summary.failed);
+    Ok(summary)
+}
+
+const BUGS: [&str; 3] = [
+    "vote-not-persisted",
+    "ack-before-commit",
+    "stale-linearizable-read",
+];
+
+/// For each deliberate bug: a `mixed` sweep must fail within `max_seeds`, and the failing
+/// seed must fail again with the same fingerprint when replayed alone.
+fn bites(args: &BitesArgs) -> Result<bool> {
+    let binary = build_sim()?;
+    let mut all_bite = true;
+    for bug in BUGS {
+        let sweep_args = SimArgs {
+            scenario: "mixed".into(),
+            seeds: Some(format!("0..{}", args.max_seeds)),
+            seed: None,
+            nodes: 3,
+            clients: None,
+            duration_s: None,
+            faults: vec![bug.into()],
+            twice: false,
+            jobs: None,
+            fail_fast: true,
+            verbose: false,
+        };
+        println!(
+            "--- fault {bug}: sweeping mixed seeds 0..{}",
+            args.max_seeds
+        );
+        let summary = sweep(&binary, &sweep_args)?;
+        let Some((seed, fingerprint)) = summary.first_failure else {
+            println!("fault {bug}: NOT caught within {} seeds", args.max_seeds);
+            all_bite = false;
+            continue;
+        };
+        let replay = run_seed(&binary, &sweep_args, seed);
+        let replays = !replay.ok && replay.fingerprint == fingerprint;
+        println!(
+            "fault {bug}: caught at seed {seed}; replay {} ({})",
+            if replays {
+                "fails again with the same fingerprint"
+            } else {
+                "DIFFERS"
+            },
+            replay_command(&sweep_args, seed)
+        );
+        all_bite &= replays;
+    }
+    let caught = if all_bite { BUGS.len() } else { 0 };
+    println!("{} passed, {} failed", caught, BUGS.len() - caught);
+    Ok(all_bite)
+}
+
+/// Everything CI runs.
+fn test(args: &TestArgs) -> Result<bool> {
+    let mut fmt = cargo();
+    fmt.args(["fmt", "--all", "--", "--check"]);
+    run_checked(fmt, "cargo fmt --check")?;
+    let mut clippy = cargo();
+    clippy.args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]);
+    run_checked(clippy, "cargo clippy -D warnings")?;
+    let mut tests = cargo();
+    tests.args(["test", "--workspace", "--release"]);
+    run_checked(
+        tests,
+        "unit and integration tests (cargo test --workspace --release)",
+    )?;
+
+    let binary = build_sim()?;
+    let mut ok = true;
+    let mixed = SimArgs {
+        scenario: "mixed".into(),
+        seeds: Some(format!("0..{}", args.sim_seeds)),
+        seed: None,
+        nodes: 5,
+        clients: None,
+        duration_s: None,
+        faults: vec![],
+        twice: false,
+        jobs: None,
+        fail_fast: false,
+        verbose: false,
+    };
+    println!("--- sweep: mixed, 5 nodes, seeds 0..{}", args.sim_seeds);
+    ok &= sweep(&binary, &mixed)?.failed == 0;
+    for scenario in ["basic", "partition", "crash-restart", "lossy-net"] {
+        let args = SimArgs {
+            scenario: scenario.into(),
+            seeds: Some("0..20".into()),
+            nodes: 3,
+            ..mixed.clone()
+        };
+        println!("--- sweep: {scenario}, 3 nodes, seeds 0..20");
+        ok &= sweep(&binary, &args)?.failed == 0;
+    }
+    let twice = SimArgs {
+        seeds: Some("1000..1020".into()),
+        twice: true,
+        ..mixed.clone()
+    };
+    println!("--- determinism: mixed, 20 seeds, each twice in fresh processes");
+    ok &= sweep(&binary, &twice)?.failed == 0;
+    println!("--- the harness bites");
+    ok &= bites(&BitesArgs { max_seeds: 200 })?;
+    Ok(ok)
+}
