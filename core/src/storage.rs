@@ -416,6 +416,7 @@ impl<D: Disk> StateMachineStore<D> {
         if let Some(snapshot) = store.read_snapshot()? {
             let applied: Applied = decode_at(&keys::snapshot(group), &snapshot.data)?;
             assert_eq!(applied.last_applied, snapshot.meta.last_log_id);
+            tracing::debug!(group = %group, snapshot = ?snapshot.meta.last_log_id, "state machine opened from snapshot");
             *store.state.write() = applied;
         }
         Ok(store)
@@ -466,6 +467,7 @@ impl<D: Disk> RaftSnapshotBuilder<TypeConfig> for StateMachineStore<D> {
         };
         let stored = StoredSnapshot { meta, data };
         self.save_snapshot(&stored).await?;
+        tracing::debug!(snapshot = ?stored.meta.last_log_id, "snapshot built");
         Ok(Snapshot {
             meta: stored.meta,
             snapshot: Box::new(std::io::Cursor::new(stored.data)),
@@ -544,6 +546,7 @@ impl<D: Disk> RaftStateMachine<TypeConfig> for StateMachineStore<D> {
             data,
         };
         self.save_snapshot(&stored).await?;
+        tracing::debug!(snapshot = ?meta.last_log_id, previous = ?self.state.read().last_applied, "installing snapshot");
         *self.state.write() = applied;
         Ok(())
     }

@@ -86,6 +86,9 @@ pub struct Node {
     groups: BTreeMap<GroupId, Group>,
 }
 
+/// How long a linearizable read waits for its read index to be applied.
+pub const READ_INDEX_WAIT_MS: u64 = 2_000;
+
 /// The group that holds every key until sharding lands.
 const DEFAULT_GROUP: GroupId = GroupId(0);
 
@@ -243,8 +246,27 @@ impl Node {
         if seedkv_core::faults::enabled(seedkv_core::faults::Fault::StaleLinearizableRead) {
             return Ok(group);
         }
+        // The read index: everything in the leader's log when the read arrived. openraft's own
+        // read index is its commit index, which a leader restarted in place (openraft resumes
+        // leadership without a new term) has forgotten: reading there served stale data.
+        // Every acknowledged write is in the leader's log, so its last index is safe.
+        let read_index = {
+            let last_log = group.raft.metrics().borrow().last_log_index.unwrap_or(0);
+            let applied = group.state.read().last_applied.map_or(0, |id| id.index);
+            last_log.max(applied)
+        };
         match group.raft.ensure_linearizable().await {
-            Ok(_) => Ok(group),
+            Ok(_) => {
+                group
+                    .raft
+                    .wait(Some(std::time::Duration::from_millis(READ_INDEX_WAIT_MS)))
+                    .applied_index_at_least(Some(read_index), "read index")
+                    .await
+                    .map_err(|err| {
+                        Status::unavailable(format!("read index {read_index} not applied: {err}"))
+                    })?;
+                Ok(group)
+            }
             Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward))) => {
                 Err(not_leader(&forward))
             }
@@ -322,6 +344,13 @@ impl pb::kv_server::Kv for KvService {
             .map_err(|err| Status::invalid_argument(err.to_string()))?;
         let group = self.0.read_barrier(req.consistency).await?;
         let applied = group.state.read();
+        tracing::debug!(
+            node = self.0.id,
+            applied = ?applied.last_applied,
+            key = %String::from_utf8_lossy(&req.key),
+            found = ?applied.kv.get(&req.key).map(|v| v.revision),
+            "get"
+        );
         Ok(GrpcResponse::new(get_response(applied.kv.get(&req.key))))
     }
 

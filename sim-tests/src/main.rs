@@ -94,6 +94,12 @@ fn run(args: Args) -> Result<ExitCode, String> {
     };
     // Wall time is read outside the runtime, where the clock is real.
     let wall_start = std::time::Instant::now();
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let runtime =
         madsim::runtime::Runtime::with_seed_and_config(args.seed, madsim::Config::default());
     let report = runtime.block_on(async move {

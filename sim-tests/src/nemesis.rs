@@ -27,7 +27,8 @@ fn millis(range: std::ops::Range<u64>) -> Duration {
 }
 
 /// Injects faults until `deadline`, reporting each action to `log`; leaves the cluster healed
-/// with every node running.
+/// with every node running. In `mixed`, two faults may overlap (a partition with a crash
+/// inside it, say), which is where the subtle bugs live.
 pub async fn run(
     scenario: Scenario,
     cluster: SharedCluster,
@@ -40,58 +41,80 @@ pub async fn run(
     }
     while Instant::now() < deadline {
         tokio::time::sleep(millis(500..2_500)).await;
-        let kind = menu[thread_rng().gen_range(0..menu.len())];
-        let hold = millis(500..4_000);
-        match kind {
-            FaultKind::Partition => {
-                let action = {
-                    let mut c = lock(&cluster);
-                    partition(&mut c)
-                };
-                log(action);
-                tokio::time::sleep(hold).await;
-                lock(&cluster).net.heal();
-                log("heal".into());
-            }
-            FaultKind::Lossy => {
-                let action = {
-                    let mut c = lock(&cluster);
-                    if thread_rng().gen_bool(0.5) {
-                        let rate = thread_rng().gen_range(0.05..0.3);
-                        c.net.set_packet_loss(rate);
-                        format!("packet loss {rate:.2}")
-                    } else {
-                        let spike = thread_rng().gen_range(50..500);
-                        c.net.set_latency(
-                            Duration::from_millis(spike / 2)..Duration::from_millis(spike),
-                        );
-                        format!("latency spike {spike} ms")
-                    }
-                };
-                log(action);
-                tokio::time::sleep(hold).await;
-                lock(&cluster).net.heal();
-                log("heal".into());
-            }
-            FaultKind::Crash => {
-                let victims = {
-                    let mut c = lock(&cluster);
-                    crash(&mut c)
-                };
-                log(format!("kill {victims:?}"));
-                tokio::time::sleep(hold).await;
-                let mut c = lock(&cluster);
-                for index in &victims {
-                    c.restart(*index);
-                }
-                log(format!("restart {victims:?}"));
-            }
+        let overlap = scenario == Scenario::Mixed && thread_rng().gen_bool(0.5);
+        let count = if overlap { 2 } else { 1 };
+        let mut down = Vec::new();
+        for _ in 0..count {
+            let kind = menu[thread_rng().gen_range(0..menu.len())];
+            down.extend(inject(kind, &cluster, log).await);
+            tokio::time::sleep(millis(0..1_000)).await;
         }
+        tokio::time::sleep(millis(500..4_000)).await;
+        let mut c = lock(&cluster);
+        c.net.heal();
+        for index in &down {
+            c.restart(*index);
+        }
+        log(format!("heal, restart {down:?}"));
     }
     let mut c = lock(&cluster);
     c.net.heal();
     for index in 0..c.len() {
         c.restart(index);
+    }
+}
+
+/// Applies one fault; returns the nodes it left down.
+async fn inject(
+    kind: FaultKind,
+    cluster: &SharedCluster,
+    log: &mut dyn FnMut(String),
+) -> Vec<usize> {
+    match kind {
+        FaultKind::Partition => {
+            let action = partition(&mut lock(cluster));
+            log(action);
+            Vec::new()
+        }
+        FaultKind::Lossy => {
+            let mut c = lock(cluster);
+            let action = if thread_rng().gen_bool(0.5) {
+                let rate = thread_rng().gen_range(0.05..0.3);
+                c.net.set_packet_loss(rate);
+                format!("packet loss {rate:.2}")
+            } else {
+                let spike = thread_rng().gen_range(50..500);
+                c.net
+                    .set_latency(Duration::from_millis(spike / 2)..Duration::from_millis(spike));
+                format!("latency spike {spike} ms")
+            };
+            log(action);
+            Vec::new()
+        }
+        FaultKind::Crash if thread_rng().gen_bool(0.3) => {
+            // A storm: one node after another crashes and comes straight back, often in the
+            // middle of an election.
+            let until = Instant::now() + millis(1_000..4_000);
+            let mut victims = Vec::new();
+            while Instant::now() < until {
+                let index = thread_rng().gen_range(0..lock(cluster).len());
+                {
+                    let mut c = lock(cluster);
+                    c.kill(index);
+                }
+                tokio::time::sleep(millis(0..100)).await;
+                lock(cluster).restart(index);
+                victims.push(index);
+                tokio::time::sleep(millis(20..300)).await;
+            }
+            log(format!("crash storm {victims:?}"));
+            Vec::new()
+        }
+        FaultKind::Crash => {
+            let victims = crash(&mut lock(cluster));
+            log(format!("kill {victims:?}"));
+            victims
+        }
     }
 }
 
