@@ -14,6 +14,9 @@
 //! - the applied key-value state is *not* written per entry: on restart it is rebuilt from the
 //!   latest snapshot plus the committed log that follows it.
 
+// openraft's storage traits return its `StorageError`, large as it is.
+#![allow(clippy::result_large_err)]
+
 use std::fmt::Debug;
 use std::future::Future;
 use std::ops::{Bound, RangeBounds};
@@ -101,14 +104,11 @@ pub trait Disk: Send + Sync + 'static {
 
     /// Up to `limit` entries with keys in `[from, to)`, in key order; in reverse key order
     /// (the last ones first) when `reverse`.
-    fn scan(
-        &self,
-        from: &[u8],
-        to: &[u8],
-        limit: usize,
-        reverse: bool,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, DiskError>;
+    fn scan(&self, from: &[u8], to: &[u8], limit: usize, reverse: bool) -> Result<Rows, DiskError>;
 }
+
+/// Key-value rows in key order.
+pub type Rows = Vec<(Vec<u8>, Vec<u8>)>;
 
 /// Where each piece of a group's state lives in the disk's key space.
 pub mod keys {

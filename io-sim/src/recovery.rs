@@ -68,10 +68,7 @@ pub fn recover(file: &[u8]) -> Recovered {
     let mut table = Table::new();
     let mut offset = 0usize;
     let mut records = 0usize;
-    loop {
-        let Some(header) = file.get(offset..offset + 4) else {
-            break;
-        };
+    while let Some(header) = file.get(offset..offset + 4) {
         let mut len_bytes = [0u8; 4];
         len_bytes.copy_from_slice(header);
         let len = u32::from_le_bytes(len_bytes) as usize;

@@ -17,7 +17,7 @@ pub mod status;
 pub mod trace;
 
 /// Generated protobuf and gRPC code.
-#[allow(clippy::all, clippy::pedantic, missing_docs)]
+#[allow(clippy::all, clippy::pedantic, clippy::unwrap_used, missing_docs)]
 pub mod pb {
     tonic::include_proto!("seedkv.v1");
 }

@@ -532,10 +532,7 @@ fn role(state: ServerState) -> &'static str {
     }
 }
 
-fn membership_error<E: std::fmt::Display>(err: RaftError<NodeId, E>) -> Status
-where
-    E: std::error::Error,
-{
+fn membership_error<E: std::error::Error>(err: RaftError<NodeId, E>) -> Status {
     match err {
         RaftError::APIError(api) => Status::failed_precondition(api.to_string()),
         RaftError::Fatal(fatal) => Status::unavailable(format!("raft stopped: {fatal}")),

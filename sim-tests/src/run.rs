@@ -186,11 +186,12 @@ pub async fn run(config: RunConfig) -> RunReport {
         }
     }
     // Shut the nodes down so no task outlives the run.
-    let c = cluster.lock().unwrap_or_else(|p| p.into_inner());
-    for index in 0..c.len() {
-        if let Some(node) = c.node(index) {
-            node.shutdown().await;
-        }
+    let running: Vec<_> = {
+        let c = cluster.lock().unwrap_or_else(|p| p.into_inner());
+        (0..c.len()).filter_map(|index| c.node(index)).collect()
+    };
+    for node in running {
+        node.shutdown().await;
     }
     let mut t = trace.lock().unwrap_or_else(|p| p.into_inner());
     t.record(&format!("failure={:?}", report.failure));

@@ -1,0 +1,106 @@
+//! Bad input gets a clear error and loses nothing: the real node and client, in the simulator.
+#![cfg(madsim)]
+
+use std::time::Duration;
+
+use seedkv_core::command::WriteOp;
+use seedkv_io_sim::DiskConfig;
+use seedkv_proto::trace::discard;
+use seedkv_proto::{Client, ClientConfig, ClientError, Consistency};
+use seedkv_sim_tests::cluster::SimCluster;
+
+fn invalid(result: Result<impl std::fmt::Debug, ClientError>, needle: &str) {
+    match result {
+        Err(ClientError::InvalidArgument(message)) => {
+            assert!(
+                message.contains(needle),
+                "{message:?} should mention {needle:?}"
+            )
+        }
+        other => panic!("expected InvalidArgument mentioning {needle:?}, got {other:?}"),
+    }
+}
+
+#[madsim::test]
+async fn limits_and_unknown_nodes_are_refused_clearly() {
+    let cluster = SimCluster::start(3, discard(), DiskConfig::default());
+    let members = cluster.members();
+    let endpoints = cluster.addrs();
+    let client_host = madsim::runtime::Handle::current()
+        .create_node()
+        .name("client")
+        .ip("10.0.1.9".parse().expect("literal address"))
+        .build();
+    client_host
+        .spawn(async move {
+            let client = Client::new(ClientConfig::new(endpoints.clone()));
+            let mut initialized = false;
+            for _ in 0..50 {
+                if client.init(&endpoints[0], &members).await.is_ok() {
+                    initialized = true;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            assert!(initialized, "cluster did not initialize");
+            let revision = client.put(b"keep", b"me").await.expect("put");
+
+            invalid(client.put(b"", b"v").await, "key is empty");
+            invalid(
+                client.put(&vec![b'k'; 4097], b"v").await,
+                "key is 4097 bytes",
+            );
+            invalid(
+                client.put(b"k", &vec![0; 1024 * 1024 + 1]).await,
+                "value is 1048577 bytes",
+            );
+            invalid(
+                client.get(b"", Consistency::Linearizable).await,
+                "key is empty",
+            );
+            invalid(client.cas(b"", None, Some(b"v")).await, "key is empty");
+            let many: Vec<WriteOp> = (0..1025)
+                .map(|i: u32| WriteOp::Put {
+                    key: i.to_be_bytes().to_vec(),
+                    value: vec![],
+                })
+                .collect();
+            invalid(client.batch(&many).await, "batch has 1025 operations");
+            invalid(client.batch(&[]).await, "batch is empty");
+            let big: Vec<WriteOp> = (0..5u8)
+                .map(|i| WriteOp::Put {
+                    key: vec![b'a' + i],
+                    value: vec![0; 1024 * 1024],
+                })
+                .collect();
+            invalid(client.batch(&big).await, "request carries");
+
+            // Membership with a node nobody added.
+            match client.change_membership(&[1, 2, 42]).await {
+                Err(ClientError::InvalidArgument(message)) => {
+                    assert!(message.contains("42"), "{message:?} should name node 42")
+                }
+                other => panic!("expected a refusal naming node 42, got {other:?}"),
+            }
+            invalid(client.add_learner(0, "10.0.0.9:7379").await, "node id 0");
+
+            // Nothing was lost or changed by any of it.
+            let kept = client
+                .get(b"keep", Consistency::Linearizable)
+                .await
+                .expect("get")
+                .expect("key present");
+            assert_eq!(
+                (kept.value.as_slice(), kept.revision),
+                (b"me".as_slice(), revision)
+            );
+            let (rows, more) = client
+                .scan(&Default::default(), 0, Consistency::Linearizable)
+                .await
+                .expect("scan");
+            assert_eq!(rows.len(), 1);
+            assert!(!more);
+        })
+        .await
+        .expect("client task");
+}
