@@ -422,30 +422,41 @@ fn bites(args: &BitesArgs) -> Result<bool> {
     Ok(all_bite)
 }
 
-/// Everything CI runs.
+/// Everything CI runs. Ends with one line totalling the simulation seeds and checks.
 fn test(args: &TestArgs) -> Result<bool> {
     let mut fmt = cargo();
     fmt.args(["fmt", "--all", "--", "--check"]);
     run_checked(fmt, "cargo fmt --check")?;
+    // One profile (dev) for lints and tests, so native dependencies build once.
     let mut clippy = cargo();
-    clippy.args([
-        "clippy",
-        "--workspace",
-        "--all-targets",
-        "--",
-        "-D",
-        "warnings",
-    ]);
+    clippy.args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]);
     run_checked(clippy, "cargo clippy -D warnings")?;
     let mut tests = cargo();
-    tests.args(["test", "--workspace", "--release"]);
-    run_checked(
-        tests,
-        "unit and integration tests (cargo test --workspace --release)",
-    )?;
+    tests.args(["test", "--workspace"]);
+    run_checked(tests, "unit and integration tests (cargo test --workspace)")?;
+
+    // The simulation build: lints and tests under --cfg madsim, then the sweeps.
+    let sim_target = root().join("target").join("sim");
+    let mut sim_clippy = cargo();
+    sim_clippy
+        .args(["clippy", "--profile", "sim", "--workspace", "--all-targets", "--", "-D", "warnings"])
+        .env("RUSTFLAGS", "--cfg madsim")
+        .env("CARGO_TARGET_DIR", &sim_target);
+    run_checked(sim_clippy, "cargo clippy -D warnings (--cfg madsim)")?;
+    let mut sim_tests = cargo();
+    sim_tests
+        .args(["test", "--profile", "sim", "-p", "seedkv-sim-tests", "-p", "seedkv-io-sim"])
+        .env("RUSTFLAGS", "--cfg madsim")
+        .env("CARGO_TARGET_DIR", &sim_target);
+    run_checked(sim_tests, "simulation tests (--cfg madsim)")?;
 
     let binary = build_sim()?;
-    let mut ok = true;
+    let mut passed = 0;
+    let mut failed = 0;
+    let mut tally = |summary: Summary| {
+        passed += summary.passed;
+        failed += summary.failed;
+    };
     let mixed = SimArgs {
         scenario: "mixed".into(),
         seeds: Some(format!("0..{}", args.sim_seeds)),
@@ -460,7 +471,7 @@ fn test(args: &TestArgs) -> Result<bool> {
         verbose: false,
     };
     println!("--- sweep: mixed, 5 nodes, seeds 0..{}", args.sim_seeds);
-    ok &= sweep(&binary, &mixed)?.failed == 0;
+    tally(sweep(&binary, &mixed)?);
     for scenario in ["basic", "partition", "crash-restart", "lossy-net"] {
         let args = SimArgs {
             scenario: scenario.into(),
@@ -469,7 +480,7 @@ fn test(args: &TestArgs) -> Result<bool> {
             ..mixed.clone()
         };
         println!("--- sweep: {scenario}, 3 nodes, seeds 0..20");
-        ok &= sweep(&binary, &args)?.failed == 0;
+        tally(sweep(&binary, &args)?);
     }
     let twice = SimArgs {
         seeds: Some("1000..1020".into()),
@@ -477,8 +488,15 @@ fn test(args: &TestArgs) -> Result<bool> {
         ..mixed.clone()
     };
     println!("--- determinism: mixed, 20 seeds, each twice in fresh processes");
-    ok &= sweep(&binary, &twice)?.failed == 0;
+    tally(sweep(&binary, &twice)?);
     println!("--- the harness bites");
-    ok &= bites(&BitesArgs { max_seeds: 200 })?;
-    Ok(ok)
+    let bites_ok = bites(&BitesArgs { max_seeds: 200 })?;
+    if bites_ok {
+        passed += 1;
+    } else {
+        failed += 1;
+    }
+    println!("--- all simulation checks");
+    println!("{passed} passed, {failed} failed");
+    Ok(failed == 0)
 }
