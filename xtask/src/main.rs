@@ -429,7 +429,14 @@ fn test(args: &TestArgs) -> Result<bool> {
     run_checked(fmt, "cargo fmt --check")?;
     // One profile (dev) for lints and tests, so native dependencies build once.
     let mut clippy = cargo();
-    clippy.args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]);
+    clippy.args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]);
     run_checked(clippy, "cargo clippy -D warnings")?;
     let mut tests = cargo();
     tests.args(["test", "--workspace"]);
@@ -439,13 +446,30 @@ fn test(args: &TestArgs) -> Result<bool> {
     let sim_target = root().join("target").join("sim");
     let mut sim_clippy = cargo();
     sim_clippy
-        .args(["clippy", "--profile", "sim", "--workspace", "--all-targets", "--", "-D", "warnings"])
+        .args([
+            "clippy",
+            "--profile",
+            "sim",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ])
         .env("RUSTFLAGS", "--cfg madsim")
         .env("CARGO_TARGET_DIR", &sim_target);
     run_checked(sim_clippy, "cargo clippy -D warnings (--cfg madsim)")?;
     let mut sim_tests = cargo();
     sim_tests
-        .args(["test", "--profile", "sim", "-p", "seedkv-sim-tests", "-p", "seedkv-io-sim"])
+        .args([
+            "test",
+            "--profile",
+            "sim",
+            "-p",
+            "seedkv-sim-tests",
+            "-p",
+            "seedkv-io-sim",
+        ])
         .env("RUSTFLAGS", "--cfg madsim")
         .env("CARGO_TARGET_DIR", &sim_target);
     run_checked(sim_tests, "simulation tests (--cfg madsim)")?;
