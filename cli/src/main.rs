@@ -1,13 +1,13 @@
-//! `seedkv`: the command-line front door.
-//!
-//! Today it checks histories for linearizability; the server and client subcommands build on
-//! the same binary.
+//! `seedkv`: server, client and tools in one binary.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use seedkv_checker::{check_file, Model, Verdict};
+
+mod client;
+mod server;
 
 #[derive(Parser)]
 #[command(
@@ -16,12 +16,21 @@ use seedkv_checker::{check_file, Model, Verdict};
     about = "seedkv: a Raft-replicated key-value store"
 )]
 struct Cli {
+    #[command(flatten)]
+    connection: client::Connection,
     #[command(subcommand)]
     command: Cmd,
 }
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Run a seedkv node (with no flags: a single-node cluster on 127.0.0.1:7379).
+    Server(Box<server::ServerArgs>),
+    #[command(flatten)]
+    Kv(client::KvCommand),
+    /// Cluster membership and status.
+    #[command(subcommand)]
+    Cluster(client::ClusterCommand),
     /// Check a recorded history for linearizability. Prints `linearizable` (exit 0) or
     /// `not linearizable` (exit 1); a file that cannot be read or parsed exits 2.
     ///
@@ -39,24 +48,54 @@ enum Cmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
-        Cmd::CheckHistory { file, model } => match check_file(&file, model) {
-            Ok(report) => {
-                println!("{}", report.verdict);
-                match report.verdict {
-                    Verdict::Linearizable => ExitCode::SUCCESS,
-                    Verdict::NotLinearizable => {
-                        if let Some(keys) = report.failing_partition {
-                            eprintln!("first violation among keys: {keys}");
-                        }
-                        ExitCode::from(1)
+    if let Cmd::CheckHistory { file, model } = &cli.command {
+        return check_history(file, *model);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("seedkv: cannot start the async runtime: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let outcome = runtime.block_on(async {
+        match cli.command {
+            Cmd::Server(args) => server::run(*args).await.map(|()| true),
+            Cmd::Kv(command) => client::run(&cli.connection, command).await,
+            Cmd::Cluster(command) => client::cluster(&cli.connection, command).await,
+            Cmd::CheckHistory { .. } => Ok(true),
+        }
+    });
+    match outcome {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(err) => {
+            eprintln!("seedkv: {err:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn check_history(file: &std::path::Path, model: Option<Model>) -> ExitCode {
+    match check_file(file, model) {
+        Ok(report) => {
+            println!("{}", report.verdict);
+            match report.verdict {
+                Verdict::Linearizable => ExitCode::SUCCESS,
+                Verdict::NotLinearizable => {
+                    if let Some(keys) = report.failing_partition {
+                        eprintln!("first violation among keys: {keys}");
                     }
+                    ExitCode::from(1)
                 }
             }
-            Err(err) => {
-                eprintln!("seedkv: {err}");
-                ExitCode::from(2)
-            }
-        },
+        }
+        Err(err) => {
+            eprintln!("seedkv: {err}");
+            ExitCode::from(2)
+        }
     }
 }

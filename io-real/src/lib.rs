@@ -1,5 +1,11 @@
 //! seedkv bound to the real world: tokio, TCP and RocksDB.
 //!
-//! This crate is where the RocksDB implementation of `seedkv_core::storage::Disk` and the
-//! TCP server entry point live. It is empty for now: the node and client in `seedkv-proto`
-//! already run on real tokio and TCP unchanged, and the durable real disk comes next.
+//! - [`rocks`]: RocksDB as the core's `Disk`, and ownership of the data directory;
+//! - [`serve`]: a node's gRPC services on a TCP listener, with graceful shutdown.
+//!
+//! Nothing here is part of the simulation build.
+
+pub mod rocks;
+pub mod serve;
+
+pub use rocks::{Identity, OpenError, RocksDisk};

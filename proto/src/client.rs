@@ -35,6 +35,9 @@ use crate::status::leader_hint;
 
 pub use crate::pb::Consistency;
 
+/// The longest pause between two attempts.
+pub const MAX_BACKOFF_MS: u64 = 1_000;
+
 /// How a [`Client`] reaches the cluster.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
@@ -44,7 +47,8 @@ pub struct ClientConfig {
     pub request_timeout_ms: u64,
     /// Most attempts per call.
     pub max_attempts: u32,
-    /// Pause before retrying at another node when no leader is known.
+    /// First pause before retrying at another node when no leader is known; doubles per
+    /// attempt up to [`MAX_BACKOFF_MS`].
     pub retry_backoff_ms: u64,
 }
 
@@ -173,9 +177,13 @@ impl Client {
         Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
     {
         let per_attempt = Duration::from_millis(self.config.request_timeout_ms);
-        let backoff = Duration::from_millis(self.config.retry_backoff_ms);
+        // Back-off doubles per attempt up to 1 s, so the attempts span a leader election.
+        let mut backoff = Duration::from_millis(self.config.retry_backoff_ms);
         let mut last_error = String::from("no endpoints configured");
-        for _attempt in 0..self.config.max_attempts {
+        for attempt in 0..self.config.max_attempts {
+            if attempt > 0 {
+                backoff = (backoff * 2).min(Duration::from_millis(MAX_BACKOFF_MS));
+            }
             let Some((addr, cached)) = self.target() else {
                 break;
             };
@@ -388,6 +396,25 @@ impl Client {
                 status.message()
             ))),
             Err(elapsed) => Err(ClientError::Unavailable(format!("{addr}: {elapsed}"))),
+        }
+    }
+
+    /// Asks the node at `addr` to start an election now.
+    pub async fn elect(&self, addr: &str) -> Result<(), ClientError> {
+        let channel = self
+            .channel(addr, None)
+            .await
+            .map_err(ClientError::Unavailable)?;
+        let per_attempt = Duration::from_millis(self.config.request_timeout_ms);
+        match timeout(
+            per_attempt,
+            AdminClient::new(channel).elect(pb::ElectRequest {}),
+        )
+        .await
+        {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(status)) => Err(ClientError::Server(status.message().to_string())),
+            Err(elapsed) => Err(ClientError::Unknown(format!("{addr}: {elapsed}"))),
         }
     }
 

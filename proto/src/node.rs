@@ -646,6 +646,19 @@ impl pb::admin_server::Admin for AdminService {
         }))
     }
 
+    async fn elect(
+        &self,
+        _request: Request<pb::ElectRequest>,
+    ) -> Result<GrpcResponse<pb::ElectResponse>, Status> {
+        self.0
+            .raft()
+            .trigger()
+            .elect()
+            .await
+            .map_err(|fatal| Status::unavailable(format!("raft stopped: {fatal}")))?;
+        Ok(GrpcResponse::new(pb::ElectResponse {}))
+    }
+
     async fn change_membership(
         &self,
         request: Request<pb::ChangeMembershipRequest>,

@@ -1,0 +1,401 @@
+//! The client commands: `put`, `get`, `del`, `scan`, `mget`, `cas` and `cluster …`.
+//!
+//! Each prints a readable line (or JSON with `--output json`) and exits non-zero on any
+//! failure, with one line on stderr saying why.
+
+use anyhow::{bail, Result};
+use clap::{Args, Subcommand, ValueEnum};
+use seedkv_core::command::{ScanRange, Versioned};
+use seedkv_proto::{Client, ClientConfig, ClientError, Consistency};
+use serde_json::json;
+
+/// Options every client command shares.
+#[derive(Args, Debug, Clone)]
+pub struct Connection {
+    /// Nodes to talk to, comma-separated.
+    #[arg(
+        long,
+        env = "SEEDKV_ENDPOINTS",
+        default_value = "127.0.0.1:7379",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub endpoints: Vec<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Output::Text, global = true)]
+    pub output: Output,
+    /// Deadline of one attempt, in milliseconds (a call makes up to 8).
+    #[arg(long, default_value_t = 2_000, global = true)]
+    pub timeout_ms: u64,
+}
+
+/// How results are printed.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    Text,
+    Json,
+}
+
+/// Read consistency.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReadConsistency {
+    /// Through the leader: sees every write acknowledged before the read.
+    #[default]
+    Linearizable,
+    /// From the node that answers: possibly stale.
+    Serializable,
+}
+
+impl From<ReadConsistency> for Consistency {
+    fn from(c: ReadConsistency) -> Consistency {
+        match c {
+            ReadConsistency::Linearizable => Consistency::Linearizable,
+            ReadConsistency::Serializable => Consistency::Serializable,
+        }
+    }
+}
+
+/// Key-value commands.
+#[derive(Subcommand, Debug)]
+pub enum KvCommand {
+    /// Set KEY to VALUE.
+    Put { key: String, value: String },
+    /// Print the value of KEY (`not found` on stderr and exit 1 if absent).
+    Get {
+        key: String,
+        #[arg(long, value_enum, default_value_t)]
+        consistency: ReadConsistency,
+    },
+    /// Delete KEY.
+    Del { key: String },
+    /// Print `key => value` for keys in a range, in key order.
+    Scan {
+        /// Only keys starting with this.
+        #[arg(long)]
+        prefix: Option<String>,
+        /// Only keys >= this.
+        #[arg(long)]
+        from: Option<String>,
+        /// Only keys < this.
+        #[arg(long)]
+        to: Option<String>,
+        /// At most this many (0: the server's maximum, 10,000).
+        #[arg(long, default_value_t = 0)]
+        limit: u32,
+        #[arg(long, value_enum, default_value_t)]
+        consistency: ReadConsistency,
+    },
+    /// Print `key => value` for each KEY.
+    Mget {
+        #[arg(required = true)]
+        keys: Vec<String>,
+        #[arg(long, value_enum, default_value_t)]
+        consistency: ReadConsistency,
+    },
+    /// Set KEY to NEW if its value is OLD (or it is absent); exit 1 if the comparison fails.
+    Cas {
+        key: String,
+        /// The value KEY must have.
+        #[arg(
+            long,
+            conflicts_with = "expect_absent",
+            required_unless_present = "expect_absent"
+        )]
+        expect: Option<String>,
+        /// KEY must be absent.
+        #[arg(long)]
+        expect_absent: bool,
+        new: String,
+    },
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn client(conn: &Connection) -> Client {
+    let mut config = ClientConfig::new(conn.endpoints.clone());
+    config.request_timeout_ms = conn.timeout_ms;
+    Client::new(config)
+}
+
+fn fail(err: ClientError) -> anyhow::Error {
+    anyhow::anyhow!("{err}")
+}
+
+/// Runs one key-value command; `Ok(false)` means "ran, but the answer is a failure" (exit 1).
+pub async fn run(conn: &Connection, command: KvCommand) -> Result<bool> {
+    let client = client(conn);
+    let json = conn.output == Output::Json;
+    match command {
+        KvCommand::Put { key, value } => {
+            let revision = client
+                .put(key.as_bytes(), value.as_bytes())
+                .await
+                .map_err(fail)?;
+            if json {
+                println!("{}", json!({ "key": key, "revision": revision }));
+            } else {
+                println!("OK (revision {revision})");
+            }
+            Ok(true)
+        }
+        KvCommand::Get { key, consistency } => {
+            let found = client
+                .get(key.as_bytes(), consistency.into())
+                .await
+                .map_err(fail)?;
+            match found {
+                Some(v) => {
+                    if json {
+                        println!(
+                            "{}",
+                            json!({ "key": key, "value": text(&v.value), "revision": v.revision })
+                        );
+                    } else {
+                        println!("{}", text(&v.value));
+                    }
+                    Ok(true)
+                }
+                None => {
+                    if json {
+                        println!("{}", json!({ "key": key, "found": false }));
+                    }
+                    eprintln!("not found");
+                    Ok(false)
+                }
+            }
+        }
+        KvCommand::Del { key } => {
+            let (revision, existed) = client.delete(key.as_bytes()).await.map_err(fail)?;
+            if json {
+                println!(
+                    "{}",
+                    json!({ "key": key, "revision": revision, "existed": existed })
+                );
+            } else if existed {
+                println!("OK (revision {revision})");
+            } else {
+                println!("OK, was absent (revision {revision})");
+            }
+            Ok(true)
+        }
+        KvCommand::Scan {
+            prefix,
+            from,
+            to,
+            limit,
+            consistency,
+        } => {
+            let range = ScanRange {
+                prefix: prefix.unwrap_or_default().into_bytes(),
+                from: from.unwrap_or_default().into_bytes(),
+                to: to.unwrap_or_default().into_bytes(),
+            };
+            let (rows, more) = client
+                .scan(&range, limit, consistency.into())
+                .await
+                .map_err(fail)?;
+            print_rows(
+                json,
+                rows.iter().map(|(k, v)| (k.as_slice(), Some(v))),
+                Some(more),
+            );
+            Ok(true)
+        }
+        KvCommand::Mget { keys, consistency } => {
+            let raw: Vec<Vec<u8>> = keys.iter().map(|k| k.clone().into_bytes()).collect();
+            let values = client
+                .multi_get(&raw, consistency.into())
+                .await
+                .map_err(fail)?;
+            print_rows(
+                json,
+                raw.iter()
+                    .map(Vec::as_slice)
+                    .zip(values.iter().map(Option::as_ref)),
+                None,
+            );
+            Ok(true)
+        }
+        KvCommand::Cas {
+            key,
+            expect,
+            expect_absent,
+            new,
+        } => {
+            if expect.is_none() && !expect_absent {
+                bail!("cas needs --expect OLD or --expect-absent");
+            }
+            let (succeeded, revision) = client
+                .cas(
+                    key.as_bytes(),
+                    expect.as_deref().map(str::as_bytes),
+                    Some(new.as_bytes()),
+                )
+                .await
+                .map_err(fail)?;
+            if json {
+                println!(
+                    "{}",
+                    json!({ "key": key, "succeeded": succeeded, "revision": revision })
+                );
+            } else if succeeded {
+                println!("OK (revision {revision})");
+            } else {
+                eprintln!("compare failed: the current value does not match (revision {revision})");
+            }
+            Ok(succeeded)
+        }
+    }
+}
+
+fn print_rows<'a>(
+    json: bool,
+    rows: impl Iterator<Item = (&'a [u8], Option<&'a Versioned>)>,
+    more: Option<bool>,
+) {
+    if json {
+        let entries: Vec<serde_json::Value> = rows
+            .map(|(key, value)| match value {
+                Some(v) => {
+                    json!({ "key": text(key), "value": text(&v.value), "revision": v.revision })
+                }
+                None => json!({ "key": text(key), "found": false }),
+            })
+            .collect();
+        match more {
+            Some(more) => println!("{}", json!({ "entries": entries, "more": more })),
+            None => println!("{}", json!({ "entries": entries })),
+        }
+        return;
+    }
+    for (key, value) in rows {
+        match value {
+            Some(v) => println!("{} => {}", text(key), text(&v.value)),
+            None => println!("{} => (not found)", text(key)),
+        }
+    }
+    if more == Some(true) {
+        eprintln!("(more keys in range: raise --limit or continue with --from)");
+    }
+}
+
+/// Cluster administration.
+#[derive(Subcommand, Debug)]
+pub enum ClusterCommand {
+    /// Every member: id, address, role, term, last log index, applied index.
+    Status,
+    /// Add node ID at HOST:PORT: as a learner until caught up, then as a voter.
+    AddNode { id: u64, addr: String },
+    /// Remove node ID from the voters (it stays a learner until it is stopped).
+    RemoveNode { id: u64 },
+}
+
+/// Runs a cluster command.
+pub async fn cluster(conn: &Connection, command: ClusterCommand) -> Result<bool> {
+    let client = client(conn);
+    let json = conn.output == Output::Json;
+    match command {
+        ClusterCommand::Status => {
+            let mut first = None;
+            for endpoint in &conn.endpoints {
+                if let Ok(status) = client.status(endpoint).await {
+                    first = Some(status);
+                    break;
+                }
+            }
+            let Some(first) = first else {
+                bail!("no endpoint answered: {}", conn.endpoints.join(", "));
+            };
+            let members: Vec<_> = first
+                .voters
+                .iter()
+                .chain(first.learners.iter())
+                .cloned()
+                .collect();
+            let mut rows = Vec::new();
+            for member in &members {
+                let status = client.status(&member.addr).await;
+                rows.push((member.clone(), status));
+            }
+            if json {
+                let out: Vec<serde_json::Value> = rows
+                    .iter()
+                    .map(|(m, s)| match s {
+                        Ok(s) => json!({
+                            "id": m.id, "addr": m.addr, "role": s.role, "term": s.term,
+                            "last_log": s.last_log_index, "applied": s.applied_index,
+                            "leader": s.leader_id, "keys": s.key_count,
+                        }),
+                        Err(err) => json!({ "id": m.id, "addr": m.addr, "error": err.to_string() }),
+                    })
+                    .collect();
+                println!("{}", json!({ "members": out }));
+            } else {
+                println!(
+                    "{:<4} {:<22} {:<10} {:>6} {:>10} {:>10}",
+                    "ID", "ADDRESS", "ROLE", "TERM", "LAST LOG", "APPLIED"
+                );
+                for (m, s) in &rows {
+                    match s {
+                        Ok(s) => println!(
+                            "{:<4} {:<22} {:<10} {:>6} {:>10} {:>10}",
+                            m.id, m.addr, s.role, s.term, s.last_log_index, s.applied_index
+                        ),
+                        Err(_) => println!("{:<4} {:<22} {:<10}", m.id, m.addr, "down"),
+                    }
+                }
+            }
+            Ok(rows.iter().all(|(_, s)| s.is_ok()))
+        }
+        ClusterCommand::AddNode { id, addr } => {
+            if id == 0 {
+                bail!("node id 0 is not allowed");
+            }
+            client.add_learner(id, &addr).await.map_err(fail)?;
+            let voters = current_voters(&client, conn).await?;
+            let mut next: Vec<u64> = voters.into_iter().filter(|v| *v != id).collect();
+            next.push(id);
+            let index = client.change_membership(&next).await.map_err(fail)?;
+            if json {
+                println!(
+                    "{}",
+                    json!({ "added": id, "voters": next, "log_index": index })
+                );
+            } else {
+                println!("node {id} added; voters are now {next:?}");
+            }
+            Ok(true)
+        }
+        ClusterCommand::RemoveNode { id } => {
+            let voters = current_voters(&client, conn).await?;
+            if !voters.contains(&id) {
+                bail!("node {id} is not a voter; voters are {voters:?}");
+            }
+            let next: Vec<u64> = voters.into_iter().filter(|v| *v != id).collect();
+            if next.is_empty() {
+                bail!("cannot remove the last voter");
+            }
+            let index = client.change_membership(&next).await.map_err(fail)?;
+            if json {
+                println!(
+                    "{}",
+                    json!({ "removed": id, "voters": next, "log_index": index })
+                );
+            } else {
+                println!("node {id} removed; voters are now {next:?}");
+            }
+            Ok(true)
+        }
+    }
+}
+
+async fn current_voters(client: &Client, conn: &Connection) -> Result<Vec<u64>> {
+    for endpoint in &conn.endpoints {
+        if let Ok(status) = client.status(endpoint).await {
+            return Ok(status.voters.iter().map(|m| m.id).collect());
+        }
+    }
+    bail!("no endpoint answered: {}", conn.endpoints.join(", "))
+}

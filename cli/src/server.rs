@@ -1,0 +1,341 @@
+//! `seedkv server`: one seedkv node on TCP and RocksDB.
+//!
+//! Settings come from, lowest to highest precedence: built-in defaults, a TOML file
+//! (`--config`), `SEEDKV_*` environment variables, and flags. With nothing set it runs a
+//! single-node cluster on 127.0.0.1:7379 with data in ./seedkv-data.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use openraft::BasicNode;
+use seedkv_io_real::{Identity, RocksDisk};
+use seedkv_proto::trace::discard;
+use seedkv_proto::{Client, ClientConfig, Node, NodeConfig};
+use serde::Deserialize;
+
+/// Flags of `seedkv server`. Every one can also be set in the TOML file (same name, with
+/// underscores) or as `SEEDKV_<NAME>`.
+#[derive(Args, Debug, Default)]
+pub struct ServerArgs {
+    /// TOML file with any of the settings below.
+    #[arg(long, env = "SEEDKV_CONFIG")]
+    config: Option<PathBuf>,
+    /// This node's id (1 or more) [default: 1].
+    #[arg(long, env = "SEEDKV_NODE_ID")]
+    node_id: Option<u64>,
+    /// Address to listen on [default: 127.0.0.1:7379].
+    #[arg(long, env = "SEEDKV_LISTEN")]
+    listen: Option<String>,
+    /// Address other nodes and clients reach this node at [default: the listen address].
+    #[arg(long, env = "SEEDKV_ADVERTISE")]
+    advertise: Option<String>,
+    /// Data directory [default: ./seedkv-data].
+    #[arg(long, env = "SEEDKV_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Bootstrap a new cluster of these members: `1=HOST:PORT,2=HOST:PORT,...`.
+    #[arg(long, env = "SEEDKV_INITIAL_CLUSTER")]
+    initial_cluster: Option<String>,
+    /// Join the running cluster reachable at this address (as a learner, then a voter).
+    #[arg(long, env = "SEEDKV_JOIN", conflicts_with = "initial_cluster")]
+    join: Option<String>,
+    /// Cluster name, recorded in the data directory [default: seedkv].
+    #[arg(long, env = "SEEDKV_CLUSTER_NAME")]
+    cluster_name: Option<String>,
+    /// Log level or filter (also RUST_LOG) [default: info,openraft=warn].
+    #[arg(long, env = "SEEDKV_LOG_LEVEL")]
+    log_level: Option<String>,
+    /// Log format: text or json [default: text].
+    #[arg(long, env = "SEEDKV_LOG_FORMAT")]
+    log_format: Option<String>,
+}
+
+/// The same settings, as read from the TOML file.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    node_id: Option<u64>,
+    listen: Option<String>,
+    advertise: Option<String>,
+    data_dir: Option<PathBuf>,
+    initial_cluster: Option<String>,
+    join: Option<String>,
+    cluster_name: Option<String>,
+    log_level: Option<String>,
+    log_format: Option<String>,
+}
+
+/// Settings after merging every source.
+#[derive(Debug)]
+pub struct Settings {
+    pub node_id: u64,
+    pub listen: String,
+    pub advertise: String,
+    pub data_dir: PathBuf,
+    pub initial_cluster: Option<Vec<(u64, String)>>,
+    pub join: Option<String>,
+    pub cluster_name: String,
+    pub log_level: String,
+    pub log_json: bool,
+}
+
+/// Parses `1=HOST:PORT,2=HOST:PORT`.
+pub fn parse_members(text: &str) -> Result<Vec<(u64, String)>> {
+    let mut members = Vec::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (id, addr) = part
+            .split_once('=')
+            .with_context(|| format!("initial cluster entry {part:?} is not ID=HOST:PORT"))?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .with_context(|| format!("node id {id:?} is not a number"))?;
+        if id == 0 {
+            bail!("node id 0 is not allowed");
+        }
+        if members.iter().any(|(other, _)| *other == id) {
+            bail!("node id {id} is listed twice");
+        }
+        members.push((id, addr.trim().to_string()));
+    }
+    if members.is_empty() {
+        bail!("the initial cluster is empty");
+    }
+    Ok(members)
+}
+
+impl ServerArgs {
+    /// Merges defaults, the file, the environment and flags.
+    pub fn settings(self) -> Result<Settings> {
+        let file = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read config file {}", path.display()))?;
+                toml::from_str::<FileConfig>(&text)
+                    .with_context(|| format!("bad config file {}", path.display()))?
+            }
+            None => FileConfig::default(),
+        };
+        let node_id = self.node_id.or(file.node_id).unwrap_or(1);
+        if node_id == 0 {
+            bail!("--node-id must be 1 or more");
+        }
+        let listen = self
+            .listen
+            .or(file.listen)
+            .unwrap_or_else(|| "127.0.0.1:7379".into());
+        let advertise = self
+            .advertise
+            .or(file.advertise)
+            .unwrap_or_else(|| listen.clone());
+        let initial_cluster = match self.initial_cluster.or(file.initial_cluster) {
+            Some(text) => Some(parse_members(&text)?),
+            None => None,
+        };
+        let join = self.join.or(file.join);
+        if initial_cluster.is_some() && join.is_some() {
+            bail!("--initial-cluster and --join cannot both be set");
+        }
+        if let Some(members) = &initial_cluster {
+            if !members.iter().any(|(id, _)| *id == node_id) {
+                bail!("--initial-cluster does not list this node's id {node_id}");
+            }
+        }
+        let log_format = self
+            .log_format
+            .or(file.log_format)
+            .unwrap_or_else(|| "text".into());
+        let log_json = match log_format.as_str() {
+            "text" => false,
+            "json" => true,
+            other => bail!("--log-format must be text or json, not {other:?}"),
+        };
+        Ok(Settings {
+            node_id,
+            listen,
+            advertise,
+            data_dir: self
+                .data_dir
+                .or(file.data_dir)
+                .unwrap_or_else(|| PathBuf::from("seedkv-data")),
+            initial_cluster,
+            join,
+            cluster_name: self
+                .cluster_name
+                .or(file.cluster_name)
+                .unwrap_or_else(|| "seedkv".into()),
+            log_level: self
+                .log_level
+                .or(file.log_level)
+                .or_else(|| std::env::var("RUST_LOG").ok())
+                .unwrap_or_else(|| "info,openraft=warn".into()),
+            log_json,
+        })
+    }
+}
+
+fn init_logging(settings: &Settings) -> Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(&settings.log_level)
+        .with_context(|| format!("bad log level {:?}", settings.log_level))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if settings.log_json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+    Ok(())
+}
+
+/// Runs the server until SIGINT or SIGTERM.
+pub async fn run(args: ServerArgs) -> Result<()> {
+    let settings = args.settings()?;
+    init_logging(&settings)?;
+    let listener = tokio::net::TcpListener::bind(&settings.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", settings.listen))?;
+    let identity = Identity {
+        node_id: settings.node_id,
+        cluster: settings.cluster_name.clone(),
+    };
+    let disk = Arc::new(RocksDisk::open(&settings.data_dir, &identity)?);
+    let mut config = NodeConfig::new(settings.node_id, settings.advertise.clone());
+    config.raft.cluster_name = settings.cluster_name.clone();
+    let node = Node::start(config, disk.clone(), discard()).await?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(seedkv_io_real::serve::serve(
+        node.clone(),
+        listener,
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
+    tracing::info!(
+        node = settings.node_id,
+        listen = %settings.listen,
+        data_dir = %settings.data_dir.display(),
+        "seedkv server started"
+    );
+    bootstrap(&node, &settings).await?;
+
+    wait_for_signal().await?;
+    tracing::info!("shutting down");
+    let graceful = async {
+        hand_over_leadership(&node).await;
+        node.shutdown().await;
+        let _ = stop_tx.send(());
+        let _ = serving.await;
+    };
+    if tokio::time::timeout(Duration::from_millis(1_500), graceful)
+        .await
+        .is_err()
+    {
+        tracing::warn!("graceful shutdown took too long; stopping now");
+    }
+    disk.flush()?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() -> Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    tokio::select! {
+        biased;
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}
+
+/// Starts a new cluster, joins one, or does nothing if this node already belongs to one.
+async fn bootstrap(node: &Arc<Node>, settings: &Settings) -> Result<()> {
+    let initialized = node.raft().is_initialized().await.unwrap_or(false);
+    if initialized {
+        return Ok(());
+    }
+    if let Some(seed) = &settings.join {
+        return join(settings, seed).await;
+    }
+    let members: BTreeMap<u64, BasicNode> = match &settings.initial_cluster {
+        Some(members) => members
+            .iter()
+            .map(|(id, addr)| (*id, BasicNode::new(addr)))
+            .collect(),
+        None => BTreeMap::from([(settings.node_id, BasicNode::new(&settings.advertise))]),
+    };
+    // Every member initializes with the same membership; whoever is second is refused, which
+    // is fine: the log already holds it.
+    if let Err(err) = node.raft().initialize(members).await {
+        tracing::info!("initialize: {err}");
+    }
+    Ok(())
+}
+
+async fn join(settings: &Settings, seed: &str) -> Result<()> {
+    let client = Client::new(ClientConfig::new(vec![seed.to_string()]));
+    let id = settings.node_id;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let attempt = async {
+            client.add_learner(id, &settings.advertise).await?;
+            let status = client.status(seed).await?;
+            let mut voters: Vec<u64> = status.voters.iter().map(|m| m.id).collect();
+            if !voters.contains(&id) {
+                voters.push(id);
+                client.change_membership(&voters).await?;
+            }
+            Ok::<(), seedkv_proto::ClientError>(())
+        };
+        match attempt.await {
+            Ok(()) => {
+                tracing::info!(node = id, via = seed, "joined the cluster as a voter");
+                return Ok(());
+            }
+            Err(err) if tokio::time::Instant::now() < deadline => {
+                tracing::warn!("join via {seed} failed, retrying: {err}");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(err) => bail!("could not join the cluster via {seed}: {err}"),
+        }
+    }
+}
+
+/// If this node leads, asks the most caught-up voter to start an election now, so the
+/// cluster has a new leader before this one goes quiet.
+async fn hand_over_leadership(node: &Arc<Node>) {
+    let metrics = node.raft().metrics().borrow().clone();
+    if metrics.current_leader != Some(node.id()) {
+        return;
+    }
+    let Some(replication) = metrics.replication else {
+        return;
+    };
+    let voters: Vec<u64> = metrics.membership_config.membership().voter_ids().collect();
+    let best = replication
+        .iter()
+        .filter(|(id, _)| **id != node.id() && voters.contains(id))
+        .max_by_key(|(_, matched)| matched.map_or(0, |m| m.index))
+        .map(|(id, _)| *id);
+    let Some(target) = best else {
+        return;
+    };
+    let Some(addr) = metrics
+        .membership_config
+        .membership()
+        .get_node(&target)
+        .map(|n| n.addr.clone())
+    else {
+        return;
+    };
+    let client = Client::new(ClientConfig::new(vec![addr.clone()]));
+    match client.elect(&addr).await {
+        Ok(()) => tracing::info!(to = target, "handed leadership over"),
+        Err(err) => tracing::warn!(to = target, "leadership hand-over failed: {err}"),
+    }
+}

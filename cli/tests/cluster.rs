@@ -1,0 +1,285 @@
+//! A real three-node cluster: `seedkv server` processes on loopback, real RocksDB in temporary
+//! directories, the leader killed with SIGKILL in the middle of 1,000 writes and restarted,
+//! then a fourth node joins and one is removed. Every process started is stopped.
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use seedkv_proto::{Client, ClientConfig, ClientError, Consistency};
+
+const BIN: &str = env!("CARGO_BIN_EXE_seedkv");
+
+/// Reserves a free loopback port (bind to port 0, then release it for the server).
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// Server processes, SIGKILLed on drop so that a failing test leaves nothing behind.
+struct Servers {
+    children: BTreeMap<u64, Child>,
+    dir: PathBuf,
+}
+
+impl Servers {
+    fn start(&mut self, id: u64, addr: &str, extra: &[String]) {
+        let log = std::fs::File::create(self.dir.join(format!("node{id}.log"))).expect("log file");
+        let child = Command::new(BIN)
+            .arg("server")
+            .args(["--node-id", &id.to_string(), "--listen", addr])
+            .arg("--data-dir")
+            .arg(self.dir.join(format!("data{id}")))
+            .args(["--log-level", "warn"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start seedkv server");
+        self.children.insert(id, child);
+    }
+
+    fn kill(&mut self, id: u64) {
+        if let Some(mut child) = self.children.remove(&id) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then require a clean exit (status 0) within 5 s.
+    fn stop(&mut self, id: u64) {
+        let Some(mut child) = self.children.remove(&id) else {
+            return;
+        };
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("kill -TERM");
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(exit) = child.try_wait().expect("wait") {
+                assert!(exit.success(), "node {id} exited with {exit} after SIGTERM");
+                return;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("node {id} did not stop within 5 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        for (_, mut child) in std::mem::take(&mut self.children) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn client_for(endpoints: &[String]) -> Client {
+    let mut config = ClientConfig::new(endpoints.to_vec());
+    config.request_timeout_ms = 1_000;
+    Client::new(config)
+}
+
+async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn leader(client: &Client, addrs: &[String]) -> Option<(u64, String)> {
+    for addr in addrs {
+        if let Ok(status) = client.status(addr).await {
+            if status.role == "leader" {
+                return Some((status.node_id, addr.clone()));
+            }
+        }
+    }
+    None
+}
+
+fn cli(endpoints: &str, args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .args(["--endpoints", endpoints])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run seedkv client")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_the_leader_during_writes_then_join_and_remove() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let mut servers = Servers {
+        children: BTreeMap::new(),
+        dir: tmp.path().to_path_buf(),
+    };
+    let addrs: Vec<String> = (0..4)
+        .map(|_| format!("127.0.0.1:{}", free_port()))
+        .collect();
+    let initial = format!("1={},2={},3={}", addrs[0], addrs[1], addrs[2]);
+    let args_for = |_id: u64| vec!["--initial-cluster".to_string(), initial.clone()];
+    for id in 1..=3u64 {
+        servers.start(id, &addrs[id as usize - 1], &args_for(id));
+    }
+    let voters = addrs[..3].to_vec();
+    let probe = client_for(&voters);
+    wait_until("a leader", Duration::from_secs(30), || async {
+        leader(&probe, &voters).await.is_some()
+    })
+    .await;
+
+    // 1,000 writes; the leader is SIGKILLed after the 500th.
+    let client = client_for(&voters);
+    let mut acked: BTreeMap<String, String> = BTreeMap::new();
+    let mut unknown = 0;
+    let mut killed = None;
+    for i in 0..1_000u32 {
+        if i == 500 {
+            let (id, _) = leader(&probe, &voters)
+                .await
+                .expect("leader before the kill");
+            servers.kill(id);
+            killed = Some(id);
+        }
+        let key = format!("key{i:04}");
+        let value = format!("value{i}");
+        // A definite failure applied nothing, so the same write may be sent again.
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match client.put(key.as_bytes(), value.as_bytes()).await {
+                Ok(_) => {
+                    acked.insert(key, value);
+                    break;
+                }
+                Err(ClientError::Unknown(_)) => {
+                    unknown += 1;
+                    break;
+                }
+                Err(err) if tries < 5 => eprintln!("write {i} refused, retrying: {err}"),
+                Err(err) => panic!("write {i} failed {tries} times: {err}"),
+            }
+        }
+    }
+    let killed = killed.expect("a leader was killed");
+    assert!(
+        acked.len() >= 990,
+        "only {} writes acknowledged ({unknown} unknown)",
+        acked.len()
+    );
+
+    // Restart the killed node from its data directory; it must catch up.
+    servers.start(killed, &addrs[killed as usize - 1], &args_for(killed));
+    let killed_addr = addrs[killed as usize - 1].clone();
+    wait_until(
+        "the restarted node to catch up",
+        Duration::from_secs(30),
+        || async {
+            let Some((_, leader_addr)) = leader(&probe, &voters).await else {
+                return false;
+            };
+            let (Ok(lead), Ok(node)) = (
+                probe.status(&leader_addr).await,
+                probe.status(&killed_addr).await,
+            ) else {
+                return false;
+            };
+            node.applied_index >= lead.last_log_index && node.state_digest == lead.state_digest
+        },
+    )
+    .await;
+
+    // Every acknowledged write, read back from every node on its own.
+    let keys: Vec<Vec<u8>> = acked.keys().map(|k| k.clone().into_bytes()).collect();
+    for addr in &voters {
+        let single = client_for(std::slice::from_ref(addr));
+        for chunk in keys.chunks(500) {
+            let values = single
+                .multi_get(chunk, Consistency::Serializable)
+                .await
+                .unwrap_or_else(|err| panic!("read from {addr}: {err}"));
+            for (key, value) in chunk.iter().zip(values) {
+                let key = String::from_utf8_lossy(key).into_owned();
+                let got = value.map(|v| String::from_utf8_lossy(&v.value).into_owned());
+                assert_eq!(got.as_ref(), acked.get(&key), "{key} on {addr}");
+            }
+        }
+    }
+
+    // The CLI session: put, get, scan.
+    let endpoints = voters.join(",");
+    let out = cli(&endpoints, &["put", "foo", "bar"]);
+    assert!(
+        out.status.success(),
+        "put: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = cli(&endpoints, &["get", "foo"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "bar\n");
+    let out = cli(&endpoints, &["get", "nope"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "not found\n");
+    let out = cli(&endpoints, &["scan", "--prefix", "fo"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "foo => bar\n");
+    let out = cli(&endpoints, &["put", "", "x"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("key is empty"));
+
+    // A fourth node joins through node 1 and becomes a voter.
+    servers.start(4, &addrs[3], &["--join".to_string(), addrs[0].clone()]);
+    wait_until(
+        "node 4 to become a voter",
+        Duration::from_secs(60),
+        || async {
+            match probe.status(&addrs[0]).await {
+                Ok(status) => status.voters.iter().any(|m| m.id == 4),
+                Err(_) => false,
+            }
+        },
+    )
+    .await;
+
+    // Remove node 2 through the CLI, then stop it.
+    let all = addrs.join(",");
+    let out = cli(&all, &["cluster", "remove-node", "2"]);
+    assert!(
+        out.status.success(),
+        "remove-node: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status = probe.status(&addrs[0]).await.expect("status");
+    let ids: Vec<u64> = status.voters.iter().map(|m| m.id).collect();
+    assert_eq!(ids, vec![1, 3, 4]);
+    servers.stop(2);
+    let remaining = vec![addrs[0].clone(), addrs[2].clone(), addrs[3].clone()];
+    wait_until(
+        "a leader among 1, 3, 4",
+        Duration::from_secs(30),
+        || async { leader(&probe, &remaining).await.is_some() },
+    )
+    .await;
+
+    let out = cli(&all, &["cluster", "status"]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("leader"), "{table}");
+
+    for id in [1, 3, 4] {
+        servers.stop(id);
+    }
+    let _ = Path::new(BIN);
+}
