@@ -45,6 +45,10 @@ pub struct ServerArgs {
     /// Cluster name, recorded in the data directory [default: seedkv].
     #[arg(long, env = "SEEDKV_CLUSTER_NAME")]
     cluster_name: Option<String>,
+    /// Take a snapshot (and purge the log behind it) every this many log entries
+    /// [default: 5000].
+    #[arg(long, env = "SEEDKV_SNAPSHOT_EVERY")]
+    snapshot_every: Option<u64>,
     /// Log level or filter (also RUST_LOG) [default: info,openraft=warn].
     #[arg(long, env = "SEEDKV_LOG_LEVEL")]
     log_level: Option<String>,
@@ -64,6 +68,7 @@ struct FileConfig {
     initial_cluster: Option<String>,
     join: Option<String>,
     cluster_name: Option<String>,
+    snapshot_every: Option<u64>,
     log_level: Option<String>,
     log_format: Option<String>,
 }
@@ -78,6 +83,7 @@ pub struct Settings {
     pub initial_cluster: Option<Vec<(u64, String)>>,
     pub join: Option<String>,
     pub cluster_name: String,
+    pub snapshot_every: u64,
     pub log_level: String,
     pub log_json: bool,
 }
@@ -153,7 +159,12 @@ impl ServerArgs {
             "json" => true,
             other => bail!("--log-format must be text or json, not {other:?}"),
         };
+        let snapshot_every = self.snapshot_every.or(file.snapshot_every).unwrap_or(5_000);
+        if snapshot_every == 0 {
+            bail!("--snapshot-every must be 1 or more");
+        }
         Ok(Settings {
+            snapshot_every,
             node_id,
             listen,
             advertise,
@@ -205,6 +216,8 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     let disk = Arc::new(RocksDisk::open(&settings.data_dir, &identity)?);
     let mut config = NodeConfig::new(settings.node_id, settings.advertise.clone());
     config.raft.cluster_name = settings.cluster_name.clone();
+    config.raft.snapshot_policy = openraft::SnapshotPolicy::LogsSinceLast(settings.snapshot_every);
+    config.raft.max_in_snapshot_log_to_keep = settings.snapshot_every / 5;
     let node = Node::start(config, disk.clone(), discard()).await?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let serving = tokio::spawn(seedkv_io_real::serve::serve(

@@ -132,7 +132,15 @@ async fn kill_the_leader_during_writes_then_join_and_remove() {
         .map(|_| format!("127.0.0.1:{}", free_port()))
         .collect();
     let initial = format!("1={},2={},3={}", addrs[0], addrs[1], addrs[2]);
-    let args_for = |_id: u64| vec!["--initial-cluster".to_string(), initial.clone()];
+    // Snapshots every 200 entries: the restarted and the new node catch up by snapshot.
+    let args_for = |_id: u64| {
+        vec![
+            "--initial-cluster".to_string(),
+            initial.clone(),
+            "--snapshot-every".to_string(),
+            "200".to_string(),
+        ]
+    };
     for id in 1..=3u64 {
         servers.start(id, &addrs[id as usize - 1], &args_for(id));
     }
@@ -241,7 +249,8 @@ async fn kill_the_leader_during_writes_then_join_and_remove() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("key is empty"));
 
     // A fourth node joins through node 1 and becomes a voter.
-    servers.start(4, &addrs[3], &["--join".to_string(), addrs[0].clone()]);
+    let join = ["--join", &addrs[0], "--snapshot-every", "200"].map(String::from);
+    servers.start(4, &addrs[3], &join);
     wait_until(
         "node 4 to become a voter",
         Duration::from_secs(60),
@@ -253,6 +262,21 @@ async fn kill_the_leader_during_writes_then_join_and_remove() {
         },
     )
     .await;
+
+    // Node 4 caught up through a snapshot; the log behind snapshots is purged.
+    wait_until(
+        "node 4 to install a snapshot",
+        Duration::from_secs(30),
+        || async {
+            probe
+                .status(&addrs[3])
+                .await
+                .is_ok_and(|status| status.snapshot_index > 0)
+        },
+    )
+    .await;
+    let status = probe.status(&addrs[0]).await.expect("status of node 1");
+    assert!(status.purged_index > 0, "node 1 purged nothing: {status:?}");
 
     // Remove node 2 through the CLI, then stop it.
     let all = addrs.join(",");

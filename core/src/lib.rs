@@ -6,6 +6,7 @@
 //! - [`types`]: the openraft type config, node and group ids;
 //! - [`runtime`]: the async runtime binding that runs the same code on tokio and on madsim;
 //! - [`codec`]: checksummed frames for everything stored or shipped;
+//! - [`conformance`]: the storage checks every `Disk` implementation must pass;
 //! - [`faults`] (simulation builds only): switches that break safety on purpose, to prove
 //!   the simulation catches it.
 //!
@@ -14,6 +15,7 @@
 
 pub mod codec;
 pub mod command;
+pub mod conformance;
 #[cfg(madsim)]
 pub mod faults;
 pub mod runtime;

@@ -589,6 +589,8 @@ impl pb::admin_server::Admin for AdminService {
             learners,
             key_count,
             state_digest,
+            snapshot_index: metrics.snapshot.map_or(0, |id| id.index),
+            purged_index: metrics.purged.map_or(0, |id| id.index),
         }))
     }
 

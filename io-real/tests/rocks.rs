@@ -1,0 +1,114 @@
+//! RocksDB against the storage conformance suite, and ownership of the data directory.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use seedkv_core::conformance::{self, DiskUnderTest};
+use seedkv_io_real::{Identity, OpenError, RocksDisk};
+
+fn identity(node_id: u64) -> Identity {
+    Identity {
+        node_id,
+        cluster: "test".into(),
+    }
+}
+
+struct Rocks {
+    dir: PathBuf,
+    disk: Option<Arc<RocksDisk>>,
+}
+
+impl DiskUnderTest for Rocks {
+    type Disk = RocksDisk;
+
+    fn disk(&self) -> Arc<RocksDisk> {
+        self.disk.clone().expect("disk is open")
+    }
+
+    async fn crash_and_reopen(&mut self) {
+        // Drop without flushing: the memtable is gone, only the WAL and SSTs remain.
+        let disk = self.disk.take().expect("disk is open");
+        assert_eq!(Arc::strong_count(&disk), 1, "a handle outlived the crash");
+        drop(disk);
+        self.disk = Some(Arc::new(
+            RocksDisk::open(&self.dir, &identity(1)).expect("reopen"),
+        ));
+    }
+}
+
+#[tokio::test]
+async fn rocksdb_passes_the_conformance_suite() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let dir = tmp.path().join("data");
+    let disk = RocksDisk::open(&dir, &identity(1)).expect("open");
+    let mut harness = Rocks {
+        dir,
+        disk: Some(Arc::new(disk)),
+    };
+    conformance::run_all(&mut harness).await;
+}
+
+#[test]
+fn a_second_opener_is_refused_while_the_first_holds_the_directory() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let dir = tmp.path().join("data");
+    let _first = RocksDisk::open(&dir, &identity(1)).expect("open");
+    match RocksDisk::open(&dir, &identity(1)) {
+        Err(err @ OpenError::Locked { .. }) => {
+            assert!(err.to_string().contains("in use by another seedkv process"))
+        }
+        Err(other) => panic!("expected Locked, got {other}"),
+        Ok(_) => panic!("a second opener was allowed"),
+    }
+}
+
+#[test]
+fn a_directory_of_another_node_or_cluster_is_refused_and_kept() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let dir = tmp.path().join("data");
+    drop(RocksDisk::open(&dir, &identity(1)).expect("open"));
+    match RocksDisk::open(&dir, &identity(2)) {
+        Err(err @ OpenError::WrongOwner { .. }) => {
+            assert!(err.to_string().contains("belongs to node 1"), "{err}")
+        }
+        Err(other) => panic!("expected WrongOwner, got {other}"),
+        Ok(_) => panic!("node 2 opened node 1's directory"),
+    }
+    let other_cluster = Identity {
+        node_id: 1,
+        cluster: "elsewhere".into(),
+    };
+    assert!(matches!(
+        RocksDisk::open(&dir, &other_cluster),
+        Err(OpenError::WrongOwner { .. })
+    ));
+    // Refusing wrote nothing: the rightful owner still opens it.
+    RocksDisk::open(&dir, &identity(1)).expect("owner reopens");
+}
+
+#[test]
+fn foreign_and_corrupt_directories_are_refused() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let foreign = tmp.path().join("foreign");
+    std::fs::create_dir_all(&foreign).expect("mkdir");
+    std::fs::write(foreign.join("notes.txt"), b"mine").expect("write");
+    match RocksDisk::open(&foreign, &identity(1)) {
+        Err(OpenError::Corrupt { reason, .. }) => assert!(reason.contains("no seedkv database")),
+        Err(other) => panic!("expected Corrupt, got {other}"),
+        Ok(_) => panic!("opened a foreign directory"),
+    }
+    assert_eq!(
+        std::fs::read_dir(&foreign).expect("ls").count(),
+        1,
+        "wrote into it"
+    );
+
+    let dir = tmp.path().join("data");
+    drop(RocksDisk::open(&dir, &identity(1)).expect("open"));
+    std::fs::write(dir.join("db").join("CURRENT"), b"garbage\n").expect("corrupt");
+    match RocksDisk::open(&dir, &identity(1)) {
+        Err(err @ OpenError::Corrupt { .. }) => assert!(err.to_string().contains("corrupt")),
+        Err(other) => panic!("expected Corrupt, got {other}"),
+        Ok(_) => panic!("opened a corrupt database"),
+    }
+}
