@@ -281,6 +281,81 @@ fn print_rows<'a>(
     }
 }
 
+/// Writes `keys` keys `PREFIX00000000…` with values of `value_size` bytes, `batch` keys per
+/// atomic batch, `concurrency` batches in flight. For loading test data.
+pub async fn load(conn: &Connection, args: LoadArgs) -> Result<bool> {
+    if args.batch == 0 || args.concurrency == 0 {
+        bail!("--batch and --concurrency must be 1 or more");
+    }
+    let client = std::sync::Arc::new(client(conn));
+    let started = std::time::Instant::now();
+    let value = vec![b'v'; args.value_size];
+    let batches: Vec<(u64, u64)> = (0..args.keys)
+        .step_by(args.batch)
+        .map(|start| (start, (start + args.batch as u64).min(args.keys)))
+        .collect();
+    let mut pending = batches.into_iter();
+    let mut tasks = tokio::task::JoinSet::new();
+    let spawn = |tasks: &mut tokio::task::JoinSet<Result<(), ClientError>>,
+                 (from, to): (u64, u64)| {
+        let client = client.clone();
+        let prefix = args.prefix.clone();
+        let value = value.clone();
+        tasks.spawn(async move {
+            let ops: Vec<_> = (from..to)
+                .map(|i| seedkv_core::WriteOp::Put {
+                    key: format!("{prefix}{i:010}").into_bytes(),
+                    value: value.clone(),
+                })
+                .collect();
+            client.batch(&ops).await.map(|_| ())
+        });
+    };
+    for range in pending.by_ref().take(args.concurrency) {
+        spawn(&mut tasks, range);
+    }
+    while let Some(joined) = tasks.join_next().await {
+        joined
+            .map_err(|err| anyhow::anyhow!("load task failed: {err}"))?
+            .map_err(fail)?;
+        if let Some(range) = pending.next() {
+            spawn(&mut tasks, range);
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    if conn.output == Output::Json {
+        println!("{}", json!({ "keys": args.keys, "seconds": seconds }));
+    } else {
+        println!(
+            "loaded {} keys of {} bytes in {seconds:.1} s ({:.0} keys/s)",
+            args.keys,
+            args.value_size,
+            args.keys as f64 / seconds.max(1e-9)
+        );
+    }
+    Ok(true)
+}
+
+/// Options of `seedkv load`.
+#[derive(Args, Debug)]
+pub struct LoadArgs {
+    /// How many keys.
+    #[arg(long, default_value_t = 100_000)]
+    pub keys: u64,
+    /// Bytes per value.
+    #[arg(long, default_value_t = 16)]
+    pub value_size: usize,
+    /// Keys per atomic batch (at most 1,024).
+    #[arg(long, default_value_t = 1_000)]
+    pub batch: usize,
+    /// Batches in flight.
+    #[arg(long, default_value_t = 4)]
+    pub concurrency: usize,
+    /// Key prefix.
+    #[arg(long, default_value = "load/")]
+    pub prefix: String,
+}
+
 /// Cluster administration.
 #[derive(Subcommand, Debug)]
 pub enum ClusterCommand {

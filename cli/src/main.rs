@@ -28,6 +28,8 @@ enum Cmd {
     Server(Box<server::ServerArgs>),
     #[command(flatten)]
     Kv(client::KvCommand),
+    /// Write many keys quickly, in atomic batches (for test data and measurements).
+    Load(client::LoadArgs),
     /// Cluster membership and status.
     #[command(subcommand)]
     Cluster(client::ClusterCommand),
@@ -66,6 +68,7 @@ fn main() -> ExitCode {
             Cmd::Server(args) => server::run(*args).await.map(|()| true),
             Cmd::Kv(command) => client::run(&cli.connection, command).await,
             Cmd::Cluster(command) => client::cluster(&cli.connection, command).await,
+            Cmd::Load(args) => client::load(&cli.connection, args).await,
             Cmd::CheckHistory { .. } => Ok(true),
         }
     });

@@ -12,6 +12,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use openraft::BasicNode;
+use seedkv_core::Limits;
 use seedkv_io_real::{Identity, RocksDisk};
 use seedkv_proto::trace::discard;
 use seedkv_proto::{Client, ClientConfig, Node, NodeConfig};
@@ -49,6 +50,18 @@ pub struct ServerArgs {
     /// [default: 5000].
     #[arg(long, env = "SEEDKV_SNAPSHOT_EVERY")]
     snapshot_every: Option<u64>,
+    /// Longest key accepted, in bytes [default: 4096].
+    #[arg(long, env = "SEEDKV_MAX_KEY_BYTES")]
+    max_key_bytes: Option<usize>,
+    /// Longest value accepted, in bytes [default: 1048576].
+    #[arg(long, env = "SEEDKV_MAX_VALUE_BYTES")]
+    max_value_bytes: Option<usize>,
+    /// Largest request payload accepted, in bytes [default: 4194304].
+    #[arg(long, env = "SEEDKV_MAX_REQUEST_BYTES")]
+    max_request_bytes: Option<usize>,
+    /// Most operations in one batch or keys in one multi-get [default: 1024].
+    #[arg(long, env = "SEEDKV_MAX_BATCH_OPS")]
+    max_batch_ops: Option<usize>,
     /// Log level or filter (also RUST_LOG) [default: info,openraft=warn].
     #[arg(long, env = "SEEDKV_LOG_LEVEL")]
     log_level: Option<String>,
@@ -69,6 +82,10 @@ struct FileConfig {
     join: Option<String>,
     cluster_name: Option<String>,
     snapshot_every: Option<u64>,
+    max_key_bytes: Option<usize>,
+    max_value_bytes: Option<usize>,
+    max_request_bytes: Option<usize>,
+    max_batch_ops: Option<usize>,
     log_level: Option<String>,
     log_format: Option<String>,
 }
@@ -84,6 +101,7 @@ pub struct Settings {
     pub join: Option<String>,
     pub cluster_name: String,
     pub snapshot_every: u64,
+    pub limits: Limits,
     pub log_level: String,
     pub log_json: bool,
 }
@@ -163,8 +181,32 @@ impl ServerArgs {
         if snapshot_every == 0 {
             bail!("--snapshot-every must be 1 or more");
         }
+        let defaults = Limits::default();
+        let limits = Limits {
+            max_key_bytes: self
+                .max_key_bytes
+                .or(file.max_key_bytes)
+                .unwrap_or(defaults.max_key_bytes),
+            max_value_bytes: self
+                .max_value_bytes
+                .or(file.max_value_bytes)
+                .unwrap_or(defaults.max_value_bytes),
+            max_request_bytes: self
+                .max_request_bytes
+                .or(file.max_request_bytes)
+                .unwrap_or(defaults.max_request_bytes),
+            max_batch_ops: self
+                .max_batch_ops
+                .or(file.max_batch_ops)
+                .unwrap_or(defaults.max_batch_ops),
+            max_scan_limit: defaults.max_scan_limit,
+        };
+        if limits.max_key_bytes == 0 || limits.max_batch_ops == 0 || limits.max_request_bytes == 0 {
+            bail!("--max-key-bytes, --max-batch-ops and --max-request-bytes must be 1 or more");
+        }
         Ok(Settings {
             snapshot_every,
+            limits,
             node_id,
             listen,
             advertise,
@@ -216,6 +258,7 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     let disk = Arc::new(RocksDisk::open(&settings.data_dir, &identity)?);
     let mut config = NodeConfig::new(settings.node_id, settings.advertise.clone());
     config.raft.cluster_name = settings.cluster_name.clone();
+    config.limits = settings.limits;
     config.raft.snapshot_policy = openraft::SnapshotPolicy::LogsSinceLast(settings.snapshot_every);
     config.raft.max_in_snapshot_log_to_keep = settings.snapshot_every / 5;
     let node = Node::start(config, disk.clone(), discard()).await?;

@@ -31,6 +31,18 @@ enum Task {
     Test(TestArgs),
     /// Install the system packages the build needs (librocksdb-dev, libclang).
     Setup,
+    /// Set up, build (release) and start `seedkv server`; arguments after `--` go to it.
+    Server {
+        /// Arguments for `seedkv server`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Measure the release server: binary size, idle RSS, RSS and restart time with 1 M keys.
+    Measure {
+        /// Keys to load.
+        #[arg(long, default_value_t = 1_000_000)]
+        keys: u64,
+    },
 }
 
 #[derive(Args, Clone)]
@@ -91,6 +103,8 @@ fn main() -> ExitCode {
         Task::Bites(args) => bites(&args),
         Task::Test(args) => test(&args),
         Task::Setup => install_system_packages().map(|()| true),
+        Task::Server { args } => server(&args),
+        Task::Measure { keys } => measure(keys),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
@@ -575,4 +589,153 @@ fn test(args: &TestArgs) -> Result<bool> {
     println!("--- all simulation checks");
     println!("{passed} passed, {failed} failed");
     Ok(failed == 0)
+}
+
+/// Builds the release `seedkv` binary (after installing what the build needs).
+fn build_release() -> Result<PathBuf> {
+    install_system_packages()?;
+    let mut build = cargo();
+    build.args(["build", "--release", "-p", "seedkv-cli", "--bin", "seedkv"]);
+    run_checked(build, "build seedkv (release)")?;
+    Ok(root().join("target").join("release").join("seedkv"))
+}
+
+/// `cargo xtask server`: everything needed to run a node, in one command.
+fn server(args: &[String]) -> Result<bool> {
+    let binary = build_release()?;
+    eprintln!("==> {} server {}", binary.display(), args.join(" "));
+    let status = Command::new(&binary).arg("server").args(args).status()?;
+    Ok(status.success())
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Polls `check` every 50 ms for up to `limit`; returns how long it took.
+fn wait_for(
+    limit: std::time::Duration,
+    mut check: impl FnMut() -> bool,
+) -> Result<std::time::Duration> {
+    let start = std::time::Instant::now();
+    while !check() {
+        if start.elapsed() > limit {
+            bail!("gave up after {limit:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    Ok(start.elapsed())
+}
+
+/// A server process that is killed if the measurement stops early.
+struct ServerProcess(std::process::Child);
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `cargo xtask measure`: the figures of a single release node, printed as a table.
+fn measure(keys: u64) -> Result<bool> {
+    use std::time::Duration;
+    let binary = build_release()?;
+    let size_mib = std::fs::metadata(&binary)?.len() as f64 / (1024.0 * 1024.0);
+    let dir = std::env::temp_dir().join(format!("seedkv-measure-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let addr = format!("127.0.0.1:{}", free_port()?);
+    let start = |dir: &Path| -> Result<ServerProcess> {
+        let child = Command::new(&binary)
+            .args([
+                "server",
+                "--listen",
+                &addr,
+                "--log-level",
+                "warn",
+                "--data-dir",
+            ])
+            .arg(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()?;
+        Ok(ServerProcess(child))
+    };
+    let client = |args: &[&str]| {
+        Command::new(&binary)
+            .args(["--endpoints", &addr])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let mut server = start(&dir)?;
+    let ready = wait_for(Duration::from_secs(30), || client(&["put", "ready", "1"]))?;
+    std::thread::sleep(Duration::from_secs(2));
+    let idle = rss_kib(server.0.id()).unwrap_or(0);
+    let load_start = std::time::Instant::now();
+    let keys_arg = keys.to_string();
+    if !client(&["load", "--keys", &keys_arg, "--value-size", "16"]) {
+        bail!("loading {keys} keys failed");
+    }
+    let load_s = load_start.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_secs(1));
+    let loaded = rss_kib(server.0.id()).unwrap_or(0);
+    let stop_start = std::time::Instant::now();
+    Command::new("kill")
+        .args(["-TERM", &server.0.id().to_string()])
+        .status()?;
+    let stop = wait_for(Duration::from_secs(10), || {
+        server.0.try_wait().ok().flatten().is_some()
+    })?;
+    let _ = stop_start;
+    drop(server);
+    let last_key = format!("load/{:010}", keys.saturating_sub(1));
+    let restart_start = std::time::Instant::now();
+    let server = start(&dir)?;
+    wait_for(Duration::from_secs(300), || client(&["get", &last_key]))?;
+    let restart = restart_start.elapsed();
+    let restarted = rss_kib(server.0.id()).unwrap_or(0);
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+    println!("| figure | value |");
+    println!("|---|---|");
+    println!("| release binary size | {size_mib:.1} MiB |");
+    println!(
+        "| start to first write (fresh single node) | {:.2} s |",
+        ready.as_secs_f64()
+    );
+    println!(
+        "| RSS, idle single node | {:.1} MiB |",
+        idle as f64 / 1024.0
+    );
+    println!(
+        "| load {keys} keys (16-byte values, 1,000-key batches, 4 in flight) | {load_s:.1} s |"
+    );
+    println!(
+        "| RSS holding {keys} keys | {:.1} MiB |",
+        loaded as f64 / 1024.0
+    );
+    println!(
+        "| clean shutdown (SIGTERM to exit) | {:.2} s |",
+        stop.as_secs_f64()
+    );
+    println!(
+        "| restart with {keys} keys (start to first read of the last key) | {:.2} s |",
+        restart.as_secs_f64()
+    );
+    println!(
+        "| RSS after restart | {:.1} MiB |",
+        restarted as f64 / 1024.0
+    );
+    Ok(true)
 }
