@@ -87,8 +87,9 @@ impl KvState {
                         revision,
                     },
                 );
-                // Revisions only move forward: a key is never rewritten by an older entry.
-                debug_assert!(previous.is_none_or(|p| p.revision < revision));
+                // Revisions only move forward: a key is never rewritten by an older entry (a
+                // batch may write one key twice at the same revision).
+                debug_assert!(previous.is_none_or(|p| p.revision <= revision));
             }
             None => {
                 self.data.remove(key);
@@ -291,6 +292,33 @@ mod tests {
         );
         assert_eq!(state.get(b"b").map(|v| v.revision), Some(3));
         assert!(state.get(b"a").is_none());
+    }
+
+    #[test]
+    fn a_batch_may_write_one_key_twice() {
+        // Found by the model property test: this tripped a debug assertion.
+        let mut state = KvState::default();
+        let batch = Command::Batch(vec![
+            WriteOp::Put {
+                key: "a".into(),
+                value: "1".into(),
+            },
+            WriteOp::Put {
+                key: "a".into(),
+                value: "2".into(),
+            },
+        ]);
+        assert_eq!(
+            state.apply(1, &batch),
+            Response::Batch {
+                succeeded: true,
+                revision: 1
+            }
+        );
+        assert_eq!(
+            state.get(b"a").map(|v| v.value.clone()),
+            Some(b"2".to_vec())
+        );
     }
 
     #[test]

@@ -1,0 +1,198 @@
+//! The state machine against a `BTreeMap` model, on random command sequences; snapshot and
+//! codec round trips.
+
+use std::collections::BTreeMap;
+
+use proptest::prelude::*;
+use seedkv_core::codec;
+use seedkv_core::command::{Command, Response, ScanRange, WriteOp};
+use seedkv_core::KvState;
+
+type Model = BTreeMap<Vec<u8>, (Vec<u8>, u64)>;
+
+fn key() -> impl Strategy<Value = Vec<u8>> {
+    prop::sample::select(vec!["a", "b", "c", "ab", "ba", "b\u{0}"])
+        .prop_map(|k| k.as_bytes().to_vec())
+}
+
+fn value() -> impl Strategy<Value = Vec<u8>> {
+    prop::sample::select(vec!["", "x", "y", "zz"]).prop_map(|v| v.as_bytes().to_vec())
+}
+
+fn write_op() -> impl Strategy<Value = WriteOp> {
+    prop_oneof![
+        (key(), value()).prop_map(|(key, value)| WriteOp::Put { key, value }),
+        key().prop_map(|key| WriteOp::Delete { key }),
+        (key(), prop::option::of(value()), prop::option::of(value()))
+            .prop_map(|(key, expect, new)| WriteOp::Cas { key, expect, new }),
+    ]
+}
+
+#[derive(Debug, Clone)]
+enum Step {
+    Write(Command),
+    Scan(ScanRange, usize),
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        4 => write_op().prop_map(|op| Step::Write(Command::Single(op))),
+        1 => prop::collection::vec(write_op(), 1..4).prop_map(|ops| Step::Write(Command::Batch(ops))),
+        1 => (
+            prop::option::of(key()),
+            prop::option::of(key()),
+            prop::option::of(key()),
+            0usize..4
+        )
+            .prop_map(|(prefix, from, to, limit)| {
+                Step::Scan(
+                    ScanRange {
+                        prefix: prefix.unwrap_or_default(),
+                        from: from.unwrap_or_default(),
+                        to: to.unwrap_or_default(),
+                    },
+                    limit,
+                )
+            }),
+    ]
+}
+
+fn holds(model: &Model, key: &[u8], expect: &Option<Vec<u8>>) -> bool {
+    model.get(key).map(|(v, _)| v) == expect.as_ref()
+}
+
+fn model_write(model: &mut Model, op: &WriteOp, revision: u64) {
+    match op {
+        WriteOp::Put { key, value } => {
+            model.insert(key.clone(), (value.clone(), revision));
+        }
+        WriteOp::Delete { key } => {
+            model.remove(key);
+        }
+        WriteOp::Cas { key, new, .. } => match new {
+            Some(v) => {
+                model.insert(key.clone(), (v.clone(), revision));
+            }
+            None => {
+                model.remove(key);
+            }
+        },
+    }
+}
+
+/// What the model says `command` at `revision` answers, applying it.
+fn model_apply(model: &mut Model, command: &Command, revision: u64) -> Response {
+    match command {
+        Command::Single(op @ WriteOp::Put { .. }) => {
+            model_write(model, op, revision);
+            Response::Put { revision }
+        }
+        Command::Single(op @ WriteOp::Delete { key }) => {
+            let existed = model.contains_key(key);
+            model_write(model, op, revision);
+            Response::Delete { revision, existed }
+        }
+        Command::Single(op @ WriteOp::Cas { key, expect, .. }) => {
+            if holds(model, key, expect) {
+                model_write(model, op, revision);
+                Response::Cas {
+                    succeeded: true,
+                    revision,
+                }
+            } else {
+                let current = model.get(key).map_or(0, |(_, r)| *r);
+                Response::Cas {
+                    succeeded: false,
+                    revision: current,
+                }
+            }
+        }
+        Command::Batch(ops) => {
+            let all = ops.iter().all(|op| match op {
+                WriteOp::Cas { key, expect, .. } => holds(model, key, expect),
+                _ => true,
+            });
+            if !all {
+                return Response::Batch {
+                    succeeded: false,
+                    revision: 0,
+                };
+            }
+            for op in ops {
+                model_write(model, op, revision);
+            }
+            Response::Batch {
+                succeeded: true,
+                revision,
+            }
+        }
+    }
+}
+
+fn state_as_model(state: &KvState) -> Model {
+    state
+        .iter()
+        .map(|(k, v)| (k.clone(), (v.value.clone(), v.revision)))
+        .collect()
+}
+
+proptest! {
+    #[test]
+    fn state_machine_matches_the_model(steps in prop::collection::vec(step(), 1..60)) {
+        let mut state = KvState::default();
+        let mut model = Model::new();
+        let mut revision = 0;
+        for step in &steps {
+            match step {
+                Step::Write(command) => {
+                    revision += 1 + (revision % 3); // revisions are log indexes: increasing, with gaps
+                    let got = state.apply(revision, command);
+                    let want = model_apply(&mut model, command, revision);
+                    prop_assert_eq!(got, want);
+                    prop_assert_eq!(state_as_model(&state), model.clone());
+                }
+                Step::Scan(range, limit) => {
+                    let got: Vec<(Vec<u8>, Vec<u8>, u64)> = state
+                        .scan(range, *limit)
+                        .into_iter()
+                        .map(|(k, v)| (k, v.value, v.revision))
+                        .collect();
+                    let want: Vec<(Vec<u8>, Vec<u8>, u64)> = model
+                        .iter()
+                        .filter(|(k, _)| range.contains(k))
+                        .take(if *limit == 0 { usize::MAX } else { *limit })
+                        .map(|(k, (v, r))| (k.clone(), v.clone(), *r))
+                        .collect();
+                    prop_assert_eq!(got, want);
+                }
+            }
+        }
+        // Snapshot and restore: identical state, identical digest.
+        let restored: KvState = codec::decode(&codec::encode(&state)).expect("decode snapshot");
+        prop_assert_eq!(&restored, &state);
+        prop_assert_eq!(restored.digest(), state.digest());
+    }
+
+    #[test]
+    fn commands_and_responses_round_trip(ops in prop::collection::vec(write_op(), 1..8), revision in any::<u64>()) {
+        let command = Command::Batch(ops);
+        let decoded: Command = codec::decode(&codec::encode(&command)).expect("decode");
+        prop_assert_eq!(decoded, command);
+        for response in [
+            Response::Put { revision },
+            Response::Delete { revision, existed: revision % 2 == 0 },
+            Response::Cas { succeeded: true, revision },
+            Response::Batch { succeeded: false, revision },
+            Response::None,
+        ] {
+            let decoded: Response = codec::decode(&codec::encode(&response)).expect("decode");
+            prop_assert_eq!(decoded, response);
+        }
+    }
+
+    #[test]
+    fn decoding_arbitrary_bytes_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
+        let _ = codec::decode::<Command>(&bytes);
+        let _ = codec::decode::<KvState>(&bytes);
+    }
+}
