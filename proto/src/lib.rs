@@ -7,10 +7,12 @@
 //! - [`node`]: a seedkv node: Raft groups plus the `Kv`, `Raft` and `Admin` services;
 //! - [`network`]: openraft's network over the `Raft` gRPC service;
 //! - [`client`]: a client that follows leader hints and retries within a bound;
+//! - [`convert`]: wire requests to core commands (shared with the fuzzers);
 //! - [`status`]: how errors map onto gRPC statuses and back;
 //! - [`trace`]: the events a node reports, which the simulator hashes into a fingerprint.
 
 pub mod client;
+pub mod convert;
 pub mod network;
 pub mod node;
 pub mod status;

@@ -13,13 +13,14 @@ use openraft::error::{
 };
 use openraft::{BasicNode, ServerState};
 use seedkv_core::codec;
-use seedkv_core::command::{Command, Response, ScanRange, Versioned, WriteOp};
+use seedkv_core::command::{Command, Response, Versioned};
 use seedkv_core::storage::{Disk, LogStore, SharedState, StateMachineStore};
 use seedkv_core::{GroupId, Limits, NodeId, Raft};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::{Request, Response as GrpcResponse, Status};
 
+use crate::convert;
 use crate::network::GrpcNetwork;
 use crate::pb;
 use crate::status::not_leader;
@@ -297,22 +298,6 @@ fn unexpected(response: &Response) -> Status {
     ))
 }
 
-fn write_op(op: pb::WriteOp) -> Result<WriteOp, Status> {
-    match op.op {
-        Some(pb::write_op::Op::Put(put)) => Ok(WriteOp::Put {
-            key: put.key,
-            value: put.value,
-        }),
-        Some(pb::write_op::Op::Delete(del)) => Ok(WriteOp::Delete { key: del.key }),
-        Some(pb::write_op::Op::Cas(cas)) => Ok(WriteOp::Cas {
-            key: cas.key,
-            expect: cas.expect,
-            new: cas.new_value,
-        }),
-        None => Err(Status::invalid_argument("batch operation has no op set")),
-    }
-}
-
 /// The `Kv` service.
 pub struct KvService(Arc<Node>);
 
@@ -322,11 +307,7 @@ impl pb::kv_server::Kv for KvService {
         &self,
         request: Request<pb::PutRequest>,
     ) -> Result<GrpcResponse<pb::PutResponse>, Status> {
-        let req = request.into_inner();
-        let command = Command::Single(WriteOp::Put {
-            key: req.key,
-            value: req.value,
-        });
+        let command = convert::put(request.into_inner());
         match self.0.write(command).await? {
             Response::Put { revision } => Ok(GrpcResponse::new(pb::PutResponse { revision })),
             other => Err(unexpected(&other)),
@@ -358,9 +339,7 @@ impl pb::kv_server::Kv for KvService {
         &self,
         request: Request<pb::DeleteRequest>,
     ) -> Result<GrpcResponse<pb::DeleteResponse>, Status> {
-        let command = Command::Single(WriteOp::Delete {
-            key: request.into_inner().key,
-        });
+        let command = convert::delete(request.into_inner());
         match self.0.write(command).await? {
             Response::Delete { revision, existed } => {
                 Ok(GrpcResponse::new(pb::DeleteResponse { revision, existed }))
@@ -374,16 +353,8 @@ impl pb::kv_server::Kv for KvService {
         request: Request<pb::ScanRequest>,
     ) -> Result<GrpcResponse<pb::ScanResponse>, Status> {
         let req = request.into_inner();
-        let range = ScanRange {
-            prefix: req.prefix,
-            from: req.from,
-            to: req.to,
-        };
         let limits = &self.0.limits;
-        let limit = match req.limit {
-            0 => limits.max_scan_limit,
-            n => usize::try_from(n).unwrap_or(usize::MAX),
-        };
+        let (range, limit) = convert::scan(&req, limits);
         limits
             .check_scan(&range, limit)
             .map_err(|err| Status::invalid_argument(err.to_string()))?;
@@ -426,12 +397,7 @@ impl pb::kv_server::Kv for KvService {
         &self,
         request: Request<pb::CasRequest>,
     ) -> Result<GrpcResponse<pb::CasResponse>, Status> {
-        let req = request.into_inner();
-        let command = Command::Single(WriteOp::Cas {
-            key: req.key,
-            expect: req.expect,
-            new: req.new_value,
-        });
+        let command = convert::cas(request.into_inner());
         match self.0.write(command).await? {
             Response::Cas {
                 succeeded,
@@ -448,13 +414,8 @@ impl pb::kv_server::Kv for KvService {
         &self,
         request: Request<pb::BatchRequest>,
     ) -> Result<GrpcResponse<pb::BatchResponse>, Status> {
-        let ops = request
-            .into_inner()
-            .ops
-            .into_iter()
-            .map(write_op)
-            .collect::<Result<Vec<_>, _>>()?;
-        match self.0.write(Command::Batch(ops)).await? {
+        let command = convert::batch(request.into_inner()).map_err(Status::invalid_argument)?;
+        match self.0.write(command).await? {
             Response::Batch {
                 succeeded,
                 revision,

@@ -91,6 +91,7 @@ fn run(args: Args) -> Result<ExitCode, String> {
         },
         converge_timeout: Duration::from_secs(60),
         verbose: args.verbose,
+        plan: None,
     };
     // Wall time is read outside the runtime, where the clock is real.
     let wall_start = std::time::Instant::now();

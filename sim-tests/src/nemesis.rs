@@ -118,6 +118,78 @@ async fn inject(
     }
 }
 
+/// One step of a fault schedule chosen from outside (by a fuzzer, say) instead of drawn from
+/// the seed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlannedFault {
+    /// Wait this long after the previous step.
+    pub after_ms: u64,
+    /// Then do this.
+    pub action: Action,
+}
+
+/// A fault the plan can inject. Node indexes are taken modulo the cluster size.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    Isolate(usize),
+    /// These nodes against the rest.
+    Split(Vec<usize>),
+    CutOneWay(usize, usize),
+    PacketLoss(f64),
+    LatencyMs(u64),
+    Kill(usize),
+    Restart(usize),
+    /// Restore every link and restart every node.
+    Heal,
+}
+
+/// Runs `plan` step by step until it ends or `deadline` passes; leaves the cluster healed with
+/// every node running.
+pub async fn run_plan(
+    plan: &[PlannedFault],
+    cluster: SharedCluster,
+    deadline: Instant,
+    log: &mut dyn FnMut(String),
+) {
+    for step in plan {
+        tokio::time::sleep(Duration::from_millis(step.after_ms)).await;
+        if Instant::now() >= deadline {
+            break;
+        }
+        let mut c = lock(&cluster);
+        let n = c.len();
+        match &step.action {
+            Action::Isolate(node) => c.net.isolate(node % n),
+            Action::Split(side) => {
+                let side: Vec<usize> = side.iter().map(|i| i % n).collect();
+                c.net.partition(&side);
+            }
+            Action::CutOneWay(from, to) => c.net.cut_one_way(from % n, to % n),
+            Action::PacketLoss(rate) => c.net.set_packet_loss(*rate),
+            Action::LatencyMs(ms) => c
+                .net
+                .set_latency(Duration::from_millis(ms / 2)..Duration::from_millis(ms + 1)),
+            Action::Kill(node) => c.kill(node % n),
+            Action::Restart(node) => c.restart(node % n),
+            Action::Heal => {
+                c.net.heal();
+                for index in 0..n {
+                    c.restart(index);
+                }
+            }
+        }
+        log(format!("plan: {:?}", step.action));
+    }
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut c = lock(&cluster);
+    c.net.heal();
+    for index in 0..c.len() {
+        c.restart(index);
+    }
+}
+
 fn partition(c: &mut SimCluster) -> String {
     let n = c.len();
     let mut rng = thread_rng();

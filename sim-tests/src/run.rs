@@ -11,7 +11,7 @@ use seedkv_proto::{Client, ClientConfig};
 use tokio::time::Instant;
 
 use crate::cluster::SimCluster;
-use crate::nemesis::{self, SharedCluster};
+use crate::nemesis::{self, PlannedFault, SharedCluster};
 use crate::scenario::Scenario;
 use crate::workload::{self, History, WorkloadConfig};
 
@@ -25,6 +25,8 @@ pub struct RunConfig {
     pub converge_timeout: Duration,
     /// Print every nemesis action as it happens.
     pub verbose: bool,
+    /// A fault schedule to follow instead of the scenario's random one.
+    pub plan: Option<Vec<PlannedFault>>,
 }
 
 /// What a run found.
@@ -149,7 +151,10 @@ pub async fn run(config: RunConfig) -> RunReport {
             history.clone(),
         )));
     }
-    nemesis::run(config.scenario, cluster.clone(), deadline, &mut note).await;
+    match &config.plan {
+        Some(plan) => nemesis::run_plan(plan, cluster.clone(), deadline, &mut note).await,
+        None => nemesis::run(config.scenario, cluster.clone(), deadline, &mut note).await,
+    }
     for client in clients {
         // A client that outlives its deadline by a whole retry budget is stuck: a bug.
         let budget = deadline.saturating_duration_since(Instant::now()) + Duration::from_secs(30);

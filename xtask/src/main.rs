@@ -31,6 +31,14 @@ enum Task {
     Test(TestArgs),
     /// Install the system packages the build needs (librocksdb-dev, libclang).
     Setup,
+    /// Run the fuzz targets (all, or one) for a while each; installs cargo-fuzz if missing.
+    Fuzz {
+        /// request, storage, checker or scenario (default: all of them).
+        target: Option<String>,
+        /// Seconds per target.
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+    },
     /// Set up, build (release) and start `seedkv server`; arguments after `--` go to it.
     Server {
         /// Arguments for `seedkv server`.
@@ -103,6 +111,9 @@ fn main() -> ExitCode {
         Task::Bites(args) => bites(&args),
         Task::Test(args) => test(&args),
         Task::Setup => install_system_packages().map(|()| true),
+        Task::Fuzz { target, seconds } => {
+            fuzz(target.as_deref(), seconds).map(|(_, failed)| failed == 0)
+        }
         Task::Server { args } => server(&args),
         Task::Measure { keys } => measure(keys),
     };
@@ -586,7 +597,11 @@ fn test(args: &TestArgs) -> Result<bool> {
     } else {
         failed += 1;
     }
-    println!("--- all simulation checks");
+    println!("--- fuzzing: every target for 30 s");
+    let (fuzz_passed, fuzz_failed) = fuzz(None, 30)?;
+    passed += fuzz_passed;
+    failed += fuzz_failed;
+    println!("--- all simulation and fuzzing checks");
     println!("{passed} passed, {failed} failed");
     Ok(failed == 0)
 }
@@ -738,4 +753,103 @@ fn measure(keys: u64) -> Result<bool> {
         restarted as f64 / 1024.0
     );
     Ok(true)
+}
+
+const FUZZ_TARGETS: [&str; 4] = ["request", "storage", "checker", "scenario"];
+
+/// Runs `cargo fuzz` on the nightly toolchain: each target for `seconds`, new inputs kept in
+/// `fuzz/target/work/T`, seeds read from `fuzz/corpus/T`. The scenario target is built with
+/// `--cfg madsim` in its own target dir. Returns (passed, failed) targets.
+fn fuzz(only: Option<&str>, seconds: u64) -> Result<(u64, u64)> {
+    let targets: Vec<&str> = match only {
+        Some(name) if FUZZ_TARGETS.contains(&name) => vec![name],
+        Some(name) => bail!(
+            "unknown fuzz target {name:?}; expected one of {}",
+            FUZZ_TARGETS.join(", ")
+        ),
+        None => FUZZ_TARGETS.to_vec(),
+    };
+    let nightly = |args: &[&str]| {
+        let mut cmd = Command::new("rustup");
+        cmd.args(["run", "nightly", "cargo"]).args(args);
+        cmd
+    };
+    let has_fuzz = nightly(&["fuzz", "--version"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_fuzz {
+        let mut install = cargo();
+        install.args(["install", "cargo-fuzz", "--locked"]);
+        run_checked(install, "cargo install cargo-fuzz")?;
+    }
+    let fuzz_dir = root().join("fuzz");
+    let (mut passed, mut failed) = (0, 0);
+    for target in targets {
+        let work = fuzz_dir.join("target").join("work").join(target);
+        std::fs::create_dir_all(&work)?;
+        let seeds = fuzz_dir.join("corpus").join(target);
+        let mut cmd = nightly(&["fuzz", "run", "-O"]);
+        if target == "scenario" {
+            cmd.args(["-s", "none", "--target-dir", "target/sim"])
+                .env("RUSTFLAGS", "--cfg madsim");
+        }
+        cmd.arg(target)
+            .arg(&work)
+            .arg(&seeds)
+            .arg("--")
+            .arg(format!("-max_total_time={seconds}"))
+            .arg("-rss_limit_mb=4096")
+            .arg("-print_final_stats=1")
+            .current_dir(&fuzz_dir)
+            .stdin(Stdio::null());
+        if target == "scenario" {
+            cmd.args(["-max_len=80", "-len_control=0"]);
+        }
+        eprintln!("==> fuzz {target} for {seconds} s");
+        let output = cmd
+            .output()
+            .with_context(|| format!("cannot run cargo fuzz {target}"))?;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let done = stderr
+            .lines()
+            .rev()
+            .find(|l| l.contains("DONE"))
+            .unwrap_or_default();
+        let execs = done
+            .split_whitespace()
+            .skip_while(|w| *w != "exec/s:")
+            .nth(1)
+            .unwrap_or("?");
+        let runs = done
+            .split_whitespace()
+            .next()
+            .unwrap_or("#?")
+            .trim_start_matches('#');
+        if output.status.success() {
+            println!("fuzz {target}: {runs} runs in {seconds} s ({execs} exec/s), no crash");
+            passed += 1;
+        } else {
+            failed += 1;
+            println!("fuzz {target}: FAIL");
+            for line in stderr
+                .lines()
+                .filter(|l| {
+                    l.contains("panicked")
+                        || l.contains("artifact")
+                        || l.contains("ERROR")
+                        || l.contains("error")
+                })
+                .take(20)
+            {
+                println!("  {line}");
+            }
+            println!("  reproduce: cd fuzz && {}cargo +nightly fuzz run -O {}{target} artifacts/{target}/<crash file>",
+                if target == "scenario" { "RUSTFLAGS=\"--cfg madsim\" " } else { "" },
+                if target == "scenario" { "-s none --target-dir target/sim " } else { "" });
+        }
+    }
+    println!("{passed} passed, {failed} failed");
+    Ok((passed, failed))
 }

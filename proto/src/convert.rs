@@ -1,0 +1,66 @@
+//! Wire requests to core commands, in one place: the `Kv` service and the fuzzers use the
+//! same conversions, so what is fuzzed is what is served.
+
+use seedkv_core::command::{Command, ScanRange, WriteOp};
+use seedkv_core::Limits;
+
+use crate::pb;
+
+/// A `Put` as a command.
+pub fn put(request: pb::PutRequest) -> Command {
+    Command::Single(WriteOp::Put {
+        key: request.key,
+        value: request.value,
+    })
+}
+
+/// A `Delete` as a command.
+pub fn delete(request: pb::DeleteRequest) -> Command {
+    Command::Single(WriteOp::Delete { key: request.key })
+}
+
+/// A `Cas` as a command.
+pub fn cas(request: pb::CasRequest) -> Command {
+    Command::Single(WriteOp::Cas {
+        key: request.key,
+        expect: request.expect,
+        new: request.new_value,
+    })
+}
+
+/// A `Batch` as a command; an operation with no `op` set is refused.
+pub fn batch(request: pb::BatchRequest) -> Result<Command, String> {
+    let ops = request
+        .ops
+        .into_iter()
+        .enumerate()
+        .map(|(index, op)| match op.op {
+            Some(pb::write_op::Op::Put(put)) => Ok(WriteOp::Put {
+                key: put.key,
+                value: put.value,
+            }),
+            Some(pb::write_op::Op::Delete(del)) => Ok(WriteOp::Delete { key: del.key }),
+            Some(pb::write_op::Op::Cas(cas)) => Ok(WriteOp::Cas {
+                key: cas.key,
+                expect: cas.expect,
+                new: cas.new_value,
+            }),
+            None => Err(format!("batch operation {index} has no op set")),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Command::Batch(ops))
+}
+
+/// A `Scan`'s range and effective row limit (0 asks for the server's maximum).
+pub fn scan(request: &pb::ScanRequest, limits: &Limits) -> (ScanRange, usize) {
+    let range = ScanRange {
+        prefix: request.prefix.clone(),
+        from: request.from.clone(),
+        to: request.to.clone(),
+    };
+    let limit = match request.limit {
+        0 => limits.max_scan_limit,
+        n => usize::try_from(n).unwrap_or(usize::MAX),
+    };
+    (range, limit)
+}
