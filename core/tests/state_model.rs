@@ -196,3 +196,47 @@ proptest! {
         let _ = codec::decode::<KvState>(&bytes);
     }
 }
+
+mod disk_and_wire_types {
+    use proptest::prelude::*;
+    use seedkv_core::codec;
+    use seedkv_core::command::{Command, WriteOp};
+    use seedkv_core::storage::{DiskOp, WriteBatch};
+    use seedkv_core::types::{Entry, LogId, Vote};
+
+    fn bytes() -> impl Strategy<Value = Vec<u8>> {
+        prop::collection::vec(any::<u8>(), 0..16)
+    }
+
+    proptest! {
+        #[test]
+        fn write_batches_round_trip(ops in prop::collection::vec(
+            prop_oneof![
+                (bytes(), bytes()).prop_map(|(k, v)| DiskOp::Put(k, v)),
+                bytes().prop_map(DiskOp::Delete),
+                (bytes(), bytes()).prop_map(|(a, b)| DiskOp::DeleteRange(a, b)),
+            ],
+            0..6,
+        )) {
+            let batch = WriteBatch { ops };
+            prop_assert_eq!(codec::decode::<WriteBatch>(&codec::encode(&batch)).ok(), Some(batch));
+        }
+
+        #[test]
+        fn log_entries_and_votes_round_trip(term in 0u64..1000, node in 1u64..10, index in any::<u64>(), key in bytes(), value in bytes(), committed in any::<bool>()) {
+            let log_id = LogId::new(openraft::CommittedLeaderId::new(term, node), index);
+            let entry = Entry {
+                log_id,
+                payload: openraft::EntryPayload::Normal(Command::Single(WriteOp::Put { key, value })),
+            };
+            let decoded: Entry = codec::decode(&codec::encode(&entry)).expect("entry decodes");
+            prop_assert_eq!(decoded.log_id, entry.log_id);
+            prop_assert_eq!(format!("{:?}", decoded.payload), format!("{:?}", entry.payload));
+            let mut vote = Vote::new(term, node);
+            if committed {
+                vote.commit();
+            }
+            prop_assert_eq!(codec::decode::<Vote>(&codec::encode(&vote)).ok(), Some(vote));
+        }
+    }
+}
