@@ -4,6 +4,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // SAFETY: build scripts are single-threaded; nothing else reads the environment here.
     unsafe { std::env::set_var("PROTOC", protoc) };
     println!("cargo:rerun-if-changed=proto/seedkv.proto");
+    println!("cargo:rerun-if-changed=proto/etcd.proto");
     tonic_build::configure().compile_protos(&["proto/seedkv.proto"], &["proto"])?;
+    // etcd's KV API, client side only: for measuring etcd with the same bench client.
+    tonic_build::configure()
+        .build_server(false)
+        .compile_protos(&["proto/etcd.proto"], &["proto"])?;
     Ok(())
 }

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use seedkv_checker::{check_file, Model, Verdict};
 
+mod bench;
 mod client;
 mod server;
 
@@ -30,6 +31,8 @@ enum Cmd {
     Kv(client::KvCommand),
     /// Write many keys quickly, in atomic batches (for test data and measurements).
     Load(client::LoadArgs),
+    /// Measure throughput and latency of seedkv or etcd with one client.
+    Bench(Box<bench::BenchArgs>),
     /// Cluster membership and status.
     #[command(subcommand)]
     Cluster(client::ClusterCommand),
@@ -69,6 +72,7 @@ fn main() -> ExitCode {
             Cmd::Kv(command) => client::run(&cli.connection, command).await,
             Cmd::Cluster(command) => client::cluster(&cli.connection, command).await,
             Cmd::Load(args) => client::load(&cli.connection, args).await,
+            Cmd::Bench(args) => bench::run(&cli.connection, *args).await,
             Cmd::CheckHistory { .. } => Ok(true),
         }
     });

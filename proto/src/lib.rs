@@ -24,5 +24,11 @@ pub mod pb {
     tonic::include_proto!("seedkv.v1");
 }
 
+/// etcd's v3 KV API (client side), for benchmarking etcd with the same client.
+#[allow(clippy::all, clippy::pedantic, clippy::unwrap_used, missing_docs)]
+pub mod etcd {
+    tonic::include_proto!("etcdserverpb");
+}
+
 pub use client::{Client, ClientConfig, ClientError, Consistency};
 pub use node::{Node, NodeConfig};
