@@ -8,9 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use openraft::error::{
-    CheckIsLeaderError, ClientWriteError, InitializeError, InstallSnapshotError, RaftError,
-};
+use openraft::error::{ClientWriteError, InitializeError, InstallSnapshotError, RaftError};
 use openraft::{BasicNode, ServerState};
 use seedkv_core::codec;
 use seedkv_core::command::{Command, Response, Versioned};
@@ -23,6 +21,7 @@ use tonic::{Request, Response as GrpcResponse, Status};
 use crate::convert;
 use crate::network::GrpcNetwork;
 use crate::pb;
+use crate::read_index::ReadIndex;
 use crate::status::not_leader;
 use crate::trace::Tracer;
 
@@ -77,6 +76,7 @@ pub enum NodeError {
 struct Group {
     raft: Raft,
     state: Arc<SharedState>,
+    read_index: ReadIndex,
 }
 
 /// A running seedkv node.
@@ -86,9 +86,6 @@ pub struct Node {
     limits: Limits,
     groups: BTreeMap<GroupId, Group>,
 }
-
-/// How long a linearizable read waits for its read index to be applied.
-pub const READ_INDEX_WAIT_MS: u64 = 2_000;
 
 /// The group that holds every key until sharding lands.
 const DEFAULT_GROUP: GroupId = GroupId(0);
@@ -123,7 +120,15 @@ impl Node {
             .await
             .map_err(|err| NodeError::Raft(err.to_string()))?;
         let mut groups = BTreeMap::new();
-        groups.insert(group, Group { raft, state });
+        let read_index = ReadIndex::start(raft.clone(), state.clone());
+        groups.insert(
+            group,
+            Group {
+                raft,
+                state,
+                read_index,
+            },
+        );
         Ok(Arc::new(Node {
             id: config.id,
             addr: config.addr,
@@ -247,37 +252,8 @@ impl Node {
         if seedkv_core::faults::enabled(seedkv_core::faults::Fault::StaleLinearizableRead) {
             return Ok(group);
         }
-        // The read index: everything in the leader's log when the read arrived. openraft's own
-        // read index is its commit index, which a leader restarted in place (openraft resumes
-        // leadership without a new term) has forgotten: reading there served stale data.
-        // Every acknowledged write is in the leader's log, so its last index is safe.
-        let read_index = {
-            let last_log = group.raft.metrics().borrow().last_log_index.unwrap_or(0);
-            let applied = group.state.read().last_applied.map_or(0, |id| id.index);
-            last_log.max(applied)
-        };
-        match group.raft.ensure_linearizable().await {
-            Ok(_) => {
-                group
-                    .raft
-                    .wait(Some(std::time::Duration::from_millis(READ_INDEX_WAIT_MS)))
-                    .applied_index_at_least(Some(read_index), "read index")
-                    .await
-                    .map_err(|err| {
-                        Status::unavailable(format!("read index {read_index} not applied: {err}"))
-                    })?;
-                Ok(group)
-            }
-            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward))) => {
-                Err(not_leader(&forward))
-            }
-            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(err))) => Err(
-                Status::unavailable(format!("leadership not confirmed: {err}")),
-            ),
-            Err(RaftError::Fatal(fatal)) => {
-                Err(Status::unavailable(format!("raft stopped: {fatal}")))
-            }
-        }
+        group.read_index.wait().await?;
+        Ok(group)
     }
 }
 

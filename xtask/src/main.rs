@@ -31,6 +31,16 @@ enum Task {
     Test(TestArgs),
     /// Install the system packages the build needs (librocksdb-dev, libclang).
     Setup,
+    /// Run the same workloads against a 3-member etcd and a 3-node seedkv on loopback, side
+    /// by side; print the table and write target/bench/vs-etcd.json.
+    BenchVsEtcd {
+        /// Measured seconds per workload and store.
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+        /// Warm-up seconds before each measurement.
+        #[arg(long, default_value_t = 2.0)]
+        warmup: f64,
+    },
     /// Run the fuzz targets (all, or one) for a while each; installs cargo-fuzz if missing.
     Fuzz {
         /// request, storage, checker or scenario (default: all of them).
@@ -111,6 +121,7 @@ fn main() -> ExitCode {
         Task::Bites(args) => bites(&args),
         Task::Test(args) => test(&args),
         Task::Setup => install_system_packages().map(|()| true),
+        Task::BenchVsEtcd { duration, warmup } => bench_vs_etcd(duration, warmup),
         Task::Fuzz { target, seconds } => {
             fuzz(target.as_deref(), seconds).map(|(_, failed)| failed == 0)
         }
@@ -852,4 +863,279 @@ fn fuzz(only: Option<&str>, seconds: u64) -> Result<(u64, u64)> {
     }
     println!("{passed} passed, {failed} failed");
     Ok((passed, failed))
+}
+
+/// CPU seconds (user + system) a process has used so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = [11, 12]
+        .iter()
+        .filter_map(|i| fields.get(*i).and_then(|v| v.parse::<f64>().ok()))
+        .sum();
+    ticks / 100.0
+}
+
+/// `cargo xtask bench-vs-etcd`.
+fn bench_vs_etcd(duration: f64, warmup: f64) -> Result<bool> {
+    use std::time::Duration;
+    let binary = build_release()?;
+    let has_etcd = Command::new("etcd")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_etcd {
+        let mut install = Command::new("apt-get");
+        install
+            .args([
+                "install",
+                "-y",
+                "-qq",
+                "--no-install-recommends",
+                "etcd-server",
+                "etcd-client",
+            ])
+            .env("DEBIAN_FRONTEND", "noninteractive");
+        run_checked(install, "apt-get install etcd-server")?;
+    }
+    let out_dir = root().join("target").join("bench");
+    let run_dir = out_dir.join(format!("run-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&run_dir);
+    std::fs::create_dir_all(&run_dir)?;
+    let mut processes: Vec<ServerProcess> = Vec::new();
+    let log = |name: &str| -> Result<std::fs::File> {
+        Ok(std::fs::File::create(run_dir.join(format!("{name}.log")))?)
+    };
+
+    // etcd: three members, durable (etcd fsyncs its WAL on every commit by default).
+    let etcd_client: Vec<String> = (0..3)
+        .map(|_| free_port().map(|p| format!("127.0.0.1:{p}")))
+        .collect::<Result<_>>()?;
+    let etcd_peer: Vec<String> = (0..3)
+        .map(|_| free_port().map(|p| format!("127.0.0.1:{p}")))
+        .collect::<Result<_>>()?;
+    let initial: Vec<String> = (0..3)
+        .map(|i| format!("e{i}=http://{}", etcd_peer[i]))
+        .collect();
+    for i in 0..3 {
+        let child = Command::new("etcd")
+            .args(["--name", &format!("e{i}")])
+            .arg("--data-dir")
+            .arg(run_dir.join(format!("etcd{i}")))
+            .args([
+                "--listen-client-urls",
+                &format!("http://{}", etcd_client[i]),
+            ])
+            .args([
+                "--advertise-client-urls",
+                &format!("http://{}", etcd_client[i]),
+            ])
+            .args(["--listen-peer-urls", &format!("http://{}", etcd_peer[i])])
+            .args([
+                "--initial-advertise-peer-urls",
+                &format!("http://{}", etcd_peer[i]),
+            ])
+            .args(["--initial-cluster", &initial.join(",")])
+            .args([
+                "--initial-cluster-state",
+                "new",
+                "--initial-cluster-token",
+                "seedkv-bench",
+            ])
+            .args(["--log-level", "warn"])
+            .stdin(Stdio::null())
+            .stdout(log(&format!("etcd{i}"))?)
+            .stderr(log(&format!("etcd{i}.err"))?)
+            .spawn()
+            .context("start etcd")?;
+        processes.push(ServerProcess(child));
+    }
+    // seedkv: three nodes, durable (every append is fsynced before it counts).
+    let seedkv_addrs: Vec<String> = (0..3)
+        .map(|_| free_port().map(|p| format!("127.0.0.1:{p}")))
+        .collect::<Result<_>>()?;
+    let cluster: Vec<String> = (0..3)
+        .map(|i| format!("{}={}", i + 1, seedkv_addrs[i]))
+        .collect();
+    for i in 0..3 {
+        let child = Command::new(&binary)
+            .arg("server")
+            .args([
+                "--node-id",
+                &(i + 1).to_string(),
+                "--listen",
+                &seedkv_addrs[i],
+            ])
+            .arg("--data-dir")
+            .arg(run_dir.join(format!("seedkv{}", i + 1)))
+            .args([
+                "--initial-cluster",
+                &cluster.join(","),
+                "--log-level",
+                "warn",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log(&format!("seedkv{}", i + 1))?)
+            .spawn()
+            .context("start seedkv")?;
+        processes.push(ServerProcess(child));
+    }
+    let etcd_pids: Vec<u32> = processes[..3].iter().map(|p| p.0.id()).collect();
+    let seedkv_pids: Vec<u32> = processes[3..].iter().map(|p| p.0.id()).collect();
+    let etcd_endpoints = etcd_client.join(",");
+    let seedkv_endpoints = seedkv_addrs.join(",");
+    wait_for(Duration::from_secs(30), || {
+        Command::new("etcdctl")
+            .args(["--endpoints", &etcd_endpoints, "put", "ready", "1"])
+            .env("ETCDCTL_API", "3")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    })
+    .context("etcd did not come up")?;
+    wait_for(Duration::from_secs(30), || {
+        Command::new(&binary)
+            .args(["--endpoints", &seedkv_endpoints, "put", "ready", "1"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    })
+    .context("seedkv did not come up")?;
+
+    let rows: [(&str, usize, &str); 5] = [
+        ("put", 1, "linearizable"),
+        ("put", 64, "linearizable"),
+        ("get", 64, "linearizable"),
+        ("get", 64, "serializable"),
+        ("mixed:90", 64, "linearizable"),
+    ];
+    let mut table = Vec::new();
+    for (workload, clients, consistency) in rows {
+        let mut measured = serde_json::Map::new();
+        for (target, endpoints, pids) in [
+            ("seedkv", &seedkv_endpoints, &seedkv_pids),
+            ("etcd", &etcd_endpoints, &etcd_pids),
+        ] {
+            let cpu_before: f64 = pids.iter().map(|p| cpu_seconds(*p)).sum();
+            let output = Command::new(&binary)
+                .args([
+                    "--endpoints",
+                    endpoints,
+                    "--output",
+                    "json",
+                    "bench",
+                    "--target",
+                    target,
+                ])
+                .args(["--workload", workload, "--clients", &clients.to_string()])
+                .args([
+                    "--consistency",
+                    consistency,
+                    "--value-size",
+                    "256",
+                    "--key-space",
+                    "10000",
+                ])
+                .args([
+                    "--duration",
+                    &duration.to_string(),
+                    "--warmup",
+                    &warmup.to_string(),
+                ])
+                .stdin(Stdio::null())
+                .output()
+                .context("run seedkv bench")?;
+            let cpu = pids.iter().map(|p| cpu_seconds(*p)).sum::<f64>() - cpu_before;
+            if !output.status.success() {
+                bail!(
+                    "bench {target} {workload} failed: {}",
+                    String::from_utf8_lossy(&output.stderr)
+                );
+            }
+            let report: serde_json::Value =
+                serde_json::from_slice(&output.stdout).with_context(|| {
+                    format!("bench output: {}", String::from_utf8_lossy(&output.stdout))
+                })?;
+            let ops = report["ops"].as_f64().unwrap_or(0.0);
+            let mut row = serde_json::Map::new();
+            for field in ["ops_per_s", "p50_ms", "p99_ms", "p999_ms"] {
+                row.insert(field.into(), report[field].clone());
+            }
+            row.insert(
+                "server_cpu_us_per_op".into(),
+                serde_json::json!(if ops > 0.0 { cpu * 1e6 / ops } else { 0.0 }),
+            );
+            row.insert("errors".into(), report["errors"].clone());
+            measured.insert(target.into(), serde_json::Value::Object(row));
+        }
+        let ratio = measured["seedkv"]["ops_per_s"].as_f64().unwrap_or(0.0)
+            / measured["etcd"]["ops_per_s"]
+                .as_f64()
+                .unwrap_or(f64::NAN)
+                .max(1e-9);
+        let name = if workload == "get" {
+            format!("get ({consistency})")
+        } else {
+            workload.to_string()
+        };
+        table.push(serde_json::json!({
+            "workload": name,
+            "clients": clients,
+            "value_size": 256,
+            "seedkv": measured["seedkv"],
+            "etcd": measured["etcd"],
+            "ratio": ratio,
+        }));
+    }
+    drop(processes);
+    let _ = std::fs::remove_dir_all(&run_dir);
+    let json = serde_json::json!({ "rows": table });
+    std::fs::create_dir_all(&out_dir)?;
+    std::fs::write(
+        out_dir.join("vs-etcd.json"),
+        serde_json::to_string_pretty(&json)?,
+    )?;
+    println!("| workload | clients | seedkv ops/s | p50 ms | p99 ms | etcd ops/s | p50 ms | p99 ms | seedkv/etcd |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for row in &table {
+        let f = |t: &str, k: &str| row[t][k].as_f64().unwrap_or(0.0);
+        println!(
+            "| {} | {} | {:.0} | {:.2} | {:.2} | {:.0} | {:.2} | {:.2} | {:.2}x |",
+            row["workload"].as_str().unwrap_or("?"),
+            row["clients"],
+            f("seedkv", "ops_per_s"),
+            f("seedkv", "p50_ms"),
+            f("seedkv", "p99_ms"),
+            f("etcd", "ops_per_s"),
+            f("etcd", "p50_ms"),
+            f("etcd", "p99_ms"),
+            row["ratio"].as_f64().unwrap_or(0.0)
+        );
+    }
+    println!(
+        "server CPU per op (µs, all three members): {}",
+        table
+            .iter()
+            .map(|row| format!(
+                "{}: seedkv {:.0}, etcd {:.0}",
+                row["workload"].as_str().unwrap_or("?"),
+                row["seedkv"]["server_cpu_us_per_op"]
+                    .as_f64()
+                    .unwrap_or(0.0),
+                row["etcd"]["server_cpu_us_per_op"].as_f64().unwrap_or(0.0)
+            ))
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
+    println!("wrote {}", out_dir.join("vs-etcd.json").display());
+    Ok(true)
 }
