@@ -963,15 +963,10 @@ fn bench_vs_etcd(duration: f64, warmup: f64) -> Result<bool> {
     let cluster: Vec<String> = (0..3)
         .map(|i| format!("{}={}", i + 1, seedkv_addrs[i]))
         .collect();
-    for i in 0..3 {
+    for (i, addr) in seedkv_addrs.iter().enumerate() {
         let child = Command::new(&binary)
             .arg("server")
-            .args([
-                "--node-id",
-                &(i + 1).to_string(),
-                "--listen",
-                &seedkv_addrs[i],
-            ])
+            .args(["--node-id", &(i + 1).to_string(), "--listen", addr])
             .arg("--data-dir")
             .arg(run_dir.join(format!("seedkv{}", i + 1)))
             .args([
