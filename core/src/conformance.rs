@@ -38,6 +38,7 @@ pub async fn run_all<H: DiskUnderTest>(harness: &mut H) {
     scans(&*harness.disk()).await;
     batches_are_atomic(&*harness.disk()).await;
     synced_writes_survive_a_crash(harness).await;
+    buffered_writes_survive_a_crash_after_sync(harness).await;
     buffered_writes_are_lost_only_as_a_suffix(harness).await;
 }
 
@@ -147,6 +148,25 @@ pub async fn synced_writes_survive_a_crash<H: DiskUnderTest>(harness: &mut H) {
         rows,
         vec![(key("d/", 49), vec![49; 100])],
         "synced writes lost in a crash"
+    );
+}
+
+/// Buffered writes followed by `sync()` are all there after a crash.
+pub async fn buffered_writes_survive_a_crash_after_sync<H: DiskUnderTest>(harness: &mut H) {
+    {
+        let disk = harness.disk();
+        for i in 0..30 {
+            put(&*disk, key("y/", i), b"then synced", Durability::Buffered).await;
+        }
+        disk.sync().await.expect("sync");
+    }
+    harness.crash_and_reopen().await;
+    let disk = harness.disk();
+    let rows = disk.scan(b"y/", b"y0", usize::MAX, false).expect("scan");
+    assert_eq!(
+        rows.len(),
+        30,
+        "sync() did not make earlier buffered writes durable"
     );
 }
 

@@ -7,7 +7,8 @@
 //!
 //! Durability, stated once for everything below:
 //! - the vote is durable before `save_vote` returns (a node must never vote twice in a term);
-//! - appended entries are durable before openraft is told they are flushed;
+//! - appended entries are durable before openraft is told they are flushed (they are written
+//!   at once and acknowledged after a group-commit fsync, see [`LogStore`]);
 //! - a truncation is durable before `truncate` returns (a removed entry must not come back);
 //! - a snapshot is durable before it is reported built or installed, and the purge that
 //!   follows it is ordered after it, so a crash never leaves a purged log without its snapshot;
@@ -99,6 +100,10 @@ pub trait Disk: Send + Sync + 'static {
         durability: Durability,
     ) -> impl Future<Output = Result<(), DiskError>> + Send;
 
+    /// Makes every write that resolved before this call durable, as a `Sync` write would
+    /// have (one fsync of the write-ahead log covers them all).
+    fn sync(&self) -> impl Future<Output = Result<(), DiskError>> + Send;
+
     /// The value at `key`.
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, DiskError>;
 
@@ -184,10 +189,19 @@ fn decode_at<T: serde::de::DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result
     })
 }
 
+/// Appends waiting for the fsync that makes them durable; more wait behind the queue.
+pub const MAX_APPENDS_AWAITING_SYNC: usize = 4_096;
+
 /// The Raft log and vote of one group, on a [`Disk`].
+///
+/// Appends are written at once (visible to reads, in order) and acknowledged to openraft only
+/// after an fsync that started after them. One syncer task runs those fsyncs back to back, each
+/// covering every append queued before it — group commit — so Raft keeps working while the disk
+/// syncs and one fsync serves many entries.
 pub struct LogStore<D> {
     disk: Arc<D>,
     group: GroupId,
+    syncer: tokio::sync::mpsc::Sender<LogFlushed<TypeConfig>>,
 }
 
 impl<D> Clone for LogStore<D> {
@@ -195,14 +209,40 @@ impl<D> Clone for LogStore<D> {
         LogStore {
             disk: self.disk.clone(),
             group: self.group,
+            syncer: self.syncer.clone(),
         }
     }
 }
 
 impl<D: Disk> LogStore<D> {
-    /// The log of `group` on `disk`.
+    /// The log of `group` on `disk`; starts its syncer task on the current runtime.
     pub fn new(disk: Arc<D>, group: GroupId) -> Self {
-        LogStore { disk, group }
+        let (syncer, mut waiting) =
+            tokio::sync::mpsc::channel::<LogFlushed<TypeConfig>>(MAX_APPENDS_AWAITING_SYNC);
+        let sync_disk = disk.clone();
+        tokio::spawn(async move {
+            while let Some(first) = waiting.recv().await {
+                let mut flushed = vec![first];
+                // Bounded by the channel's capacity.
+                while let Ok(next) = waiting.try_recv() {
+                    flushed.push(next);
+                }
+                let result = sync_disk.sync().await;
+                // In append order: openraft's flushed position only moves forward.
+                for callback in flushed {
+                    callback.log_io_completed(
+                        result
+                            .clone()
+                            .map_err(|err| std::io::Error::other(err.to_string())),
+                    );
+                }
+            }
+        });
+        LogStore {
+            disk,
+            group,
+            syncer,
+        }
     }
 
     fn read_purged(&self) -> Result<Option<LogId>, StorageError> {
@@ -317,17 +357,18 @@ impl<D: Disk> RaftLogStorage<TypeConfig> for LogStore<D> {
                 codec::encode(&entry),
             );
         }
-        let result = self.disk.write(batch, Durability::Sync).await;
-        match result {
-            Ok(()) => {
-                callback.log_io_completed(Ok(()));
-                Ok(())
-            }
-            Err(err) => {
-                callback.log_io_completed(Err(std::io::Error::other(err.to_string())));
-                Err(io_err(StorageIOError::write_logs, &err))
-            }
+        // Visible now, durable once the syncer's next fsync completes.
+        if let Err(err) = self.disk.write(batch, Durability::Buffered).await {
+            callback.log_io_completed(Err(std::io::Error::other(err.to_string())));
+            return Err(io_err(StorageIOError::write_logs, &err));
         }
+        if self.syncer.send(callback).await.is_err() {
+            return Err(io_err(
+                StorageIOError::write_logs,
+                &DiskError::Io("the log syncer has stopped".into()),
+            ));
+        }
+        Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {

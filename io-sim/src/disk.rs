@@ -152,6 +152,27 @@ impl SimDiskHandle {
     }
 }
 
+impl SimDiskHandle {
+    /// A simulated fsync: after the latency, the file is durable up to `sync_upto`.
+    async fn sync_upto(&self, sync_upto: usize) -> Result<(), DiskError> {
+        let latency = {
+            let range = &self.disk.config.fsync_latency;
+            if range.is_empty() {
+                range.start
+            } else {
+                madsim::rand::thread_rng().gen_range(range.clone())
+            }
+        };
+        tokio::time::sleep(latency).await;
+        let mut medium = self.live()?;
+        // A compaction meanwhile may have shrunk the file, all of it durable.
+        let upto = sync_upto.min(medium.file.len());
+        medium.durable_len = medium.durable_len.max(upto);
+        self.compact(&mut medium);
+        Ok(())
+    }
+}
+
 impl Disk for SimDiskHandle {
     async fn write(&self, batch: WriteBatch, durability: Durability) -> Result<(), DiskError> {
         let sync_upto = {
@@ -169,21 +190,12 @@ impl Disk for SimDiskHandle {
         if durability == Durability::Buffered {
             return Ok(());
         }
-        let latency = {
-            let range = &self.disk.config.fsync_latency;
-            if range.is_empty() {
-                range.start
-            } else {
-                madsim::rand::thread_rng().gen_range(range.clone())
-            }
-        };
-        tokio::time::sleep(latency).await;
-        let mut medium = self.live()?;
-        // A compaction meanwhile may have shrunk the file, all of it durable.
-        let upto = sync_upto.min(medium.file.len());
-        medium.durable_len = medium.durable_len.max(upto);
-        self.compact(&mut medium);
-        Ok(())
+        self.sync_upto(sync_upto).await
+    }
+
+    async fn sync(&self) -> Result<(), DiskError> {
+        let upto = self.live()?.file.len();
+        self.sync_upto(upto).await
     }
 
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, DiskError> {
