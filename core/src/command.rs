@@ -52,14 +52,18 @@ pub enum Command {
     /// Several writes applied atomically at one revision: if any `Cas` in it fails its
     /// comparison, nothing is applied.
     Batch(Vec<WriteOp>),
+    /// Independent client commands proposed together as one log entry (group proposal): each
+    /// is applied in order, with its own response, all at the entry's revision.
+    Multi(Vec<Command>),
 }
 
 impl Command {
-    /// The writes this command carries.
+    /// The writes this command carries (for `Multi`: none of its own; see its commands).
     pub fn ops(&self) -> &[WriteOp] {
         match self {
             Command::Single(op) => std::slice::from_ref(op),
             Command::Batch(ops) => ops,
+            Command::Multi(_) => &[],
         }
     }
 }
@@ -69,6 +73,7 @@ impl std::fmt::Display for Command {
         match self {
             Command::Single(op) => write!(f, "{op:?}"),
             Command::Batch(ops) => write!(f, "batch of {}", ops.len()),
+            Command::Multi(commands) => write!(f, "{} commands", commands.len()),
         }
     }
 }
@@ -85,6 +90,8 @@ pub enum Response {
     Cas { succeeded: bool, revision: Revision },
     /// `Batch` applied as a whole at `revision`, or refused as a whole (`revision` 0).
     Batch { succeeded: bool, revision: Revision },
+    /// The responses to a `Multi`, in order.
+    Multi(Vec<Response>),
     /// Entries without a command (Raft's blank and membership entries) answer this.
     None,
 }
@@ -144,6 +151,8 @@ pub enum InvalidRequest {
     ScanLimitTooLarge { requested: usize, limit: usize },
     #[error("scan range is inverted: from is after to")]
     InvertedRange,
+    #[error("a group of commands is assembled by the node, not sent by clients")]
+    NotAClientCommand,
 }
 
 impl Limits {
@@ -174,6 +183,9 @@ impl Limits {
 
     /// Checks a write command: keys, values, batch size and total size.
     pub fn check_command(&self, command: &Command) -> Result<(), InvalidRequest> {
+        if let Command::Multi(_) = command {
+            return Err(InvalidRequest::NotAClientCommand);
+        }
         let ops = command.ops();
         if ops.is_empty() {
             return Err(InvalidRequest::EmptyBatch);

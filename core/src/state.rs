@@ -70,6 +70,12 @@ impl KvState {
                     revision,
                 }
             }
+            Command::Multi(commands) => Response::Multi(
+                commands
+                    .iter()
+                    .map(|command| self.apply(revision, command))
+                    .collect(),
+            ),
         }
     }
 
@@ -292,6 +298,35 @@ mod tests {
         );
         assert_eq!(state.get(b"b").map(|v| v.revision), Some(3));
         assert!(state.get(b"a").is_none());
+    }
+
+    #[test]
+    fn a_group_applies_each_command_in_order_at_one_revision() {
+        let mut state = KvState::default();
+        let group = Command::Multi(vec![
+            put("a", "1"),
+            Command::Single(WriteOp::Cas {
+                key: "a".into(),
+                expect: Some("1".into()),
+                new: Some("2".into()),
+            }),
+            put("b", "3"),
+        ]);
+        assert_eq!(
+            state.apply(9, &group),
+            Response::Multi(vec![
+                Response::Put { revision: 9 },
+                Response::Cas {
+                    succeeded: true,
+                    revision: 9
+                },
+                Response::Put { revision: 9 },
+            ])
+        );
+        assert_eq!(
+            state.get(b"a").map(|v| v.value.clone()),
+            Some(b"2".to_vec())
+        );
     }
 
     #[test]

@@ -38,6 +38,14 @@ fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
         4 => write_op().prop_map(|op| Step::Write(Command::Single(op))),
         1 => prop::collection::vec(write_op(), 1..4).prop_map(|ops| Step::Write(Command::Batch(ops))),
+        1 => prop::collection::vec(
+            prop_oneof![
+                write_op().prop_map(Command::Single),
+                prop::collection::vec(write_op(), 1..3).prop_map(Command::Batch),
+            ],
+            1..4,
+        )
+        .prop_map(|commands| Step::Write(Command::Multi(commands))),
         1 => (
             prop::option::of(key()),
             prop::option::of(key()),

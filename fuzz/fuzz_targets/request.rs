@@ -54,6 +54,7 @@ fn apply(state: &mut KvState, limits: &Limits, command: Command) {
             revision: r,
         } => assert_eq!(r, revision),
         Response::None => panic!("a command answered None"),
+        Response::Multi(_) => panic!("a client command answered as a group"),
     }
     // The snapshot of what came out restores to the same state.
     let restored: KvState = codec::decode(&codec::encode(&*state)).expect("snapshot decodes");

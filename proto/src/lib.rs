@@ -5,6 +5,7 @@
 //!
 //! - [`pb`]: the generated protobuf types and gRPC stubs (`proto/seedkv.proto`);
 //! - [`node`]: a seedkv node: Raft groups plus the `Kv`, `Raft` and `Admin` services;
+//! - [`proposer`]: concurrent writes proposed together as one log entry;
 //! - [`read_index`]: linearizable reads sharing one leadership confirmation per round;
 //! - [`network`]: openraft's network over the `Raft` gRPC service;
 //! - [`client`]: a client that follows leader hints and retries within a bound;
@@ -16,6 +17,7 @@ pub mod client;
 pub mod convert;
 pub mod network;
 pub mod node;
+pub mod proposer;
 pub mod read_index;
 pub mod status;
 pub mod trace;

@@ -21,6 +21,7 @@ use tonic::{Request, Response as GrpcResponse, Status};
 use crate::convert;
 use crate::network::GrpcNetwork;
 use crate::pb;
+use crate::proposer::Proposer;
 use crate::read_index::ReadIndex;
 use crate::status::not_leader;
 use crate::trace::Tracer;
@@ -77,6 +78,7 @@ struct Group {
     raft: Raft,
     state: Arc<SharedState>,
     read_index: ReadIndex,
+    proposer: Proposer,
 }
 
 /// A running seedkv node.
@@ -121,12 +123,14 @@ impl Node {
             .map_err(|err| NodeError::Raft(err.to_string()))?;
         let mut groups = BTreeMap::new();
         let read_index = ReadIndex::start(raft.clone(), state.clone());
+        let proposer = Proposer::start(raft.clone());
         groups.insert(
             group,
             Group {
                 raft,
                 state,
                 read_index,
+                proposer,
             },
         );
         Ok(Arc::new(Node {
@@ -205,18 +209,7 @@ impl Node {
         if seedkv_core::faults::enabled(seedkv_core::faults::Fault::AckBeforeCommit) {
             return self.write_acked_early(group, command).await;
         }
-        match group.raft.client_write(command).await {
-            Ok(written) => Ok(written.data),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
-                Err(not_leader(&forward))
-            }
-            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(err))) => {
-                Err(Status::internal(err.to_string()))
-            }
-            Err(RaftError::Fatal(fatal)) => {
-                Err(Status::unavailable(format!("raft stopped: {fatal}")))
-            }
-        }
+        group.proposer.propose(command).await
     }
 
     /// The `AckBeforeCommit` fault: answer from the leader's own state and proposed index

@@ -1,0 +1,143 @@
+//! Concurrent writes share log entries (group proposal).
+//!
+//! openraft appends every proposal as its own entry, with its own trip through the log, the
+//! disk and the state machine. Here writes queue, and one task proposes whatever is waiting
+//! as a single `Command::Multi` entry, with at most [`MAX_ENTRIES_IN_FLIGHT`] entries between
+//! proposal and answer: under load one entry (and one fsync) carries many writes; alone, a
+//! write is proposed at once, as is.
+//! Each write still gets its own response, and all of an entry's writes share its revision.
+
+use seedkv_core::command::{Command, Response};
+use seedkv_core::{Raft, TypeConfig};
+use tokio::sync::{mpsc, oneshot};
+use tonic::Status;
+
+use openraft::error::ClientWriteError;
+use openraft::raft::ClientWriteResponse;
+
+use crate::status::not_leader;
+
+/// Most writes waiting to be proposed; more are refused with `RESOURCE_EXHAUSTED`.
+pub const MAX_WAITING_WRITES: usize = 65_536;
+
+/// Most writes in one log entry.
+pub const MAX_WRITES_PER_ENTRY: usize = 256;
+
+/// Most group entries proposed and not yet answered. While they commit, new writes gather
+/// into the next entry: this is what makes entries carry many writes under load.
+pub const MAX_ENTRIES_IN_FLIGHT: usize = 2;
+
+type Reply = oneshot::Sender<Result<Response, Status>>;
+
+/// The proposal queue of one Raft group.
+pub struct Proposer {
+    queue: mpsc::Sender<(Command, Reply)>,
+}
+
+impl Proposer {
+    /// Starts the proposing task for `raft`.
+    pub fn start(raft: Raft) -> Proposer {
+        let (queue, mut waiting) = mpsc::channel::<(Command, Reply)>(MAX_WAITING_WRITES);
+        let in_flight = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_ENTRIES_IN_FLIGHT));
+        tokio::spawn(async move {
+            while let Some(first) = waiting.recv().await {
+                // Wait for room in the pipeline before gathering, so the entry takes everything
+                // that arrived meanwhile.
+                let Ok(permit) = in_flight.clone().acquire_owned().await else {
+                    break;
+                };
+                let mut group = vec![first];
+                while group.len() < MAX_WRITES_PER_ENTRY {
+                    match waiting.try_recv() {
+                        Ok(next) => group.push(next),
+                        Err(_) => break,
+                    }
+                }
+                let (commands, replies): (Vec<Command>, Vec<Reply>) = group.into_iter().unzip();
+                let entry = if commands.len() == 1 {
+                    commands
+                        .into_iter()
+                        .next()
+                        .unwrap_or(Command::Multi(Vec::new()))
+                } else {
+                    Command::Multi(commands)
+                };
+                // Enqueued in order; the answer is awaited elsewhere so the next group can
+                // be proposed while this one commits.
+                match raft.client_write_ff(entry).await {
+                    Ok(receiver) => {
+                        tokio::spawn(async move {
+                            let outcome = receiver.await;
+                            drop(permit);
+                            answer(replies, outcome);
+                        });
+                    }
+                    Err(fatal) => {
+                        for reply in replies {
+                            let _ = reply
+                                .send(Err(Status::unavailable(format!("raft stopped: {fatal}"))));
+                        }
+                    }
+                }
+            }
+        });
+        Proposer { queue }
+    }
+
+    /// Proposes `command` and waits for its response.
+    pub async fn propose(&self, command: Command) -> Result<Response, Status> {
+        let (tx, rx) = oneshot::channel();
+        self.queue.try_send((command, tx)).map_err(|_| {
+            Status::resource_exhausted(format!("more than {MAX_WAITING_WRITES} writes are waiting"))
+        })?;
+        rx.await
+            .map_err(|_| Status::unavailable("the node stopped before the write was answered"))?
+    }
+}
+
+type Outcome = Result<
+    Result<ClientWriteResponse<TypeConfig>, ClientWriteError<u64, openraft::BasicNode>>,
+    tokio::sync::oneshot::error::RecvError,
+>;
+
+fn answer(replies: Vec<Reply>, outcome: Outcome) {
+    match outcome {
+        Ok(Ok(written)) => match written.data {
+            Response::Multi(responses) if responses.len() == replies.len() && replies.len() > 1 => {
+                for (reply, response) in replies.into_iter().zip(responses) {
+                    let _ = reply.send(Ok(response));
+                }
+            }
+            response => {
+                // A single write was proposed as itself.
+                let mut replies = replies.into_iter();
+                if let Some(reply) = replies.next() {
+                    let _ = reply.send(Ok(response));
+                }
+                for reply in replies {
+                    let _ = reply.send(Err(Status::internal(
+                        "group response does not match its writes",
+                    )));
+                }
+            }
+        },
+        Ok(Err(ClientWriteError::ForwardToLeader(forward))) => {
+            for reply in replies {
+                let _ = reply.send(Err(not_leader(&forward)));
+            }
+        }
+        Ok(Err(ClientWriteError::ChangeMembershipError(err))) => {
+            for reply in replies {
+                let _ = reply.send(Err(Status::internal(err.to_string())));
+            }
+        }
+        // The entry may or may not commit: the outcome is unknown to the client.
+        Err(_) => {
+            for reply in replies {
+                let _ = reply.send(Err(Status::unavailable(
+                    "the write's outcome is unknown: raft dropped it",
+                )));
+            }
+        }
+    }
+}
