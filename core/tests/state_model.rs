@@ -134,6 +134,12 @@ fn model_apply(model: &mut Model, command: &Command, revision: u64) -> Response 
                 revision,
             }
         }
+        Command::Multi(commands) => Response::Multi(
+            commands
+                .iter()
+                .map(|command| model_apply(model, command, revision))
+                .collect(),
+        ),
     }
 }
 
