@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -305,5 +305,4 @@ async fn kill_the_leader_during_writes_then_join_and_remove() {
     for id in [1, 3, 4] {
         servers.stop(id);
     }
-    let _ = Path::new(BIN);
 }

@@ -377,53 +377,62 @@ impl Client {
         Ok((entries, reply.more))
     }
 
-    /// Status of the node at `addr` (one attempt, no leader following).
-    pub async fn status(&self, addr: &str) -> Result<pb::StatusResponse, ClientError> {
+    /// One admin call to the node at `addr`: no retry, no leader following. The outer error
+    /// is a connection failure or the deadline passing.
+    async fn admin_once<T, F, Fut>(
+        &self,
+        addr: &str,
+        call: F,
+    ) -> Result<Result<T, Status>, ClientError>
+    where
+        F: FnOnce(AdminClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
+    {
         let channel = self
             .channel(addr, None)
             .await
             .map_err(ClientError::Unavailable)?;
         let per_attempt = Duration::from_millis(self.config.request_timeout_ms);
-        match timeout(
-            per_attempt,
-            AdminClient::new(channel).status(pb::StatusRequest {}),
-        )
-        .await
+        match timeout(per_attempt, call(AdminClient::new(channel))).await {
+            Ok(result) => Ok(result.map(tonic::Response::into_inner)),
+            Err(elapsed) => Err(ClientError::Unknown(format!("{addr}: {elapsed}"))),
+        }
+    }
+
+    /// Status of the node at `addr` (one attempt, no leader following).
+    pub async fn status(&self, addr: &str) -> Result<pb::StatusResponse, ClientError> {
+        match self
+            .admin_once(addr, |mut admin| async move {
+                admin.status(pb::StatusRequest {}).await
+            })
+            .await
         {
-            Ok(Ok(reply)) => Ok(reply.into_inner()),
+            Ok(Ok(status)) => Ok(status),
             Ok(Err(status)) => Err(ClientError::Unavailable(format!(
                 "{addr}: {}",
                 status.message()
             ))),
-            Err(elapsed) => Err(ClientError::Unavailable(format!("{addr}: {elapsed}"))),
+            // Reading a status changes nothing: a lost answer is just unavailability.
+            Err(ClientError::Unknown(message)) => Err(ClientError::Unavailable(message)),
+            Err(err) => Err(err),
         }
     }
 
     /// Asks the node at `addr` to start an election now.
     pub async fn elect(&self, addr: &str) -> Result<(), ClientError> {
-        let channel = self
-            .channel(addr, None)
-            .await
-            .map_err(ClientError::Unavailable)?;
-        let per_attempt = Duration::from_millis(self.config.request_timeout_ms);
-        match timeout(
-            per_attempt,
-            AdminClient::new(channel).elect(pb::ElectRequest {}),
-        )
-        .await
+        match self
+            .admin_once(addr, |mut admin| async move {
+                admin.elect(pb::ElectRequest {}).await
+            })
+            .await?
         {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(status)) => Err(ClientError::Server(status.message().to_string())),
-            Err(elapsed) => Err(ClientError::Unknown(format!("{addr}: {elapsed}"))),
+            Ok(_) => Ok(()),
+            Err(status) => Err(ClientError::Server(status.message().to_string())),
         }
     }
 
     /// Bootstraps a new cluster of `members` (`(id, address)`) through the node at `addr`.
     pub async fn init(&self, addr: &str, members: &[(u64, String)]) -> Result<(), ClientError> {
-        let channel = self
-            .channel(addr, None)
-            .await
-            .map_err(ClientError::Unavailable)?;
         let request = pb::InitRequest {
             members: members
                 .iter()
@@ -433,14 +442,15 @@ impl Client {
                 })
                 .collect(),
         };
-        let per_attempt = Duration::from_millis(self.config.request_timeout_ms);
-        match timeout(per_attempt, AdminClient::new(channel).init(request)).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(status)) if status.code() == Code::InvalidArgument => {
+        match self
+            .admin_once(addr, |mut admin| async move { admin.init(request).await })
+            .await?
+        {
+            Ok(_) => Ok(()),
+            Err(status) if status.code() == Code::InvalidArgument => {
                 Err(ClientError::InvalidArgument(status.message().to_string()))
             }
-            Ok(Err(status)) => Err(ClientError::Server(status.message().to_string())),
-            Err(elapsed) => Err(ClientError::Unknown(format!("{addr}: {elapsed}"))),
+            Err(status) => Err(ClientError::Server(status.message().to_string())),
         }
     }
 

@@ -67,10 +67,6 @@ impl Trace {
 pub async fn run(config: RunConfig) -> RunReport {
     let start = Instant::now();
     let trace = Arc::new(Mutex::new(Trace::default()));
-    let lock_trace = |trace: &Arc<Mutex<Trace>>| {
-        trace.lock().map(|_| ()).ok();
-    };
-    lock_trace(&trace);
     let tracer: Tracer = {
         let trace = trace.clone();
         Arc::new(move |event: TraceEvent| {
