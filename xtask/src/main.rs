@@ -149,6 +149,22 @@ fn cargo() -> Command {
     cmd
 }
 
+/// Cargo for the simulation build: `--cfg madsim`, its own target dir.
+fn sim_cargo() -> Command {
+    let mut cmd = cargo();
+    cmd.env("RUSTFLAGS", "--cfg madsim")
+        .env("CARGO_TARGET_DIR", root().join("target").join("sim"));
+    cmd
+}
+
+/// Runs `cmd` with its output discarded; true if it exited successfully.
+fn succeeds_quietly(cmd: &mut Command) -> bool {
+    cmd.stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success())
+}
+
 fn run_checked(mut cmd: Command, what: &str) -> Result<()> {
     eprintln!("==> {what}");
     let status = cmd
@@ -162,8 +178,7 @@ fn run_checked(mut cmd: Command, what: &str) -> Result<()> {
 
 /// Builds the simulation binary once, with `--cfg madsim`, in `target/sim`.
 fn build_sim() -> Result<PathBuf> {
-    let target_dir = root().join("target").join("sim");
-    let mut cmd = cargo();
+    let mut cmd = sim_cargo();
     cmd.args([
         "build",
         "--profile",
@@ -172,11 +187,13 @@ fn build_sim() -> Result<PathBuf> {
         "seedkv-sim-tests",
         "--bin",
         "seedkv-sim",
-    ])
-    .env("RUSTFLAGS", "--cfg madsim")
-    .env("CARGO_TARGET_DIR", &target_dir);
+    ]);
     run_checked(cmd, "build the simulation (--cfg madsim, target/sim)")?;
-    Ok(target_dir.join("sim").join("seedkv-sim"))
+    Ok(root()
+        .join("target")
+        .join("sim")
+        .join("sim")
+        .join("seedkv-sim"))
 }
 
 fn parse_seeds(args: &SimArgs) -> Result<Vec<u64>> {
@@ -527,39 +544,32 @@ fn test(args: &TestArgs) -> Result<bool> {
     run_checked(tests, "unit and integration tests (cargo test --workspace)")?;
 
     // The simulation build: lints and tests under --cfg madsim, then the sweeps.
-    let sim_target = root().join("target").join("sim");
-    let mut sim_clippy = cargo();
-    sim_clippy
-        .args([
-            "clippy",
-            "--profile",
-            "sim",
-            "--workspace",
-            "--exclude",
-            "seedkv-io-real",
-            "--exclude",
-            "seedkv-cli",
-            "--all-targets",
-            "--",
-            "-D",
-            "warnings",
-        ])
-        .env("RUSTFLAGS", "--cfg madsim")
-        .env("CARGO_TARGET_DIR", &sim_target);
+    let mut sim_clippy = sim_cargo();
+    sim_clippy.args([
+        "clippy",
+        "--profile",
+        "sim",
+        "--workspace",
+        "--exclude",
+        "seedkv-io-real",
+        "--exclude",
+        "seedkv-cli",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]);
     run_checked(sim_clippy, "cargo clippy -D warnings (--cfg madsim)")?;
-    let mut sim_tests = cargo();
-    sim_tests
-        .args([
-            "test",
-            "--profile",
-            "sim",
-            "-p",
-            "seedkv-sim-tests",
-            "-p",
-            "seedkv-io-sim",
-        ])
-        .env("RUSTFLAGS", "--cfg madsim")
-        .env("CARGO_TARGET_DIR", &sim_target);
+    let mut sim_tests = sim_cargo();
+    sim_tests.args([
+        "test",
+        "--profile",
+        "sim",
+        "-p",
+        "seedkv-sim-tests",
+        "-p",
+        "seedkv-io-sim",
+    ]);
     run_checked(sim_tests, "simulation tests (--cfg madsim)")?;
 
     let binary = build_sim()?;
@@ -696,13 +706,11 @@ fn measure(keys: u64) -> Result<bool> {
         Ok(ServerProcess(child))
     };
     let client = |args: &[&str]| {
-        Command::new(&binary)
-            .args(["--endpoints", &addr])
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
+        succeeds_quietly(
+            Command::new(&binary)
+                .args(["--endpoints", &addr])
+                .args(args),
+        )
     };
     let mut server = start(&dir)?;
     let ready = wait_for(Duration::from_secs(30), || client(&["put", "ready", "1"]))?;
@@ -785,11 +793,7 @@ fn fuzz(only: Option<&str>, seconds: u64) -> Result<(u64, u64)> {
         cmd.args(["run", "nightly", "cargo"]).args(args);
         cmd
     };
-    let has_fuzz = nightly(&["fuzz", "--version"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
+    let has_fuzz = succeeds_quietly(&mut nightly(&["fuzz", "--version"]));
     if !has_fuzz {
         let mut install = cargo();
         install.args(["install", "cargo-fuzz", "--locked"]);
@@ -886,12 +890,7 @@ fn cpu_seconds(pid: u32) -> f64 {
 fn bench_vs_etcd(duration: f64, warmup: f64) -> Result<bool> {
     use std::time::Duration;
     let binary = build_release()?;
-    let has_etcd = Command::new("etcd")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
+    let has_etcd = succeeds_quietly(Command::new("etcd").arg("--version"));
     if !has_etcd {
         let mut install = Command::new("apt-get");
         install
@@ -989,22 +988,21 @@ fn bench_vs_etcd(duration: f64, warmup: f64) -> Result<bool> {
     let etcd_endpoints = etcd_client.join(",");
     let seedkv_endpoints = seedkv_addrs.join(",");
     wait_for(Duration::from_secs(30), || {
-        Command::new("etcdctl")
-            .args(["--endpoints", &etcd_endpoints, "put", "ready", "1"])
-            .env("ETCDCTL_API", "3")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
+        succeeds_quietly(
+            Command::new("etcdctl")
+                .args(["--endpoints", &etcd_endpoints, "put", "ready", "1"])
+                .env("ETCDCTL_API", "3"),
+        )
     })
     .context("etcd did not come up")?;
     wait_for(Duration::from_secs(30), || {
-        Command::new(&binary)
-            .args(["--endpoints", &seedkv_endpoints, "put", "ready", "1"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
+        succeeds_quietly(Command::new(&binary).args([
+            "--endpoints",
+            &seedkv_endpoints,
+            "put",
+            "ready",
+            "1",
+        ]))
     })
     .context("seedkv did not come up")?;
 
