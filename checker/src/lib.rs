@@ -12,7 +12,10 @@
 //!    operations are still checked precisely (`partition`);
 //! 2. check each partition with the Wing–Gong/Lowe search over a linked list of
 //!    call/return entries, with a memo of explored (linearized set, state)
-//!    configurations and an explicit backtracking stack (`search`).
+//!    configurations and an explicit backtracking stack (`search`);
+//! 3. run those searches interleaved in bounded slices, so the first partition
+//!    that fails ends the check, within a time and memory [`Budget`] past which
+//!    the verdict is [`Verdict::Unknown`] (`schedule`).
 //!
 //! Operations whose outcome is unknown (time-outs, `:info`, still pending at the
 //! end) return at +infinity and may take effect at any point after their call, or
@@ -46,6 +49,7 @@ mod model;
 mod parse;
 mod partition;
 mod record;
+mod schedule;
 mod search;
 
 use std::fmt;
@@ -56,6 +60,7 @@ pub use error::{CheckError, Error, ParseError, ParseModelError};
 pub use model::Model;
 pub use parse::{detect_format, parse_history, parse_history_as, Format, JEPSEN_KEY};
 pub use record::{validate_record, Op, OpResult, Record};
+pub use schedule::{Budget, Limit, DEFAULT_MAX_SEARCH_BYTES};
 
 /// The answer for a whole history.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,6 +69,8 @@ pub enum Verdict {
     Linearizable,
     /// No such order exists.
     NotLinearizable,
+    /// The budget ran out with some partition undecided and none failed.
+    Unknown,
 }
 
 impl fmt::Display for Verdict {
@@ -71,6 +78,7 @@ impl fmt::Display for Verdict {
         f.write_str(match self {
             Verdict::Linearizable => "linearizable",
             Verdict::NotLinearizable => "not linearizable",
+            Verdict::Unknown => "unknown",
         })
     }
 }
@@ -84,40 +92,67 @@ pub struct CheckReport {
     pub operations: usize,
     /// Number of independent partitions the history was split into.
     pub partitions: usize,
-    /// For a non-linearizable history: the key(s) of the first partition (in order
-    /// of first appearance) that is not linearizable, joined by ", ".
+    /// For a non-linearizable history: the key(s) of the partition found not
+    /// linearizable, joined by ", ".
     pub failing_partition: Option<String>,
+    /// For an unknown verdict: the partitions (keys joined by ", ") left undecided.
+    pub undecided: Vec<String>,
+    /// For an unknown verdict: the part of the budget that ran out first.
+    pub limit: Option<Limit>,
 }
 
-/// Checks `records` for linearizability against `model`.
-///
-/// Partitions are checked in order of first appearance; checking stops at the
-/// first one that is not linearizable. Errors only if a record breaks the format's
-/// rules (see [`validate_record`]).
+/// Checks `records` for linearizability against `model`, within the default
+/// [`Budget`] (no time limit; [`DEFAULT_MAX_SEARCH_BYTES`] of search memory).
 pub fn check_records(records: &[Record], model: Model) -> Result<CheckReport, CheckError> {
+    check_records_within(records, model, &Budget::default())
+}
+
+/// Checks `records` for linearizability against `model`, within `budget`.
+///
+/// Partitions are searched interleaved; the first one found not linearizable
+/// ends the check, wherever it stands in the history. Errors only if a record
+/// breaks the format's rules (see [`validate_record`]).
+pub fn check_records_within(
+    records: &[Record],
+    model: Model,
+    budget: &Budget,
+) -> Result<CheckReport, CheckError> {
     let mut partitions = partition::split(records, model)?;
-    let count = partitions.len();
-    for part in partitions.iter_mut() {
-        if !search::check_partition(part) {
-            return Ok(CheckReport {
-                verdict: Verdict::NotLinearizable,
-                operations: records.len(),
-                partitions: count,
-                failing_partition: Some(part.name()),
-            });
-        }
-    }
+    let outcome = schedule::decide(&mut partitions, budget);
+    let verdict = if outcome.failing.is_some() {
+        Verdict::NotLinearizable
+    } else if outcome.undecided.is_empty() {
+        Verdict::Linearizable
+    } else {
+        Verdict::Unknown
+    };
     Ok(CheckReport {
-        verdict: Verdict::Linearizable,
+        verdict,
         operations: records.len(),
-        partitions: count,
-        failing_partition: None,
+        partitions: partitions.len(),
+        failing_partition: outcome.failing.map(|index| partitions[index].name()),
+        undecided: outcome
+            .undecided
+            .iter()
+            .map(|&index| partitions[index].name())
+            .collect(),
+        limit: outcome.limit,
     })
 }
 
-/// Reads, parses (detecting the format) and checks a history file. `model: None`
-/// uses the format's default model ([`Format::default_model`]).
+/// Reads, parses (detecting the format) and checks a history file within the
+/// default [`Budget`]. `model: None` uses the format's default model
+/// ([`Format::default_model`]).
 pub fn check_file(path: &Path, model: Option<Model>) -> Result<CheckReport, Error> {
+    check_file_within(path, model, &Budget::default())
+}
+
+/// [`check_file`] within `budget`.
+pub fn check_file_within(
+    path: &Path,
+    model: Option<Model>,
+    budget: &Budget,
+) -> Result<CheckReport, Error> {
     let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
         path: path.to_path_buf(),
         source,
@@ -126,10 +161,10 @@ pub fn check_file(path: &Path, model: Option<Model>) -> Result<CheckReport, Erro
         path: path.to_path_buf(),
         source,
     })?;
-    check_records(&records, model.unwrap_or(format.default_model())).map_err(|source| {
-        Error::Check {
+    check_records_within(&records, model.unwrap_or(format.default_model()), budget).map_err(
+        |source| Error::Check {
             path: path.to_path_buf(),
             source,
-        }
-    })
+        },
+    )
 }

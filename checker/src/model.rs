@@ -91,6 +91,8 @@ pub(crate) fn initial_state(keys: usize) -> State {
 pub(crate) struct Interner {
     ids: FxMap<String, Val>,
     texts: Vec<String>,
+    /// Heap bytes of the texts' own allocations (each text is stored twice).
+    text_bytes: usize,
 }
 
 impl Interner {
@@ -98,6 +100,7 @@ impl Interner {
         Interner {
             ids: FxMap::default(),
             texts: vec![String::new()],
+            text_bytes: 0,
         }
     }
 
@@ -106,6 +109,7 @@ impl Interner {
             return id;
         }
         let id = self.texts.len() as Val;
+        self.text_bytes += 2 * crate::search::allocation_bytes(s.len());
         self.texts.push(s.to_string());
         self.ids.insert(s.to_string(), id);
         id
@@ -116,6 +120,15 @@ impl Interner {
             None => ABSENT,
             Some(s) => self.intern(s),
         }
+    }
+
+    /// An estimate of the heap bytes the interner holds: appends intern a new
+    /// text for every order the search tries, so this grows with the search.
+    pub fn bytes(&self) -> usize {
+        // A map slot is a String and an id (32 bytes) and a control byte; a vector
+        // slot is a String. Growing tables hold the old one with the new (1.5x).
+        let tables = (self.ids.capacity() * 33 + self.texts.capacity() * 24) * 3 / 2;
+        tables + self.text_bytes
     }
 
     /// The text of a value; absent reads as "" (what appends build on).

@@ -33,6 +33,13 @@ pub(crate) struct Partition {
 }
 
 impl Partition {
+    /// Frees what only the search needs (the values it interned) once the
+    /// partition is decided or given up; the partition cannot be searched again.
+    pub fn release_search_memory(&mut self) {
+        self.ctx.interner = Interner::new();
+        self.ops = Vec::new();
+    }
+
     /// Human-readable name: the keys joined by ", " (`<no key>` for keyless ops).
     pub fn name(&self) -> String {
         if self.keys.is_empty() {

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use seedkv_checker::{check_file, Model, Verdict};
+use seedkv_checker::{check_file_within, Budget, Model, Verdict};
 
 mod bench;
 mod client;
@@ -36,8 +36,9 @@ enum Cmd {
     /// Cluster membership and status.
     #[command(subcommand)]
     Cluster(client::ClusterCommand),
-    /// Check a recorded history for linearizability. Prints `linearizable` (exit 0) or
-    /// `not linearizable` (exit 1); a file that cannot be read or parsed exits 2.
+    /// Check a recorded history for linearizability. Prints `linearizable` (exit 0),
+    /// `not linearizable` (exit 1) or, when the budget ran out first, `unknown` (exit 3,
+    /// naming the keys left undecided); a file that cannot be read or parsed exits 2.
     ///
     /// Reads seedkv's own history format (JSON lines, docs/HISTORY_FORMAT.md), Jepsen etcd
     /// register logs and Porcupine key-value logs; the format is detected.
@@ -48,13 +49,34 @@ enum Cmd {
         /// to what the file's format implies.
         #[arg(long)]
         model: Option<Model>,
+        /// Give up after this many seconds with verdict `unknown`.
+        #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+        timeout_s: u64,
+        /// Give up a key's search once all searches together hold this much memory
+        /// (their memos); the other keys are still decided.
+        #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
+        max_memory_mib: u64,
+        /// Also print, on stderr, the time taken and the process's peak RSS.
+        #[arg(long)]
+        stats: bool,
     },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Cmd::CheckHistory { file, model } = &cli.command {
-        return check_history(file, *model);
+    if let Cmd::CheckHistory {
+        file,
+        model,
+        timeout_s,
+        max_memory_mib,
+        stats,
+    } = &cli.command
+    {
+        let budget = Budget {
+            timeout: Some(std::time::Duration::from_secs(*timeout_s)),
+            max_search_bytes: usize::try_from(*max_memory_mib << 20).unwrap_or(usize::MAX),
+        };
+        return check_history(file, *model, &budget, *stats);
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -86,10 +108,30 @@ fn main() -> ExitCode {
     }
 }
 
-fn check_history(file: &std::path::Path, model: Option<Model>) -> ExitCode {
-    match check_file(file, model) {
+/// Exit code of `check-history` when the budget ran out before a verdict.
+const EXIT_UNKNOWN: u8 = 3;
+
+fn check_history(
+    file: &std::path::Path,
+    model: Option<Model>,
+    budget: &Budget,
+    stats: bool,
+) -> ExitCode {
+    let start = std::time::Instant::now();
+    match check_file_within(file, model, budget) {
         Ok(report) => {
             println!("{}", report.verdict);
+            if stats {
+                eprintln!(
+                    "checked {} operations in {} partitions in {:.3} s; peak RSS {}",
+                    report.operations,
+                    report.partitions,
+                    start.elapsed().as_secs_f64(),
+                    peak_rss_mib()
+                        .map(|mib| format!("{mib:.1} MiB"))
+                        .unwrap_or_else(|| "unknown".into())
+                );
+            }
             match report.verdict {
                 Verdict::Linearizable => ExitCode::SUCCESS,
                 Verdict::NotLinearizable => {
@@ -98,6 +140,15 @@ fn check_history(file: &std::path::Path, model: Option<Model>) -> ExitCode {
                     }
                     ExitCode::from(1)
                 }
+                Verdict::Unknown => {
+                    if let Some(limit) = report.limit {
+                        eprintln!(
+                            "{limit} reached; undecided keys: {}",
+                            report.undecided.join(" | ")
+                        );
+                    }
+                    ExitCode::from(EXIT_UNKNOWN)
+                }
             }
         }
         Err(err) => {
@@ -105,4 +156,12 @@ fn check_history(file: &std::path::Path, model: Option<Model>) -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// This process's peak resident set (Linux: `VmHWM` in /proc/self/status).
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
 }

@@ -176,13 +176,23 @@ pub async fn run(config: RunConfig) -> RunReport {
     }
     if report.failure.is_none() {
         match check_records(&report.history, Model::Kv) {
-            Ok(check) if check.verdict == Verdict::Linearizable => {}
-            Ok(check) => {
-                report.failure = Some(format!(
-                    "history is not linearizable (keys {})",
-                    check.failing_partition.unwrap_or_default()
-                ))
-            }
+            Ok(check) => match check.verdict {
+                Verdict::Linearizable => {}
+                Verdict::NotLinearizable => {
+                    report.failure = Some(format!(
+                        "history is not linearizable (keys {})",
+                        check.failing_partition.unwrap_or_default()
+                    ))
+                }
+                // Never a pass: a history too hard to decide is a run to look at.
+                Verdict::Unknown => {
+                    report.failure = Some(format!(
+                        "history undecided: {} reached (keys {})",
+                        check.limit.map(|l| l.to_string()).unwrap_or_default(),
+                        check.undecided.join(" | ")
+                    ))
+                }
+            },
             Err(err) => report.failure = Some(format!("history is malformed: {err}")),
         }
     }

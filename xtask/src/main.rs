@@ -55,6 +55,9 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Time `seedkv check-history` (release) on every reference history in
+    /// ../shared/checker-data and on generated hard ones; print a table.
+    CheckerTimes,
     /// Measure the release server: binary size, idle RSS, RSS and restart time with 1 M keys.
     Measure {
         /// Keys to load.
@@ -126,6 +129,7 @@ fn main() -> ExitCode {
             fuzz(target.as_deref(), seconds).map(|(_, failed)| failed == 0)
         }
         Task::Server { args } => server(&args),
+        Task::CheckerTimes => checker_times(),
         Task::Measure { keys } => measure(keys),
     };
     match result {
@@ -642,6 +646,114 @@ fn server(args: &[String]) -> Result<bool> {
     eprintln!("==> {} server {}", binary.display(), args.join(" "));
     let status = Command::new(&binary).arg("server").args(args).status()?;
     Ok(status.success())
+}
+
+/// `cargo xtask checker-times`: every reference history's verdict, time and peak RSS,
+/// with the budget CI would give it (10 s, 512 MiB); a wrong verdict fails.
+fn checker_times() -> Result<bool> {
+    let binary = build_release()?;
+    let hard = root().join("target").join("hard");
+    let mut example = cargo();
+    example.args([
+        "run",
+        "--release",
+        "-q",
+        "-p",
+        "seedkv-checker",
+        "--example",
+        "hard_history",
+        "--",
+    ]);
+    example.arg(&hard);
+    run_checked(example, "generate hard histories")?;
+    let data = root().join("..").join("shared").join("checker-data");
+    let verdicts = std::fs::read_to_string(data.join("jepsen-etcd").join("VERDICTS"))
+        .with_context(|| {
+            format!(
+                "{} (shared/ must sit beside the repository)",
+                data.display()
+            )
+        })?;
+    // (file, expected verdict)
+    let mut files: Vec<(PathBuf, &str)> = Vec::new();
+    for line in verdicts.lines() {
+        if let [file, verdict] = line.split_whitespace().collect::<Vec<_>>()[..] {
+            let expected = if verdict == "linearizable" {
+                "linearizable"
+            } else {
+                "not linearizable"
+            };
+            files.push((data.join("jepsen-etcd").join(file), expected));
+        }
+    }
+    let mut kv: Vec<PathBuf> = std::fs::read_dir(data.join("kv"))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "txt"))
+        .collect();
+    kv.sort();
+    for path in kv {
+        let bad = path.to_string_lossy().ends_with("-bad.txt");
+        files.push((
+            path,
+            if bad {
+                "not linearizable"
+            } else {
+                "linearizable"
+            },
+        ));
+    }
+    for (name, expected) in [
+        ("c50-bad-hard.jsonl", "not linearizable"),
+        ("c50-hard-first.jsonl", "not linearizable"),
+        ("c50-bad-late.jsonl", "not linearizable"),
+        ("c50-undecidable.jsonl", "unknown"),
+    ] {
+        files.push((hard.join(name), expected));
+    }
+    println!("| history | verdict | seconds | peak RSS |");
+    println!("|---|---|---|---|");
+    let mut wrong = 0;
+    for (path, expected) in &files {
+        let output = Command::new(&binary)
+            .args([
+                "check-history",
+                "--stats",
+                "--timeout-s",
+                "10",
+                "--max-memory-mib",
+                "512",
+            ])
+            .arg(path)
+            .output()
+            .with_context(|| format!("cannot run {}", binary.display()))?;
+        let verdict = String::from_utf8_lossy(&output.stdout).trim().to_string();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        // "checked N operations in P partitions in S s; peak RSS R MiB"
+        let stats = stderr
+            .lines()
+            .find(|l| l.starts_with("checked "))
+            .unwrap_or("");
+        let seconds = stats
+            .split(" in ")
+            .last()
+            .and_then(|t| t.split(' ').next())
+            .unwrap_or("?");
+        let rss = stats.split("peak RSS ").nth(1).unwrap_or("?");
+        let name = path
+            .strip_prefix(&data)
+            .or_else(|_| path.strip_prefix(root().join("target")))
+            .unwrap_or(path);
+        let mark = if verdict == *expected { "" } else { " (WRONG)" };
+        if !mark.is_empty() {
+            wrong += 1;
+        }
+        println!(
+            "| {} | {verdict}{mark} | {seconds} | {rss} |",
+            name.display()
+        );
+    }
+    println!("{} passed, {} failed", files.len() - wrong, wrong);
+    Ok(wrong == 0)
 }
 
 fn rss_kib(pid: u32) -> Option<u64> {
