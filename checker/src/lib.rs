@@ -95,9 +95,11 @@ pub struct CheckReport {
     /// For a non-linearizable history: the key(s) of the partition found not
     /// linearizable, joined by ", ".
     pub failing_partition: Option<String>,
-    /// For an unknown verdict: the partitions (keys joined by ", ") left undecided.
+    /// The partitions (keys joined by ", ") left undecided: for an unknown verdict, those
+    /// that made it unknown; for a non-linearizable one, any given up before the failure
+    /// was found.
     pub undecided: Vec<String>,
-    /// For an unknown verdict: the part of the budget that ran out first.
+    /// The part of the budget that ran out first, if any did.
     pub limit: Option<Limit>,
 }
 

@@ -72,8 +72,8 @@ impl fmt::Display for Limit {
 pub(crate) struct Outcome {
     /// Index of the partition that is not linearizable, if one was found.
     pub failing: Option<usize>,
-    /// Indices of partitions left undecided, ascending, and the limit that
-    /// stopped the first of them.
+    /// Indices of partitions left undecided (also those given up before a failure
+    /// was found), ascending, and the limit that stopped the first of them.
     pub undecided: Vec<usize>,
     pub limit: Option<Limit>,
 }
@@ -81,7 +81,10 @@ pub(crate) struct Outcome {
 /// Searches every partition, interleaved, until one fails, all pass, or the
 /// budget runs out.
 pub(crate) fn decide(partitions: &mut [Partition], budget: &Budget) -> Outcome {
-    let deadline = budget.timeout.map(|t| (Instant::now() + t, t));
+    // A timeout too large to add to the clock is no limit.
+    let deadline = budget
+        .timeout
+        .and_then(|t| Instant::now().checked_add(t).map(|at| (at, t)));
     // Active searches in partition order, each with the bytes it held after its
     // last slice; a decided or abandoned one leaves the list.
     let mut active: Vec<Active> = partitions
@@ -107,10 +110,11 @@ pub(crate) fn decide(partitions: &mut [Partition], budget: &Budget) -> Outcome {
             current.bytes = bytes;
             match progress {
                 Progress::NotLinearizable => {
+                    undecided.sort_unstable();
                     return Outcome {
                         failing: Some(current.index),
-                        undecided: Vec::new(),
-                        limit: None,
+                        undecided,
+                        limit,
                     };
                 }
                 Progress::Linearizable => {

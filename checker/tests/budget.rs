@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use seedkv_checker::{
     check_records, check_records_within, parse_history, Budget, Limit, Model, Record, Verdict,
 };
-use support::{c50_with_violations, concurrent_puts, quick_violation};
+use support::{c50_with_violations, concurrent_puts, quick_violation, wide_undecidable};
 
 /// Puts in the undecidable partitions: refuting one means exploring about
 /// `40 * 2^39` configurations, far past any budget.
@@ -82,7 +82,7 @@ fn too_hard_for_the_time_budget_is_unknown_within_it() {
     let timeout = Duration::from_millis(500);
     let budget = Budget {
         timeout: Some(timeout),
-        ..Budget::default()
+        max_search_bytes: usize::MAX,
     };
     let start = Instant::now();
     let report = check_records_within(&history(parts), Model::Kv, &budget).expect("valid");
@@ -101,33 +101,47 @@ fn the_memory_budget_gives_up_the_largest_search_and_goes_on() {
         timeout: None,
         max_search_bytes: 8 << 20,
     };
-    let parts = vec![
-        concurrent_puts("hard", UNDECIDABLE_PUTS, None, 0),
-        concurrent_puts("ok", HARD_PUTS - 6, Some(0), 0),
-    ];
-    let report = check_records_within(&history(parts), Model::Kv, &budget).expect("valid");
+    // "hard" holds a 16-key state per configuration and outgrows the other search, which
+    // needs about 5 MiB on its own: "hard" is given up, the other is still decided.
+    let with =
+        |other: Vec<Record>| history(vec![wide_undecidable("hard", UNDECIDABLE_PUTS, 15), other]);
+    let report = check_records_within(
+        &with(concurrent_puts("ok", 13, Some(0), 0)),
+        Model::Kv,
+        &budget,
+    )
+    .expect("valid");
     assert_eq!(report.verdict, Verdict::Unknown);
-    assert_eq!(report.undecided, vec!["hard".to_string()]);
+    assert_eq!(report.undecided.len(), 1);
+    assert!(
+        report.undecided[0].starts_with("hard, "),
+        "{:?}",
+        report.undecided
+    );
     assert_eq!(report.limit, Some(Limit::Memory(8 << 20)));
     // Deterministic: the same budget stops at the same point, with the same answer.
     let again = check_records_within(
-        &history(vec![
-            concurrent_puts("hard", UNDECIDABLE_PUTS, None, 0),
-            concurrent_puts("ok", HARD_PUTS - 6, Some(0), 0),
-        ]),
+        &with(concurrent_puts("ok", 13, Some(0), 0)),
         Model::Kv,
         &budget,
     )
     .expect("valid");
     assert_eq!(again, report);
-    // A violation elsewhere is still found after the hard search is given up.
-    let parts = vec![
-        concurrent_puts("hard", UNDECIDABLE_PUTS, None, 0),
-        concurrent_puts("slow-bad", 12, None, 0),
-    ];
-    let report = check_records_within(&history(parts), Model::Kv, &budget).expect("valid");
+    // A violation elsewhere is still found after the hard search was given up.
+    let report = check_records_within(
+        &with(concurrent_puts("slow-bad", 13, None, 0)),
+        Model::Kv,
+        &budget,
+    )
+    .expect("valid");
     assert_eq!(report.verdict, Verdict::NotLinearizable);
     assert_eq!(report.failing_partition.as_deref(), Some("slow-bad"));
+    assert_eq!(
+        report.undecided.len(),
+        1,
+        "the hard search was given up first"
+    );
+    assert_eq!(report.limit, Some(Limit::Memory(8 << 20)));
 }
 
 fn c50() -> Vec<Record> {
@@ -169,8 +183,9 @@ fn porcupine_c50_with_seven_violations_and_three_undecidable_keys() {
     // With no violation left, the undecidable keys make the verdict unknown, not
     // linearizable, and the budget holds.
     let records = c50_with_violations(c50(), &[], 30, &["7", "8", "9"], 20);
+    // A memory bound alone: deterministic, and as quick in a debug build.
     let budget = Budget {
-        timeout: Some(Duration::from_secs(2)),
+        timeout: None,
         max_search_bytes: 64 << 20,
     };
     let report = check_records_within(&records, Model::Kv, &budget).expect("valid");

@@ -42,6 +42,31 @@ pub fn concurrent_puts(key: &str, n: u64, read: Option<u64>, t0: u64) -> Vec<Rec
     records
 }
 
+/// [`concurrent_puts`] refuted (`read: None`), in a partition widened to `1 + extra_keys`
+/// keys by a batch with unknown outcome that writes all of them: every configuration of
+/// its search holds a wide state, so it grows in memory faster than a one-key partition.
+pub fn wide_undecidable(key: &str, n: u64, extra_keys: usize) -> Vec<Record> {
+    let mut records = concurrent_puts(key, n, None, 0);
+    let ops = (0..=extra_keys)
+        .map(|i| Op::Put {
+            key: if i == 0 {
+                key.to_string()
+            } else {
+                format!("{key}-{i}")
+            },
+            value: "wide".to_string(),
+        })
+        .collect();
+    records.push(Record {
+        client: n + 1,
+        call_ns: 0,
+        return_ns: None,
+        op: Op::Batch { ops },
+        result: None,
+    });
+    records
+}
+
 /// A put then, strictly after it, a get that reads the key as absent: refuted in
 /// a handful of steps.
 pub fn quick_violation(key: &str, t0: u64) -> Vec<Record> {
