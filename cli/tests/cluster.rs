@@ -2,124 +2,13 @@
 //! directories, the leader killed with SIGKILL in the middle of 1,000 writes and restarted,
 //! then a fourth node joins and one is removed. Every process started is stopped.
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use seedkv_proto::{Client, ClientConfig, ClientError, Consistency};
-
-const BIN: &str = env!("CARGO_BIN_EXE_seedkv");
-
-/// Reserves a free loopback port (bind to port 0, then release it for the server).
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
-    listener.local_addr().expect("local addr").port()
-}
-
-/// Server processes, SIGKILLed on drop so that a failing test leaves nothing behind.
-struct Servers {
-    children: BTreeMap<u64, Child>,
-    dir: PathBuf,
-}
-
-impl Servers {
-    fn start(&mut self, id: u64, addr: &str, extra: &[String]) {
-        let log = std::fs::File::create(self.dir.join(format!("node{id}.log"))).expect("log file");
-        let child = Command::new(BIN)
-            .arg("server")
-            .args(["--node-id", &id.to_string(), "--listen", addr])
-            .arg("--data-dir")
-            .arg(self.dir.join(format!("data{id}")))
-            .args(["--log-level", "warn"])
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start seedkv server");
-        self.children.insert(id, child);
-    }
-
-    fn kill(&mut self, id: u64) {
-        if let Some(mut child) = self.children.remove(&id) {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// SIGTERM, then require a clean exit (status 0) within 5 s.
-    fn stop(&mut self, id: u64) {
-        let Some(mut child) = self.children.remove(&id) else {
-            return;
-        };
-        let status = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .expect("kill -TERM");
-        assert!(status.success());
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            if let Some(exit) = child.try_wait().expect("wait") {
-                assert!(exit.success(), "node {id} exited with {exit} after SIGTERM");
-                return;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("node {id} did not stop within 5 s of SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Servers {
-    fn drop(&mut self) {
-        for (_, mut child) in std::mem::take(&mut self.children) {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn client_for(endpoints: &[String]) -> Client {
-    let mut config = ClientConfig::new(endpoints.to_vec());
-    config.request_timeout_ms = 1_000;
-    Client::new(config)
-}
-
-async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn leader(client: &Client, addrs: &[String]) -> Option<(u64, String)> {
-    for addr in addrs {
-        if let Ok(status) = client.status(addr).await {
-            if status.role == "leader" {
-                return Some((status.node_id, addr.clone()));
-            }
-        }
-    }
-    None
-}
-
-fn cli(endpoints: &str, args: &[&str]) -> std::process::Output {
-    Command::new(BIN)
-        .args(["--endpoints", endpoints])
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run seedkv client")
-}
+use common::{cli, client_for, free_port, leader, wait_until, Servers};
+use seedkv_proto::{ClientError, Consistency};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_the_leader_during_writes_then_join_and_remove() {

@@ -6,6 +6,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::session::SessionTag;
+
 /// A key's revision: the Raft log index of the entry that last wrote it. `0` means absent.
 pub type Revision = u64;
 
@@ -55,6 +57,14 @@ pub enum Command {
     /// Independent client commands proposed together as one log entry (group proposal): each
     /// is applied in order, with its own response, all at the entry's revision.
     Multi(Vec<Command>),
+    /// Opens a client session (see [`crate::session`]).
+    Register,
+    /// A `Single` or `Batch` write of a client session: applied at most once, however often
+    /// it is resent.
+    Tagged {
+        session: SessionTag,
+        command: Box<Command>,
+    },
 }
 
 impl Command {
@@ -63,7 +73,8 @@ impl Command {
         match self {
             Command::Single(op) => std::slice::from_ref(op),
             Command::Batch(ops) => ops,
-            Command::Multi(_) => &[],
+            Command::Multi(_) | Command::Register => &[],
+            Command::Tagged { command, .. } => command.ops(),
         }
     }
 }
@@ -74,6 +85,12 @@ impl std::fmt::Display for Command {
             Command::Single(op) => write!(f, "{op:?}"),
             Command::Batch(ops) => write!(f, "batch of {}", ops.len()),
             Command::Multi(commands) => write!(f, "{} commands", commands.len()),
+            Command::Register => f.write_str("register a session"),
+            Command::Tagged { session, command } => write!(
+                f,
+                "{command} (client {} seq {})",
+                session.client_id, session.seq
+            ),
         }
     }
 }
@@ -94,6 +111,13 @@ pub enum Response {
     Multi(Vec<Response>),
     /// Entries without a command (Raft's blank and membership entries) answer this.
     None,
+    /// A session was opened for `client_id`.
+    Registered { client_id: u64 },
+    /// A tagged write of a session that does not exist (never opened, or expired): nothing
+    /// was applied, and whether an earlier copy of it was cannot be told.
+    SessionExpired,
+    /// A tagged write below its client's acknowledged mark: nothing was applied.
+    StaleWrite { acked_below: u64 },
 }
 
 /// A key and its value, as stored and as read.
@@ -153,6 +177,8 @@ pub enum InvalidRequest {
     InvertedRange,
     #[error("a group of commands is assembled by the node, not sent by clients")]
     NotAClientCommand,
+    #[error("session sequence numbers start at 1 and seq ({seq}) must not be below acked_below ({acked_below})")]
+    BadSequence { seq: u64, acked_below: u64 },
 }
 
 impl Limits {
@@ -183,8 +209,21 @@ impl Limits {
 
     /// Checks a write command: keys, values, batch size and total size.
     pub fn check_command(&self, command: &Command) -> Result<(), InvalidRequest> {
-        if let Command::Multi(_) = command {
-            return Err(InvalidRequest::NotAClientCommand);
+        match command {
+            Command::Multi(_) => return Err(InvalidRequest::NotAClientCommand),
+            Command::Register => return Ok(()),
+            Command::Tagged { session, command } => {
+                if !matches!(**command, Command::Single(_) | Command::Batch(_)) {
+                    return Err(InvalidRequest::NotAClientCommand);
+                }
+                if session.acked_below == 0 || session.seq < session.acked_below {
+                    return Err(InvalidRequest::BadSequence {
+                        seq: session.seq,
+                        acked_below: session.acked_below,
+                    });
+                }
+            }
+            Command::Single(_) | Command::Batch(_) => {}
         }
         let ops = command.ops();
         if ops.is_empty() {

@@ -14,14 +14,17 @@ pub enum Fault {
     AckBeforeCommit,
     /// A linearizable read is served from the local state of whichever node receives it.
     StaleLinearizableRead,
+    /// Sessions forget answers: a resent write is applied again.
+    DuplicateWrites,
 }
 
 impl Fault {
     /// Every switch, with its command-line name.
-    pub const ALL: [(Fault, &'static str); 3] = [
+    pub const ALL: [(Fault, &'static str); 4] = [
         (Fault::VoteNotPersisted, "vote-not-persisted"),
         (Fault::AckBeforeCommit, "ack-before-commit"),
         (Fault::StaleLinearizableRead, "stale-linearizable-read"),
+        (Fault::DuplicateWrites, "duplicate-writes"),
     ];
 
     /// The switch named `name`.
@@ -34,6 +37,7 @@ impl Fault {
             Fault::VoteNotPersisted => 1,
             Fault::AckBeforeCommit => 2,
             Fault::StaleLinearizableRead => 4,
+            Fault::DuplicateWrites => 8,
         }
     }
 }

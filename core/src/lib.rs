@@ -2,6 +2,7 @@
 //!
 //! - [`command`]: the writes clients ask for, and the limits they must respect;
 //! - [`state`]: the key-value state every replica applies the log to;
+//! - [`session`]: client sessions, which make a resent write apply once;
 //! - [`storage`]: the [`storage::Disk`] contract, and the Raft log and state machine on it;
 //! - [`types`]: the openraft type config, node and group ids;
 //! - [`runtime`]: the async runtime binding that runs the same code on tokio and on madsim;
@@ -19,6 +20,7 @@ pub mod conformance;
 #[cfg(madsim)]
 pub mod faults;
 pub mod runtime;
+pub mod session;
 pub mod state;
 pub mod storage;
 pub mod types;

@@ -11,11 +11,13 @@ use std::ops::Bound;
 use serde::{Deserialize, Serialize};
 
 use crate::command::{Command, Response, Revision, ScanRange, Versioned, WriteOp};
+use crate::session::{SessionCheck, Sessions};
 
 /// The key-value map at some applied log index.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KvState {
     data: BTreeMap<Vec<u8>, Versioned>,
+    sessions: Sessions,
 }
 
 impl KvState {
@@ -76,7 +78,37 @@ impl KvState {
                     .map(|command| self.apply(revision, command))
                     .collect(),
             ),
+            Command::Register => Response::Registered {
+                client_id: self.sessions.register(revision),
+            },
+            Command::Tagged { session, command } => {
+                let check = self.sessions.check(session, revision);
+                #[cfg(madsim)]
+                let check = match check {
+                    SessionCheck::Duplicate(_)
+                        if crate::faults::enabled(crate::faults::Fault::DuplicateWrites) =>
+                    {
+                        SessionCheck::Fresh
+                    }
+                    check => check,
+                };
+                match check {
+                    SessionCheck::Fresh => {
+                        let response = self.apply(revision, command);
+                        self.sessions.record(session, response.clone());
+                        response
+                    }
+                    SessionCheck::Duplicate(response) => response,
+                    SessionCheck::Stale { acked_below } => Response::StaleWrite { acked_below },
+                    SessionCheck::Expired => Response::SessionExpired,
+                }
+            }
         }
+    }
+
+    /// The client sessions (see [`crate::session`]).
+    pub fn sessions(&self) -> &Sessions {
+        &self.sessions
     }
 
     fn matches(&self, key: &[u8], expect: Option<&[u8]>) -> bool {
@@ -148,6 +180,7 @@ impl KvState {
             hash.write(&value.value);
             hash.write(&value.revision.to_le_bytes());
         }
+        self.sessions.digest_into(&mut hash);
         hash.finish()
     }
 }

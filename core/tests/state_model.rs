@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use proptest::prelude::*;
 use seedkv_core::codec;
 use seedkv_core::command::{Command, Response, ScanRange, WriteOp};
+use seedkv_core::session::SessionTag;
 use seedkv_core::KvState;
 
 type Model = BTreeMap<Vec<u8>, (Vec<u8>, u64)>;
@@ -140,6 +141,9 @@ fn model_apply(model: &mut Model, command: &Command, revision: u64) -> Response 
                 .map(|command| model_apply(model, command, revision))
                 .collect(),
         ),
+        Command::Register | Command::Tagged { .. } => {
+            unreachable!("sessions have their own property test")
+        }
     }
 }
 
@@ -185,6 +189,52 @@ proptest! {
         let restored: KvState = codec::decode(&codec::encode(&state)).expect("decode snapshot");
         prop_assert_eq!(&restored, &state);
         prop_assert_eq!(restored.digest(), state.digest());
+    }
+
+    /// However writes are resent, each (client, seq) applies once, answers every copy with
+    /// its first answer, and the data equals applying each write once without sessions.
+    #[test]
+    fn tagged_writes_apply_once(
+        clients in 1usize..4,
+        steps in prop::collection::vec((0usize..4, 1u64..8, write_op()), 1..80),
+    ) {
+        let mut state = KvState::default();
+        let mut reference = KvState::default();
+        let mut revision = 0;
+        let mut ids = Vec::new();
+        for _ in 0..clients {
+            revision += 1;
+            match state.apply(revision, &Command::Register) {
+                Response::Registered { client_id } => ids.push(client_id),
+                other => prop_assert!(false, "register answered {:?}", other),
+            }
+        }
+        let mut first: BTreeMap<(u64, u64), Response> = BTreeMap::new();
+        for (pick, seq, op) in steps {
+            revision += 1;
+            // One pick in four names a client that never registered.
+            let client_id = ids.get(pick).copied().unwrap_or(10_000);
+            let session = SessionTag { client_id, seq, acked_below: 1 };
+            let got = state.apply(revision, &Command::Tagged { session, command: Box::new(Command::Single(op.clone())) });
+            if !ids.contains(&client_id) {
+                prop_assert_eq!(got, Response::SessionExpired);
+                continue;
+            }
+            match first.get(&(client_id, seq)) {
+                Some(answer) => prop_assert_eq!(&got, answer),
+                None => {
+                    let want = reference.apply(revision, &Command::Single(op));
+                    prop_assert_eq!(&got, &want);
+                    first.insert((client_id, seq), got);
+                }
+            }
+        }
+        let data: Vec<_> = state.iter().collect();
+        let want: Vec<_> = reference.iter().collect();
+        prop_assert_eq!(data, want);
+        let restored: KvState = codec::decode(&codec::encode(&state)).expect("decode snapshot");
+        prop_assert_eq!(restored.digest(), state.digest());
+        prop_assert_eq!(&restored, &state);
     }
 
     #[test]

@@ -14,6 +14,9 @@ fn apply(state: &mut KvState, limits: &Limits, command: Command) {
         return;
     }
     let before = state.clone();
+    let data = |state: &KvState| -> Vec<(Vec<u8>, seedkv_core::Versioned)> {
+        state.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    };
     let revision = 7;
     let response = state.apply(revision, &command);
     let ops = command.ops().len();
@@ -31,7 +34,7 @@ fn apply(state: &mut KvState, limits: &Limits, command: Command) {
         }
     }
     assert!(state.len() <= before.len() + ops);
-    match response {
+    match response.clone() {
         Response::Put { revision: r } | Response::Delete { revision: r, .. } => {
             assert_eq!(r, revision)
         }
@@ -41,20 +44,33 @@ fn apply(state: &mut KvState, limits: &Limits, command: Command) {
         } => assert_eq!(r, revision),
         Response::Cas {
             succeeded: false, ..
-        } => assert_eq!(*state, before, "a failed CAS wrote"),
+        } => assert_eq!(data(state), data(&before), "a failed CAS wrote"),
         Response::Batch {
             succeeded: false,
             revision: r,
         } => {
             assert_eq!(r, 0);
-            assert_eq!(*state, before, "a failed batch wrote");
+            assert_eq!(data(state), data(&before), "a failed batch wrote");
         }
         Response::Batch {
             succeeded: true,
             revision: r,
         } => assert_eq!(r, revision),
+        Response::SessionExpired | Response::StaleWrite { .. } => {
+            assert_eq!(data(state), data(&before), "a refused session write wrote")
+        }
         Response::None => panic!("a command answered None"),
+        Response::Registered { .. } => panic!("a write answered as a registration"),
         Response::Multi(_) => panic!("a client command answered as a group"),
+    }
+    // Resent, a session write answers the same and changes nothing.
+    if let Command::Tagged { .. } = command {
+        let after = state.clone();
+        let again = state.apply(revision + 1, &command);
+        assert_eq!(data(state), data(&after), "a resent session write applied again");
+        if !matches!(again, Response::SessionExpired | Response::StaleWrite { .. }) {
+            assert_eq!(again, response, "a resent session write answered differently");
+        }
     }
     // The snapshot of what came out restores to the same state.
     let restored: KvState = codec::decode(&codec::encode(&*state)).expect("snapshot decodes");
@@ -79,8 +95,11 @@ fuzz_target!(|data: &[u8]| {
         &convert::put(pb::PutRequest {
             key: b"k".to_vec(),
             value: b"v".to_vec(),
+            session: None,
         }),
     );
+    // A session for requests that name client 2.
+    state.apply(2, &Command::Register);
     match kind % 7 {
         0 => {
             if let Ok(req) = pb::PutRequest::decode(body) {

@@ -1,11 +1,11 @@
 //! The seedkv client library: talks to any node, finds the leader, and says honestly what
 //! happened.
 //!
-//! Writes are retried only when nothing can have happened: the connection was never made, or
-//! a node refused because it is not the leader (then the hint it gives is followed). When a
-//! write was sent and the answer is lost, the client does not guess and does not resend —
-//! resending a compare-and-swap could apply it twice — it returns
-//! [`ClientError::Unknown`]. Reads change nothing, so they are retried on any failure.
+//! Writes are exactly-once: the client registers a session, numbers its writes, and resends
+//! a write whose answer was lost (a time-out, a crashed leader, a node that stopped being
+//! leader); the cluster answers a resent write with its first answer instead of applying it
+//! again. Only when every attempt failed after one may have applied the write does the call
+//! return [`ClientError::Unknown`]. Reads change nothing, so they are retried on any failure.
 //! Every call is bounded: at most `max_attempts` tries of at most `request_timeout_ms` each.
 //!
 //! ```no_run
@@ -18,7 +18,8 @@
 //! # let _ = revision; Ok(()) }
 //! ```
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -31,7 +32,7 @@ use crate::network::connect;
 use crate::pb;
 use crate::pb::admin_client::AdminClient;
 use crate::pb::kv_client::KvClient;
-use crate::status::leader_hint;
+use crate::status::{leader_hint, session_refusal, SessionRefusal};
 
 pub use crate::pb::Consistency;
 
@@ -96,9 +97,17 @@ struct Route {
 }
 
 /// A seedkv client. Cheap to share by reference across tasks.
+///
+/// Its writes belong to one client session, registered on the first write: each carries a
+/// sequence number, so the client resends any write whose answer it lost, and the cluster
+/// applies it once.
 pub struct Client {
     config: ClientConfig,
     route: Mutex<Route>,
+    session: tokio::sync::Mutex<Option<u64>>,
+    next_seq: AtomicU64,
+    /// Sequence numbers of the writes in flight: the lowest is the acknowledged mark.
+    waiting: Mutex<BTreeSet<u64>>,
 }
 
 /// Whether a call may be resent after its answer was lost.
@@ -106,8 +115,19 @@ pub struct Client {
 enum Retry {
     /// Reads: resending changes nothing.
     Always,
-    /// Writes: resend only if the request certainly was not applied.
+    /// Session writes: a resend is answered, not applied again; if every attempt fails
+    /// after one may have applied, the outcome is unknown.
+    Resend,
+    /// Writes without a session (membership changes): resend only if the request certainly
+    /// was not applied.
     OnlyIfNotApplied,
+}
+
+/// Why [`Client::attempts`] stopped without an answer.
+enum Failure {
+    Client(ClientError),
+    /// The session was refused as expired before any attempt could have applied the write.
+    SessionExpired,
 }
 
 impl Client {
@@ -121,6 +141,9 @@ impl Client {
         Client {
             config,
             route: Mutex::new(route),
+            session: tokio::sync::Mutex::new(None),
+            next_seq: AtomicU64::new(1),
+            waiting: Mutex::new(BTreeSet::new()),
         }
     }
 
@@ -171,7 +194,23 @@ impl Client {
         Ok(channel)
     }
 
-    async fn call<T, F, Fut>(&self, retry: Retry, mut send: F) -> Result<T, ClientError>
+    async fn call<T, F, Fut>(&self, retry: Retry, send: F) -> Result<T, ClientError>
+    where
+        F: FnMut(Channel) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        self.attempts(retry, send)
+            .await
+            .map_err(|failure| match failure {
+                Failure::Client(err) => err,
+                Failure::SessionExpired => {
+                    ClientError::Server("the client session does not exist".to_string())
+                }
+            })
+    }
+
+    /// Up to `max_attempts` tries of `send`, following leader hints.
+    async fn attempts<T, F, Fut>(&self, retry: Retry, mut send: F) -> Result<T, Failure>
     where
         F: FnMut(Channel) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
@@ -180,6 +219,9 @@ impl Client {
         // Back-off doubles per attempt up to 1 s, so the attempts span a leader election.
         let mut backoff = Duration::from_millis(self.config.retry_backoff_ms);
         let mut last_error = String::from("no endpoints configured");
+        // Whether an attempt so far may have applied the write.
+        let mut maybe_applied = false;
+        let unknown = |message: String| Failure::Client(ClientError::Unknown(message));
         for attempt in 0..self.config.max_attempts {
             if attempt > 0 {
                 backoff = (backoff * 2).min(Duration::from_millis(MAX_BACKOFF_MS));
@@ -202,8 +244,17 @@ impl Client {
                 Ok(Err(status)) => status,
                 Err(elapsed) => Status::deadline_exceeded(format!("{addr}: {elapsed}")),
             };
+            last_error = format!("{addr}: {}", status.message());
             if let Some(hint) = leader_hint(&status) {
-                last_error = format!("{addr}: {}", status.message());
+                // A node also says "not the leader" when it truncated a write it had
+                // proposed, which may still commit elsewhere: only a session write can be
+                // resent safely after that.
+                match retry {
+                    Retry::Always => {}
+                    Retry::Resend => maybe_applied = true,
+                    Retry::OnlyIfNotApplied if attempt == 0 => {}
+                    Retry::OnlyIfNotApplied => return Err(unknown(last_error)),
+                }
                 match hint {
                     Some(leader) if leader != addr => self.follow(&leader),
                     _ => {
@@ -213,29 +264,108 @@ impl Client {
                 }
                 continue;
             }
+            match (retry, session_refusal(&status)) {
+                (Retry::Resend, Some(SessionRefusal::Expired)) if !maybe_applied => {
+                    return Err(Failure::SessionExpired)
+                }
+                (Retry::Resend, Some(_)) if maybe_applied => {
+                    return Err(unknown(format!(
+                        "{last_error} (an earlier attempt may have applied the write)"
+                    )))
+                }
+                _ => {}
+            }
             match status.code() {
                 Code::InvalidArgument | Code::OutOfRange => {
-                    return Err(ClientError::InvalidArgument(status.message().to_string()))
+                    return Err(Failure::Client(ClientError::InvalidArgument(
+                        status.message().to_string(),
+                    )))
                 }
-                Code::AlreadyExists | Code::NotFound | Code::FailedPrecondition => {
-                    return Err(ClientError::Server(status.message().to_string()))
+                Code::AlreadyExists | Code::NotFound | Code::FailedPrecondition | Code::Aborted => {
+                    return Err(Failure::Client(ClientError::Server(
+                        status.message().to_string(),
+                    )))
                 }
                 _ => {}
             }
             self.rotate(&addr);
-            if retry == Retry::OnlyIfNotApplied && !never_sent(&status) {
-                return Err(ClientError::Unknown(format!(
-                    "{addr}: {}",
-                    status.message()
-                )));
+            if !never_sent(&status) {
+                match retry {
+                    Retry::Always => {}
+                    Retry::Resend => maybe_applied = true,
+                    Retry::OnlyIfNotApplied => return Err(unknown(last_error)),
+                }
             }
-            last_error = format!("{addr}: {}", status.message());
             tokio::time::sleep(backoff).await;
         }
-        Err(ClientError::Unavailable(format!(
+        let message = format!(
             "gave up after {} attempts; last error: {last_error}",
             self.config.max_attempts
-        )))
+        );
+        Err(Failure::Client(if maybe_applied {
+            ClientError::Unknown(message)
+        } else {
+            ClientError::Unavailable(message)
+        }))
+    }
+
+    /// This client's session id, registering a session first if it has none.
+    async fn session(&self) -> Result<u64, ClientError> {
+        let mut session = self.session.lock().await;
+        if let Some(client_id) = *session {
+            return Ok(client_id);
+        }
+        // Registering twice only leaves an unused session behind: resend freely.
+        let reply = self
+            .call(Retry::Always, |ch| async move {
+                kv(ch).register(pb::RegisterRequest {}).await
+            })
+            .await?;
+        *session = Some(reply.client_id);
+        Ok(reply.client_id)
+    }
+
+    /// A write within this client's session: resent on any failure until it is answered or
+    /// the attempts run out, and applied once however often it was sent. `send` gets the
+    /// channel and the write's session tag.
+    async fn write<T, F, Fut>(&self, mut send: F) -> Result<T, ClientError>
+    where
+        F: FnMut(Channel, pb::Session) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        // A session that expired before this write was first sent costs one new session.
+        for _ in 0..2 {
+            let client_id = self.session().await?;
+            let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+            let acked_below = {
+                let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+                waiting.insert(seq);
+                waiting.first().copied().unwrap_or(seq)
+            };
+            let tag = pb::Session {
+                client_id,
+                seq,
+                acked_below,
+            };
+            let outcome = self.attempts(Retry::Resend, |ch| send(ch, tag)).await;
+            self.waiting
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&seq);
+            match outcome {
+                Ok(reply) => return Ok(reply),
+                Err(Failure::Client(err)) => return Err(err),
+                Err(Failure::SessionExpired) => {
+                    let mut session = self.session.lock().await;
+                    if *session == Some(client_id) {
+                        *session = None;
+                    }
+                }
+            }
+        }
+        Err(ClientError::Unavailable(
+            "the cluster expired two new client sessions in a row".to_string(),
+        ))
     }
 
     /// Sets `key` to `value`; returns the revision it was written at.
@@ -243,10 +373,14 @@ impl Client {
         let request = pb::PutRequest {
             key: key.to_vec(),
             value: value.to_vec(),
+            session: None,
         };
         let reply = self
-            .call(Retry::OnlyIfNotApplied, |ch| {
-                let request = request.clone();
+            .write(|ch, session| {
+                let request = pb::PutRequest {
+                    session: Some(session),
+                    ..request.clone()
+                };
                 async move { kv(ch).put(request).await }
             })
             .await?;
@@ -274,10 +408,12 @@ impl Client {
 
     /// Removes `key`; returns the revision and whether the key existed.
     pub async fn delete(&self, key: &[u8]) -> Result<(Revision, bool), ClientError> {
-        let request = pb::DeleteRequest { key: key.to_vec() };
         let reply = self
-            .call(Retry::OnlyIfNotApplied, |ch| {
-                let request = request.clone();
+            .write(|ch, session| {
+                let request = pb::DeleteRequest {
+                    key: key.to_vec(),
+                    session: Some(session),
+                };
                 async move { kv(ch).delete(request).await }
             })
             .await?;
@@ -296,10 +432,14 @@ impl Client {
             key: key.to_vec(),
             expect: expect.map(<[u8]>::to_vec),
             new_value: new.map(<[u8]>::to_vec),
+            session: None,
         };
         let reply = self
-            .call(Retry::OnlyIfNotApplied, |ch| {
-                let request = request.clone();
+            .write(|ch, session| {
+                let request = pb::CasRequest {
+                    session: Some(session),
+                    ..request.clone()
+                };
                 async move { kv(ch).cas(request).await }
             })
             .await?;
@@ -311,10 +451,14 @@ impl Client {
     pub async fn batch(&self, ops: &[WriteOp]) -> Result<(bool, Revision), ClientError> {
         let request = pb::BatchRequest {
             ops: ops.iter().map(write_op).collect(),
+            session: None,
         };
         let reply = self
-            .call(Retry::OnlyIfNotApplied, |ch| {
-                let request = request.clone();
+            .write(|ch, session| {
+                let request = pb::BatchRequest {
+                    session: Some(session),
+                    ..request.clone()
+                };
                 async move { kv(ch).batch(request).await }
             })
             .await?;
@@ -513,12 +657,17 @@ fn write_op(op: &WriteOp) -> pb::WriteOp {
         WriteOp::Put { key, value } => pb::write_op::Op::Put(pb::PutRequest {
             key: key.clone(),
             value: value.clone(),
+            session: None,
         }),
-        WriteOp::Delete { key } => pb::write_op::Op::Delete(pb::DeleteRequest { key: key.clone() }),
+        WriteOp::Delete { key } => pb::write_op::Op::Delete(pb::DeleteRequest {
+            key: key.clone(),
+            session: None,
+        }),
         WriteOp::Cas { key, expect, new } => pb::write_op::Op::Cas(pb::CasRequest {
             key: key.clone(),
             expect: expect.clone(),
             new_value: new.clone(),
+            session: None,
         }),
     };
     pb::WriteOp { op: Some(op) }

@@ -2,30 +2,55 @@
 //! same conversions, so what is fuzzed is what is served.
 
 use seedkv_core::command::{Command, ScanRange, WriteOp};
+use seedkv_core::session::SessionTag;
 use seedkv_core::Limits;
 
 use crate::pb;
 
+/// `command` within its session, if the request named one.
+fn tagged(session: Option<pb::Session>, command: Command) -> Command {
+    match session {
+        Some(session) => Command::Tagged {
+            session: SessionTag {
+                client_id: session.client_id,
+                seq: session.seq,
+                acked_below: session.acked_below,
+            },
+            command: Box::new(command),
+        },
+        None => command,
+    }
+}
+
 /// A `Put` as a command.
 pub fn put(request: pb::PutRequest) -> Command {
-    Command::Single(WriteOp::Put {
-        key: request.key,
-        value: request.value,
-    })
+    tagged(
+        request.session,
+        Command::Single(WriteOp::Put {
+            key: request.key,
+            value: request.value,
+        }),
+    )
 }
 
 /// A `Delete` as a command.
 pub fn delete(request: pb::DeleteRequest) -> Command {
-    Command::Single(WriteOp::Delete { key: request.key })
+    tagged(
+        request.session,
+        Command::Single(WriteOp::Delete { key: request.key }),
+    )
 }
 
 /// A `Cas` as a command.
 pub fn cas(request: pb::CasRequest) -> Command {
-    Command::Single(WriteOp::Cas {
-        key: request.key,
-        expect: request.expect,
-        new: request.new_value,
-    })
+    tagged(
+        request.session,
+        Command::Single(WriteOp::Cas {
+            key: request.key,
+            expect: request.expect,
+            new: request.new_value,
+        }),
+    )
 }
 
 /// A `Batch` as a command; an operation with no `op` set is refused.
@@ -48,7 +73,7 @@ pub fn batch(request: pb::BatchRequest) -> Result<Command, String> {
             None => Err(format!("batch operation {index} has no op set")),
         })
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(Command::Batch(ops))
+    Ok(tagged(request.session, Command::Batch(ops)))
 }
 
 /// A `Scan`'s range and effective row limit (0 asks for the server's maximum).

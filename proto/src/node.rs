@@ -23,7 +23,7 @@ use crate::network::GrpcNetwork;
 use crate::pb;
 use crate::proposer::Proposer;
 use crate::read_index::ReadIndex;
-use crate::status::not_leader;
+use crate::status::{not_leader, session_expired, stale_write};
 use crate::trace::Tracer;
 
 /// What a node needs to start.
@@ -209,7 +209,11 @@ impl Node {
         if seedkv_core::faults::enabled(seedkv_core::faults::Fault::AckBeforeCommit) {
             return self.write_acked_early(group, command).await;
         }
-        group.proposer.propose(command).await
+        match group.proposer.propose(command).await? {
+            Response::SessionExpired => Err(session_expired()),
+            Response::StaleWrite { acked_below } => Err(stale_write(acked_below)),
+            response => Ok(response),
+        }
     }
 
     /// The `AckBeforeCommit` fault: answer from the leader's own state and proposed index
@@ -392,6 +396,18 @@ impl pb::kv_server::Kv for KvService {
                 succeeded,
                 revision,
             })),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn register(
+        &self,
+        _request: Request<pb::RegisterRequest>,
+    ) -> Result<GrpcResponse<pb::RegisterResponse>, Status> {
+        match self.0.write(Command::Register).await? {
+            Response::Registered { client_id } => {
+                Ok(GrpcResponse::new(pb::RegisterResponse { client_id }))
+            }
             other => Err(unexpected(&other)),
         }
     }

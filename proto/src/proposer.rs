@@ -6,6 +6,7 @@
 //! proposal and answer: under load one entry (and one fsync) carries many writes; alone, a
 //! write is proposed at once, as is.
 //! Each write still gets its own response, and all of an entry's writes share its revision.
+//! A write whose caller has gone before its turn is dropped unproposed.
 
 use seedkv_core::command::{Command, Response};
 use seedkv_core::{Raft, TypeConfig};
@@ -52,6 +53,12 @@ impl Proposer {
                         Ok(next) => group.push(next),
                         Err(_) => break,
                     }
+                }
+                // A write whose caller has gone (timed out, disconnected) is not proposed:
+                // nobody would learn its outcome, and it must not apply long after.
+                group.retain(|(_, reply)| !reply.is_closed());
+                if group.is_empty() {
+                    continue;
                 }
                 let (commands, replies): (Vec<Command>, Vec<Reply>) = group.into_iter().unzip();
                 let entry = if commands.len() == 1 {

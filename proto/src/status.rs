@@ -2,7 +2,8 @@
 //!
 //! The code says what a client may do next: `INVALID_ARGUMENT` — fix the request;
 //! `FAILED_PRECONDITION` with a leader hint — nothing was done, retry at the leader;
-//! anything else on a write — the outcome is unknown.
+//! `ABORTED` with a session mark — this request applied nothing, but its session can no
+//! longer tell whether an earlier copy did; anything else on a write — the outcome is unknown.
 
 use openraft::error::ForwardToLeader;
 use openraft::BasicNode;
@@ -15,6 +16,59 @@ pub const LEADER_ID: &str = "seedkv-leader-id";
 pub const LEADER_ADDR: &str = "seedkv-leader-addr";
 /// Metadata key marking a refusal by a node that is not the leader.
 pub const NOT_LEADER: &str = "seedkv-not-leader";
+/// Metadata key marking a write refused because its session does not exist.
+pub const SESSION_EXPIRED: &str = "seedkv-session-expired";
+/// Metadata key marking a write refused as below its client's acknowledged mark.
+pub const STALE_WRITE: &str = "seedkv-stale-write";
+
+/// Why a session write was refused (see [`session_refusal`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionRefusal {
+    /// The session does not exist: never registered, or expired.
+    Expired,
+    /// The write is below the client's acknowledged mark.
+    Stale,
+}
+
+/// The refusal of a write whose session does not exist.
+pub fn session_expired() -> Status {
+    let mut status = Status::aborted(
+        "the client session does not exist (never registered, or expired): nothing was \
+         applied by this request; register again",
+    );
+    status.metadata_mut().insert(
+        SESSION_EXPIRED,
+        tonic::metadata::MetadataValue::from_static("1"),
+    );
+    status
+}
+
+/// The refusal of a write below its client's acknowledged mark.
+pub fn stale_write(acked_below: u64) -> Status {
+    let mut status = Status::aborted(format!(
+        "the write's sequence number is below its client's acknowledged mark {acked_below}: \
+         the client no longer waits on it; nothing was applied by this request"
+    ));
+    status.metadata_mut().insert(
+        STALE_WRITE,
+        tonic::metadata::MetadataValue::from_static("1"),
+    );
+    status
+}
+
+/// If `status` refuses a session write: why.
+pub fn session_refusal(status: &Status) -> Option<SessionRefusal> {
+    if status.code() != Code::Aborted {
+        return None;
+    }
+    if status.metadata().get(SESSION_EXPIRED).is_some() {
+        Some(SessionRefusal::Expired)
+    } else if status.metadata().get(STALE_WRITE).is_some() {
+        Some(SessionRefusal::Stale)
+    } else {
+        None
+    }
+}
 
 /// A refusal from a node that is not the leader, carrying the leader if known.
 pub fn not_leader(forward: &ForwardToLeader<NodeId, BasicNode>) -> Status {

@@ -10,17 +10,19 @@ fn bytes() -> impl Strategy<Value = Vec<u8>> {
 
 proptest! {
     #[test]
-    fn kv_requests_round_trip(key in bytes(), value in bytes(), expect in prop::option::of(bytes()), limit in any::<u32>()) {
-        let put = pb::PutRequest { key: key.clone(), value: value.clone() };
+    fn kv_requests_round_trip(key in bytes(), value in bytes(), expect in prop::option::of(bytes()), limit in any::<u32>(), seq in any::<u64>()) {
+        let session = Some(pb::Session { client_id: u64::from(limit), seq, acked_below: seq / 2 });
+        let put = pb::PutRequest { key: key.clone(), value: value.clone(), session };
         prop_assert_eq!(pb::PutRequest::decode(put.encode_to_vec().as_slice()).ok(), Some(put.clone()));
-        let cas = pb::CasRequest { key: key.clone(), expect, new_value: Some(value.clone()) };
+        let cas = pb::CasRequest { key: key.clone(), expect, new_value: Some(value.clone()), session: None };
         prop_assert_eq!(pb::CasRequest::decode(cas.encode_to_vec().as_slice()).ok(), Some(cas.clone()));
         let batch = pb::BatchRequest {
             ops: vec![
                 pb::WriteOp { op: Some(pb::write_op::Op::Put(put)) },
                 pb::WriteOp { op: Some(pb::write_op::Op::Cas(cas)) },
-                pb::WriteOp { op: Some(pb::write_op::Op::Delete(pb::DeleteRequest { key: key.clone() })) },
+                pb::WriteOp { op: Some(pb::write_op::Op::Delete(pb::DeleteRequest { key: key.clone(), session })) },
             ],
+            session,
         };
         prop_assert_eq!(pb::BatchRequest::decode(batch.encode_to_vec().as_slice()).ok(), Some(batch));
         let scan = pb::ScanRequest { prefix: key.clone(), from: value.clone(), to: vec![], limit, consistency: 1 };

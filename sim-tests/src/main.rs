@@ -32,8 +32,8 @@ struct Args {
     /// Virtual seconds of load.
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=3600))]
     duration_s: u64,
-    /// Turn on a deliberate safety bug: vote-not-persisted, ack-before-commit or
-    /// stale-linearizable-read. Repeatable.
+    /// Turn on a deliberate safety bug: vote-not-persisted, ack-before-commit,
+    /// stale-linearizable-read or duplicate-writes. Repeatable.
     #[arg(long = "fault")]
     faults: Vec<String>,
     /// Write the recorded history here (seedkv history format).

@@ -429,10 +429,11 @@ fn sweep(binary: &Path, args: &SimArgs) -> Result<Summary> {
     Ok(summary)
 }
 
-const BUGS: [&str; 3] = [
+const BUGS: [&str; 4] = [
     "vote-not-persisted",
     "ack-before-commit",
     "stale-linearizable-read",
+    "duplicate-writes",
 ];
 
 /// For each deliberate bug: a `mixed` sweep must fail within `max_seeds`, and the failing
