@@ -14,9 +14,10 @@
 //!   (`acked_below`); answers below it are dropped, and a write below it is refused, since
 //!   the client has stopped waiting for it ([`SessionCheck::Stale`]);
 //! - at most [`MAX_ANSWERS_PER_SESSION`] answers are kept per client (the oldest go first,
-//!   raising `acked_below`), and at most [`MAX_SESSIONS`] sessions (the least recently used
-//!   is expired by log index, never by a clock); a write of an expired or unknown session is
-//!   refused ([`SessionCheck::Expired`]): its outcome can no longer be told.
+//!   raising `acked_below`), at most [`MAX_ANSWERS`] in all and at most [`MAX_SESSIONS`]
+//!   sessions (past either, the least recently used session is expired, by log index, never
+//!   by a clock); a write of an expired or unknown session is refused
+//!   ([`SessionCheck::Expired`]): its outcome can no longer be told.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -31,6 +32,9 @@ pub const MAX_SESSIONS: usize = 16_384;
 /// Most answers kept per session: a client with more writes in flight than this loses
 /// exactly-once for the oldest (a resend of it is refused as stale, never applied twice).
 pub const MAX_ANSWERS_PER_SESSION: usize = 1_024;
+
+/// Most answers kept over all sessions (each a few dozen bytes in memory and in snapshots).
+pub const MAX_ANSWERS: usize = 65_536;
 
 /// Which client sent a write, and where it stands in the client's sequence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,6 +78,8 @@ pub struct Sessions {
     by_client: BTreeMap<u64, Session>,
     /// (last_used, client_id) of every session: the least recently used comes first.
     by_use: BTreeSet<(u64, u64)>,
+    /// Answers held over all sessions.
+    answers: usize,
 }
 
 impl Sessions {
@@ -94,13 +100,18 @@ impl Sessions {
         assert!(fresh.is_none(), "client id {client_id} given twice");
         self.by_use.insert((index, client_id));
         while self.by_client.len() > MAX_SESSIONS {
-            let Some((_, oldest)) = self.by_use.pop_first() else {
-                break;
-            };
-            self.by_client.remove(&oldest);
+            self.expire_least_recently_used();
         }
         self.check_invariants();
         client_id
+    }
+
+    fn expire_least_recently_used(&mut self) {
+        if let Some((_, oldest)) = self.by_use.pop_first() {
+            if let Some(session) = self.by_client.remove(&oldest) {
+                self.answers -= session.answers.len();
+            }
+        }
     }
 
     /// Decides what to do with the write `tag`, in the entry at log index `index`, and
@@ -114,7 +125,9 @@ impl Sessions {
         self.by_use.insert((session.last_used, tag.client_id));
         if tag.acked_below > session.acked_below {
             session.acked_below = tag.acked_below;
+            let before = session.answers.len();
             session.answers = session.answers.split_off(&tag.acked_below);
+            self.answers -= before - session.answers.len();
         }
         if tag.seq < session.acked_below {
             return SessionCheck::Stale {
@@ -134,13 +147,21 @@ impl Sessions {
             return;
         };
         debug_assert!(tag.seq >= session.acked_below);
-        session.answers.insert(tag.seq, answer);
+        if session.answers.insert(tag.seq, answer).is_none() {
+            self.answers += 1;
+        }
         while session.answers.len() > MAX_ANSWERS_PER_SESSION {
             let Some((oldest, _)) = session.answers.pop_first() else {
                 break;
             };
+            self.answers -= 1;
             session.acked_below = session.acked_below.max(oldest + 1);
         }
+        // This session was just used: the least recently used is another one.
+        while self.answers > MAX_ANSWERS && self.by_client.len() > 1 {
+            self.expire_least_recently_used();
+        }
+        self.check_invariants();
     }
 
     /// Number of sessions held.
@@ -170,6 +191,13 @@ impl Sessions {
     fn check_invariants(&self) {
         debug_assert_eq!(self.by_client.len(), self.by_use.len());
         debug_assert!(self.by_client.len() <= MAX_SESSIONS);
+        debug_assert!(self.answers <= MAX_ANSWERS.max(MAX_ANSWERS_PER_SESSION));
+    }
+
+    /// Answers counted one by one (the running count must agree).
+    #[cfg(test)]
+    fn answers_counted(&self) -> usize {
+        self.by_client.values().map(|s| s.answers.len()).sum()
     }
 }
 
@@ -254,6 +282,36 @@ mod tests {
     }
 
     #[test]
+    fn answers_over_all_sessions_are_bounded() {
+        let mut sessions = Sessions::default();
+        let per_client = MAX_ANSWERS_PER_SESSION as u64;
+        let clients = (MAX_ANSWERS as u64 / per_client) + 1;
+        let mut index = 0;
+        for _ in 0..clients {
+            index += 1;
+            let client = sessions.register(index);
+            for seq in 1..=per_client {
+                index += 1;
+                let write = tag(client, seq, 1);
+                assert_eq!(sessions.check(&write, index), SessionCheck::Fresh);
+                sessions.record(&write, Response::Put { revision: index });
+            }
+        }
+        // The first client was the least recently used when the total passed the bound.
+        assert_eq!(sessions.len() as u64, clients - 1);
+        assert_eq!(sessions.answers, sessions.answers_counted());
+        assert!(sessions.answers <= MAX_ANSWERS);
+        assert_eq!(
+            sessions.check(&tag(1, 1, 1), index + 1),
+            SessionCheck::Expired
+        );
+        assert!(matches!(
+            sessions.check(&tag(clients, 1, 1), index + 2),
+            SessionCheck::Duplicate(_)
+        ));
+    }
+
+    #[test]
     fn answers_per_session_are_bounded() {
         let mut sessions = Sessions::default();
         let client = sessions.register(1);
@@ -263,6 +321,8 @@ mod tests {
             assert_eq!(sessions.check(&write, seq + 1), SessionCheck::Fresh);
             sessions.record(&write, Response::Put { revision: seq + 1 });
         }
+        assert_eq!(sessions.answers, MAX_ANSWERS_PER_SESSION);
+        assert_eq!(sessions.answers, sessions.answers_counted());
         assert_eq!(
             sessions.check(&tag(client, 5, 1), count + 2),
             SessionCheck::Stale { acked_below: 6 }

@@ -19,7 +19,6 @@
 //! ```
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -32,7 +31,7 @@ use crate::network::connect;
 use crate::pb;
 use crate::pb::admin_client::AdminClient;
 use crate::pb::kv_client::KvClient;
-use crate::status::{leader_hint, session_refusal, SessionRefusal};
+use crate::status::{leader_hint, never_proposed, session_refusal, SessionRefusal};
 
 pub use crate::pb::Consistency;
 
@@ -105,9 +104,8 @@ pub struct Client {
     config: ClientConfig,
     route: Mutex<Route>,
     session: tokio::sync::Mutex<Option<u64>>,
-    next_seq: AtomicU64,
-    /// Sequence numbers of the writes in flight: the lowest is the acknowledged mark.
-    waiting: Mutex<BTreeSet<u64>>,
+    /// The session's sequence numbers: the lowest still waiting is the acknowledged mark.
+    sequence: Mutex<Sequence>,
 }
 
 /// Whether a call may be resent after its answer was lost.
@@ -121,6 +119,48 @@ enum Retry {
     /// Writes without a session (membership changes): resend only if the request certainly
     /// was not applied.
     OnlyIfNotApplied,
+}
+
+/// The sequence numbers a client has handed out and the writes still waiting on theirs.
+#[derive(Default)]
+struct Sequence {
+    last: u64,
+    waiting: BTreeSet<u64>,
+}
+
+/// One write in flight: holds its sequence number among the waiting until dropped, so a
+/// cancelled call does not hold the client's acknowledged mark back.
+struct InFlight<'a> {
+    sequence: &'a Mutex<Sequence>,
+    seq: u64,
+    acked_below: u64,
+}
+
+impl<'a> InFlight<'a> {
+    fn start(sequence: &'a Mutex<Sequence>) -> Self {
+        // One lock for both, so no lower number is handed out after a mark above it.
+        let mut guard = sequence.lock().unwrap_or_else(|p| p.into_inner());
+        guard.last += 1;
+        let seq = guard.last;
+        guard.waiting.insert(seq);
+        let acked_below = guard.waiting.first().copied().unwrap_or(seq);
+        debug_assert!(acked_below <= seq);
+        InFlight {
+            sequence,
+            seq,
+            acked_below,
+        }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.sequence
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .waiting
+            .remove(&self.seq);
+    }
 }
 
 /// Why [`Client::attempts`] stopped without an answer.
@@ -142,8 +182,7 @@ impl Client {
             config,
             route: Mutex::new(route),
             session: tokio::sync::Mutex::new(None),
-            next_seq: AtomicU64::new(1),
-            waiting: Mutex::new(BTreeSet::new()),
+            sequence: Mutex::new(Sequence::default()),
         }
     }
 
@@ -247,13 +286,14 @@ impl Client {
             last_error = format!("{addr}: {}", status.message());
             if let Some(hint) = leader_hint(&status) {
                 // A node also says "not the leader" when it truncated a write it had
-                // proposed, which may still commit elsewhere: only a session write can be
-                // resent safely after that.
-                match retry {
-                    Retry::Always => {}
-                    Retry::Resend => maybe_applied = true,
-                    Retry::OnlyIfNotApplied if attempt == 0 => {}
-                    Retry::OnlyIfNotApplied => return Err(unknown(last_error)),
+                // proposed, which may still commit elsewhere; only a refusal marked as
+                // given before proposing says nothing happened.
+                if !never_proposed(&status) {
+                    match retry {
+                        Retry::Always => {}
+                        Retry::Resend => maybe_applied = true,
+                        Retry::OnlyIfNotApplied => return Err(unknown(last_error)),
+                    }
                 }
                 match hint {
                     Some(leader) if leader != addr => self.follow(&leader),
@@ -274,6 +314,12 @@ impl Client {
                     )))
                 }
                 _ => {}
+            }
+            if maybe_applied && definite_refusal(&status) {
+                // The refusal speaks for this copy only; an earlier one may have applied.
+                return Err(unknown(format!(
+                    "{last_error} (an earlier attempt may have applied the write)"
+                )));
             }
             match status.code() {
                 Code::InvalidArgument | Code::OutOfRange => {
@@ -336,22 +382,14 @@ impl Client {
         // A session that expired before this write was first sent costs one new session.
         for _ in 0..2 {
             let client_id = self.session().await?;
-            let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
-            let acked_below = {
-                let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
-                waiting.insert(seq);
-                waiting.first().copied().unwrap_or(seq)
-            };
+            let in_flight = InFlight::start(&self.sequence);
             let tag = pb::Session {
                 client_id,
-                seq,
-                acked_below,
+                seq: in_flight.seq,
+                acked_below: in_flight.acked_below,
             };
             let outcome = self.attempts(Retry::Resend, |ch| send(ch, tag)).await;
-            self.waiting
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&seq);
+            drop(in_flight);
             match outcome {
                 Ok(reply) => return Ok(reply),
                 Err(Failure::Client(err)) => return Err(err),
@@ -628,6 +666,19 @@ impl Client {
             .await?;
         Ok(reply.log_index)
     }
+}
+
+/// True if `status` ends a call at once (the request is wrong or refused for good).
+fn definite_refusal(status: &Status) -> bool {
+    matches!(
+        status.code(),
+        Code::InvalidArgument
+            | Code::OutOfRange
+            | Code::AlreadyExists
+            | Code::NotFound
+            | Code::FailedPrecondition
+            | Code::Aborted
+    )
 }
 
 /// True if `status` says the request never left: the connection itself was refused.

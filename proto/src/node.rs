@@ -23,7 +23,7 @@ use crate::network::GrpcNetwork;
 use crate::pb;
 use crate::proposer::Proposer;
 use crate::read_index::ReadIndex;
-use crate::status::{not_leader, session_expired, stale_write};
+use crate::status::{not_leader, not_proposed, session_expired, stale_write};
 use crate::trace::Tracer;
 
 /// What a node needs to start.
@@ -209,6 +209,7 @@ impl Node {
         if seedkv_core::faults::enabled(seedkv_core::faults::Fault::AckBeforeCommit) {
             return self.write_acked_early(group, command).await;
         }
+        ensure_leader(&group.raft)?;
         match group.proposer.propose(command).await? {
             Response::SessionExpired => Err(session_expired()),
             Response::StaleWrite { acked_below } => Err(stale_write(acked_below)),
@@ -252,6 +253,28 @@ impl Node {
         group.read_index.wait().await?;
         Ok(group)
     }
+}
+
+/// Refuses, marked as not proposed, unless this node leads `raft`'s group right now. A write
+/// that passes may still be refused later (leadership lost before it was appended, or its
+/// entry truncated): that refusal is unmarked, since the write may then commit elsewhere.
+fn ensure_leader(raft: &Raft) -> Result<(), Status> {
+    let metrics = raft.metrics();
+    let metrics = metrics.borrow();
+    if metrics.state == ServerState::Leader {
+        return Ok(());
+    }
+    let leader_node = metrics.current_leader.and_then(|id| {
+        metrics
+            .membership_config
+            .membership()
+            .get_node(&id)
+            .cloned()
+    });
+    Err(not_proposed(&openraft::error::ForwardToLeader {
+        leader_id: metrics.current_leader,
+        leader_node,
+    }))
 }
 
 fn get_response(found: Option<&Versioned>) -> pb::GetResponse {
@@ -583,6 +606,7 @@ impl pb::admin_server::Admin for AdminService {
         if member.id == 0 {
             return Err(Status::invalid_argument("node id 0 is not allowed"));
         }
+        ensure_leader(self.0.raft())?;
         let written = self
             .0
             .raft()
@@ -617,6 +641,7 @@ impl pb::admin_server::Admin for AdminService {
                 "membership needs at least one voter",
             ));
         }
+        ensure_leader(self.0.raft())?;
         let written = self
             .0
             .raft()

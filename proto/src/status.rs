@@ -16,6 +16,10 @@ pub const LEADER_ID: &str = "seedkv-leader-id";
 pub const LEADER_ADDR: &str = "seedkv-leader-addr";
 /// Metadata key marking a refusal by a node that is not the leader.
 pub const NOT_LEADER: &str = "seedkv-not-leader";
+/// Metadata key marking a not-leader refusal given before anything was proposed: resending
+/// the request is always safe. Without it, a not-leader refusal may come from a node that
+/// proposed the write and then truncated it, and the write may still commit elsewhere.
+pub const NOT_PROPOSED: &str = "seedkv-not-proposed";
 /// Metadata key marking a write refused because its session does not exist.
 pub const SESSION_EXPIRED: &str = "seedkv-session-expired";
 /// Metadata key marking a write refused as below its client's acknowledged mark.
@@ -91,6 +95,21 @@ pub fn not_leader(forward: &ForwardToLeader<NodeId, BasicNode>) -> Status {
         }
     }
     status
+}
+
+/// A not-leader refusal given before anything was proposed (see [`NOT_PROPOSED`]).
+pub fn not_proposed(forward: &ForwardToLeader<NodeId, BasicNode>) -> Status {
+    let mut status = not_leader(forward);
+    status.metadata_mut().insert(
+        NOT_PROPOSED,
+        tonic::metadata::MetadataValue::from_static("1"),
+    );
+    status
+}
+
+/// True if `status` says nothing was proposed (see [`NOT_PROPOSED`]).
+pub fn never_proposed(status: &Status) -> bool {
+    status.metadata().get(NOT_PROPOSED).is_some()
 }
 
 /// If `status` is a not-leader refusal: `Some(leader address if known)`.

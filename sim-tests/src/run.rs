@@ -133,14 +133,24 @@ pub async fn run(config: RunConfig) -> RunReport {
     let history: History = Arc::new(Mutex::new(Vec::new()));
     let deadline = Instant::now() + config.workload.duration;
     let mut clients = Vec::new();
+    let mut shared = None;
     for client_id in 0..config.workload.clients as u64 {
-        let mut endpoints = endpoints.clone();
-        // Each client starts at a different node.
-        let first = client_id as usize % endpoints.len();
-        endpoints.rotate_left(first);
+        // Each pair of workload clients shares one client (one session); each pair starts at
+        // a different node.
+        let client = match shared.take() {
+            Some(client) => client,
+            None => {
+                let mut endpoints = endpoints.clone();
+                let first = (client_id / 2) as usize % endpoints.len();
+                endpoints.rotate_left(first);
+                let client = workload::client(endpoints);
+                shared = Some(client.clone());
+                client
+            }
+        };
         clients.push(client_host.spawn(workload::run_client(
             client_id,
-            endpoints,
+            client,
             config.workload.clone(),
             start,
             deadline,

@@ -34,22 +34,31 @@ fn key_name(i: usize) -> String {
     format!("k{i}")
 }
 
-/// Runs one client until `deadline`, appending to `history`.
-pub async fn run_client(
-    client_id: u64,
-    endpoints: Vec<String>,
-    config: WorkloadConfig,
-    start: Instant,
-    deadline: Instant,
-    history: History,
-) {
+/// A client library instance for the workload: shared by two workload clients, so one session
+/// carries concurrent writes (sequence numbers answered out of order).
+pub fn client(endpoints: Vec<String>) -> Arc<Client> {
     let mut client_config = ClientConfig::new(endpoints);
     // Longer than a typical fault: a write stuck behind a partition usually resolves (applied,
     // or refused after truncation) instead of ending with an unknown outcome.
     client_config.request_timeout_ms = 5_000;
     client_config.max_attempts = 6;
     client_config.retry_backoff_ms = 50;
-    let client = Client::new(client_config);
+    Arc::new(Client::new(client_config))
+}
+
+/// One call in this many is abandoned after a short time, as an impatient caller would: its
+/// outcome is unknown, and the node must not apply it much later for nobody.
+const ABANDON_ONE_IN: u32 = 20;
+
+/// Runs one client until `deadline`, appending to `history`.
+pub async fn run_client(
+    client_id: u64,
+    client: Arc<Client>,
+    config: WorkloadConfig,
+    start: Instant,
+    deadline: Instant,
+    history: History,
+) {
     let mut seq = 0u64;
     // The last value this client saw per key: CAS expectations come from here, so some
     // succeed and many race.
@@ -60,7 +69,14 @@ pub async fn run_client(
         let value = format!("c{client_id}-{seq}");
         let op = random_op(config.keys, &value, &seen);
         let call = Instant::now();
-        let outcome = execute(&client, &op).await;
+        let patience_ms = (thread_rng().gen_range(0..ABANDON_ONE_IN) == 0)
+            .then(|| thread_rng().gen_range(1..500));
+        let outcome = match patience_ms {
+            Some(ms) => tokio::time::timeout(Duration::from_millis(ms), execute(&client, &op))
+                .await
+                .unwrap_or_else(|_| Err(ClientError::Unknown("abandoned by its caller".into()))),
+            None => execute(&client, &op).await,
+        };
         let done = Instant::now();
         let record = match outcome {
             Ok(result) => {
