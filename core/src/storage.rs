@@ -40,11 +40,17 @@ use crate::types::{
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DiskOp {
     /// Set `key` to `value`.
-    Put(Vec<u8>, Vec<u8>),
+    Put(
+        #[serde(with = "serde_bytes")] Vec<u8>,
+        #[serde(with = "serde_bytes")] Vec<u8>,
+    ),
     /// Remove `key`.
-    Delete(Vec<u8>),
+    Delete(#[serde(with = "serde_bytes")] Vec<u8>),
     /// Remove every key in `[from, to)`.
-    DeleteRange(Vec<u8>, Vec<u8>),
+    DeleteRange(
+        #[serde(with = "serde_bytes")] Vec<u8>,
+        #[serde(with = "serde_bytes")] Vec<u8>,
+    ),
 }
 
 /// Changes applied atomically: after a crash, all of a batch is there or none of it.
@@ -414,6 +420,7 @@ pub struct Applied {
 struct StoredSnapshot {
     meta: SnapshotMeta,
     /// `codec::encode(&Applied)`.
+    #[serde(with = "serde_bytes")]
     data: Vec<u8>,
 }
 

@@ -7,7 +7,8 @@
 use std::time::Duration;
 
 use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
+    Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -19,7 +20,6 @@ use seedkv_core::codec;
 use seedkv_core::runtime::timeout;
 use seedkv_core::{GroupId, NodeId, TypeConfig};
 use serde::de::DeserializeOwned;
-use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::pb::raft_client::RaftClient;
@@ -28,6 +28,15 @@ use crate::trace::{RaftRpc, TraceEvent, Tracer};
 
 /// How long to wait for a connection to a peer.
 pub const CONNECT_TIMEOUT_MS: u64 = 500;
+
+/// Most bytes of log entries in one AppendEntries (one entry larger than this still goes
+/// alone). openraft gives an AppendEntries one heartbeat interval (100 ms); 1 MiB takes a
+/// fraction of that on any network a cluster runs on, so a catch-up never times out forever.
+pub const MAX_APPEND_BYTES: usize = 1 << 20;
+
+/// Most bytes of client payload (keys and values) the proposer puts into one log entry;
+/// one write larger than this (up to `--max-request-bytes`) still goes alone.
+pub const MAX_ENTRY_BYTES: usize = 4 << 20;
 
 /// Opens [`PeerConnection`]s for one group of one node.
 pub struct GrpcNetwork {
@@ -74,18 +83,18 @@ pub async fn connect(addr: &str, connect_timeout: Duration) -> Result<Channel, S
 }
 
 impl PeerConnection {
-    async fn call<Req, Resp, E>(
+    /// Sends `payload` (an encoded openraft request) and decodes the reply.
+    async fn call<Resp, E>(
         &mut self,
         rpc: RaftRpc,
-        request: &Req,
+        payload: Vec<u8>,
         ttl: Duration,
     ) -> Result<Resp, RPCError<NodeId, BasicNode, E>>
     where
-        Req: Serialize,
         Result<Resp, E>: DeserializeOwned,
         E: std::error::Error,
     {
-        let result = self.call_inner(rpc, request, ttl).await;
+        let result = self.call_inner(rpc, payload, ttl).await;
         (self.tracer)(TraceEvent::Raft {
             group: self.group,
             from: self.from,
@@ -107,14 +116,13 @@ impl PeerConnection {
         }
     }
 
-    async fn call_inner<Req, Resp, E>(
+    async fn call_inner<Resp, E>(
         &mut self,
         rpc: RaftRpc,
-        request: &Req,
+        payload: Vec<u8>,
         ttl: Duration,
     ) -> Result<Result<Resp, E>, RPCError<NodeId, BasicNode, E>>
     where
-        Req: Serialize,
         Result<Resp, E>: DeserializeOwned,
         E: std::error::Error,
     {
@@ -133,7 +141,7 @@ impl PeerConnection {
         };
         let message = RaftMessage {
             group: self.group.0,
-            payload: codec::encode(request),
+            payload,
         };
         let call = async {
             match rpc {
@@ -179,7 +187,14 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        self.call(RaftRpc::AppendEntries, &rpc, option.hard_ttl())
+        let payload = codec::encode(&rpc);
+        if payload.len() > MAX_APPEND_BYTES && rpc.entries.len() > 1 {
+            // openraft resends at once with at most this many entries (a single entry is
+            // always sent: entries are capped on their own, see `MAX_ENTRY_BYTES`).
+            let fit = rpc.entries.len() * MAX_APPEND_BYTES / payload.len();
+            return Err(PayloadTooLarge::new_entries_hint(fit.max(1) as u64).into());
+        }
+        self.call(RaftRpc::AppendEntries, payload, option.hard_ttl())
             .await
     }
 
@@ -191,8 +206,12 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
     > {
-        self.call(RaftRpc::InstallSnapshot, &rpc, option.hard_ttl())
-            .await
+        self.call(
+            RaftRpc::InstallSnapshot,
+            codec::encode(&rpc),
+            option.hard_ttl(),
+        )
+        .await
     }
 
     async fn vote(
@@ -200,6 +219,7 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        self.call(RaftRpc::Vote, &rpc, option.hard_ttl()).await
+        self.call(RaftRpc::Vote, codec::encode(&rpc), option.hard_ttl())
+            .await
     }
 }

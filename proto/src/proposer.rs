@@ -6,7 +6,8 @@
 //! proposal and answer: under load one entry (and one fsync) carries many writes; alone, a
 //! write is proposed at once, as is.
 //! Each write still gets its own response, and all of an entry's writes share its revision.
-//! A write whose caller has gone before its turn is dropped unproposed.
+//! A write whose caller has gone before its turn is dropped unproposed. An entry carries at
+//! most [`MAX_WRITES_PER_ENTRY`] writes and [`MAX_ENTRY_BYTES`] of their payload.
 
 use seedkv_core::command::{Command, Response};
 use seedkv_core::{Raft, TypeConfig};
@@ -16,6 +17,7 @@ use tonic::Status;
 use openraft::error::ClientWriteError;
 use openraft::raft::ClientWriteResponse;
 
+use crate::network::MAX_ENTRY_BYTES;
 use crate::status::not_leader;
 
 /// Most writes waiting to be proposed; more are refused with `RESOURCE_EXHAUSTED`.
@@ -41,18 +43,34 @@ impl Proposer {
         let (queue, mut waiting) = mpsc::channel::<(Command, Reply)>(MAX_WAITING_WRITES);
         let in_flight = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_ENTRIES_IN_FLIGHT));
         tokio::spawn(async move {
-            while let Some(first) = waiting.recv().await {
+            // A write that did not fit into the last entry opens the next one.
+            let mut carried: Option<(Command, Reply)> = None;
+            loop {
+                let first = match carried.take() {
+                    Some(first) => first,
+                    None => match waiting.recv().await {
+                        Some(first) => first,
+                        None => break,
+                    },
+                };
                 // Wait for room in the pipeline before gathering, so the entry takes everything
                 // that arrived meanwhile.
                 let Ok(permit) = in_flight.clone().acquire_owned().await else {
                     break;
                 };
+                let mut bytes = first.0.payload_bytes();
                 let mut group = vec![first];
                 while group.len() < MAX_WRITES_PER_ENTRY {
-                    match waiting.try_recv() {
-                        Ok(next) => group.push(next),
-                        Err(_) => break,
+                    let Ok(next) = waiting.try_recv() else {
+                        break;
+                    };
+                    let next_bytes = next.0.payload_bytes();
+                    if bytes + next_bytes > MAX_ENTRY_BYTES {
+                        carried = Some(next);
+                        break;
                     }
+                    bytes += next_bytes;
+                    group.push(next);
                 }
                 // A write whose caller has gone (timed out, disconnected) is not proposed:
                 // nobody would learn its outcome, and it must not apply long after.

@@ -46,6 +46,12 @@ pub fn client(endpoints: Vec<String>) -> Arc<Client> {
     Arc::new(Client::new(client_config))
 }
 
+/// One put in this many carries a large value: entries and catch-up batches then pass the
+/// byte caps on log entries and AppendEntries (1 MiB), and snapshots grow.
+const LARGE_PUT_ONE_IN: u32 = 50;
+/// Sizes of the large values (the default value limit is 1 MiB).
+const LARGE_VALUE_BYTES: std::ops::Range<usize> = 16 * 1024..400_000;
+
 /// One call in this many is abandoned after a short time, as an impatient caller would: its
 /// outcome is unknown, and the node must not apply it much later for nobody.
 const ABANDON_ONE_IN: u32 = 20;
@@ -120,7 +126,12 @@ fn random_op(keys: usize, value: &str, seen: &[Option<String>]) -> Op {
         0..=34 => Op::Get { key },
         35..=59 => Op::Put {
             key,
-            value: value.to_string(),
+            value: if rng.gen_range(0..LARGE_PUT_ONE_IN) == 0 {
+                // Still unique: the prefix names the write.
+                format!("{value}-{}", "x".repeat(rng.gen_range(LARGE_VALUE_BYTES)))
+            } else {
+                value.to_string()
+            },
         },
         60..=64 => Op::Delete { key },
         65..=84 => Op::Cas {
