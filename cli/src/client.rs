@@ -363,7 +363,7 @@ pub enum ClusterCommand {
     Status,
     /// Add node ID at HOST:PORT: as a learner until caught up, then as a voter.
     AddNode { id: u64, addr: String },
-    /// Remove node ID from the voters (it stays a learner until it is stopped).
+    /// Remove node ID from the cluster (stop it afterwards; it no longer takes part).
     RemoveNode { id: u64 },
 }
 
@@ -430,9 +430,17 @@ pub async fn cluster(conn: &Connection, command: ClusterCommand) -> Result<bool>
             }
             client.add_learner(id, &addr).await.map_err(fail)?;
             let voters = current_voters(&client, conn).await?;
-            let mut next: Vec<u64> = voters.into_iter().filter(|v| *v != id).collect();
+            if voters.contains(&id) {
+                bail!("node {id} is already a voter; voters are {voters:?}");
+            }
+            let mut next = voters.clone();
             next.push(id);
-            let index = client.change_membership(&next).await.map_err(fail)?;
+            // A compare-and-set on the voters just read: if the membership changed meanwhile,
+            // nothing is changed and the command says so.
+            let index = client
+                .change_membership(&[id], &[], &voters)
+                .await
+                .map_err(fail)?;
             if json {
                 println!(
                     "{}",
@@ -448,11 +456,14 @@ pub async fn cluster(conn: &Connection, command: ClusterCommand) -> Result<bool>
             if !voters.contains(&id) {
                 bail!("node {id} is not a voter; voters are {voters:?}");
             }
-            let next: Vec<u64> = voters.into_iter().filter(|v| *v != id).collect();
+            let next: Vec<u64> = voters.iter().copied().filter(|v| *v != id).collect();
             if next.is_empty() {
                 bail!("cannot remove the last voter");
             }
-            let index = client.change_membership(&next).await.map_err(fail)?;
+            let index = client
+                .change_membership(&[], &[id], &voters)
+                .await
+                .map_err(fail)?;
             if json {
                 println!(
                     "{}",

@@ -341,10 +341,10 @@ async fn join(settings: &Settings, seed: &str) -> Result<()> {
         let attempt = async {
             client.add_learner(id, &settings.advertise).await?;
             let status = client.status(seed).await?;
-            let mut voters: Vec<u64> = status.voters.iter().map(|m| m.id).collect();
+            let voters: Vec<u64> = status.voters.iter().map(|m| m.id).collect();
             if !voters.contains(&id) {
-                voters.push(id);
-                client.change_membership(&voters).await?;
+                // Based on the voters just read: a change that raced is refused and retried.
+                client.change_membership(&[id], &[], &voters).await?;
             }
             Ok::<(), seedkv_proto::ClientError>(())
         };

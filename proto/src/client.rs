@@ -653,10 +653,20 @@ impl Client {
         Ok(reply.log_index)
     }
 
-    /// Makes `voters` the voting members; other members become learners.
-    pub async fn change_membership(&self, voters: &[u64]) -> Result<u64, ClientError> {
+    /// Promotes the learners `add` to voters, or removes the voters `remove` from the cluster
+    /// (one of the two, the other empty). With `expected` non-empty it is a compare-and-set:
+    /// refused, nothing changed, unless the voters are exactly `expected` and no other change
+    /// is in progress. Returns the log index of the change.
+    pub async fn change_membership(
+        &self,
+        add: &[u64],
+        remove: &[u64],
+        expected: &[u64],
+    ) -> Result<u64, ClientError> {
         let request = pb::ChangeMembershipRequest {
-            voters: voters.to_vec(),
+            add_voters: add.to_vec(),
+            remove_voters: remove.to_vec(),
+            expected_voters: expected.to_vec(),
         };
         let reply = self
             .call(Retry::OnlyIfNotApplied, |ch| {

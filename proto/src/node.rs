@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use openraft::error::{ClientWriteError, InitializeError, InstallSnapshotError, RaftError};
-use openraft::{BasicNode, ServerState};
+use openraft::{BasicNode, ChangeMembers, ServerState};
 use seedkv_core::codec;
 use seedkv_core::command::{Command, Response, Versioned};
 use seedkv_core::storage::{Disk, LogStore, SharedState, StateMachineStore};
@@ -635,17 +635,49 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::ChangeMembershipRequest>,
     ) -> Result<GrpcResponse<pb::ChangeMembershipResponse>, Status> {
-        let voters: BTreeSet<NodeId> = request.into_inner().voters.into_iter().collect();
-        if voters.is_empty() {
-            return Err(Status::invalid_argument(
-                "membership needs at least one voter",
-            ));
+        let request = request.into_inner();
+        let add: BTreeSet<NodeId> = request.add_voters.into_iter().collect();
+        let remove: BTreeSet<NodeId> = request.remove_voters.into_iter().collect();
+        let expected: BTreeSet<NodeId> = request.expected_voters.into_iter().collect();
+        let change = match (add.is_empty(), remove.is_empty()) {
+            (false, true) => ChangeMembers::AddVoterIds(add),
+            (true, false) => ChangeMembers::RemoveVoters(remove),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "a membership change either adds voters or removes voters",
+                ))
+            }
+        };
+        let raft = self.0.raft();
+        ensure_leader(raft)?;
+        {
+            let metrics = raft.metrics();
+            let metrics = metrics.borrow();
+            let membership = metrics.membership_config.membership();
+            let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+            if let ChangeMembers::RemoveVoters(remove) = &change {
+                if voters.is_subset(remove) {
+                    return Err(Status::invalid_argument(format!(
+                        "removing {remove:?} would leave no voter (voters are {voters:?})"
+                    )));
+                }
+            }
+            if !expected.is_empty() {
+                if voters != expected {
+                    return Err(Status::aborted(format!(
+                        "the membership changed: the voters are {voters:?}, the change was \
+                         based on {expected:?}; nothing was changed"
+                    )));
+                }
+                if membership.get_joint_config().len() > 1 {
+                    return Err(Status::aborted(
+                        "another membership change is in progress; nothing was changed",
+                    ));
+                }
+            }
         }
-        ensure_leader(self.0.raft())?;
-        let written = self
-            .0
-            .raft()
-            .change_membership(voters, false)
+        let written = raft
+            .change_membership(change, false)
             .await
             .map_err(client_write_error)?;
         Ok(GrpcResponse::new(pb::ChangeMembershipResponse {
