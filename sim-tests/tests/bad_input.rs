@@ -76,7 +76,18 @@ async fn limits_and_unknown_nodes_are_refused_clearly() {
             invalid(client.batch(&big).await, "request carries");
 
             // Membership with a node nobody added.
-            match client.change_membership(&[1, 2, 42]).await {
+            invalid(
+                client.change_membership(&[2], &[3], &[]).await,
+                "either adds voters or removes voters",
+            );
+            // Based on a membership that does not hold.
+            match client.change_membership(&[], &[2], &[1, 9]).await {
+                Err(ClientError::Server(message)) => {
+                    assert!(message.contains("membership changed"), "{message:?}")
+                }
+                other => panic!("expected a refusal of a stale change, got {other:?}"),
+            }
+            match client.change_membership(&[42], &[], &[]).await {
                 Err(ClientError::InvalidArgument(message)) => {
                     assert!(message.contains("42"), "{message:?} should name node 42")
                 }
