@@ -16,15 +16,22 @@ pub enum Fault {
     StaleLinearizableRead,
     /// Sessions forget answers: a resent write is applied again.
     DuplicateWrites,
+    /// A membership change sets the voters it computed from what its caller read, without
+    /// comparing with the membership now (a read-modify-write).
+    MembershipWithoutCompare,
 }
 
 impl Fault {
     /// Every switch, with its command-line name.
-    pub const ALL: [(Fault, &'static str); 4] = [
+    pub const ALL: [(Fault, &'static str); 5] = [
         (Fault::VoteNotPersisted, "vote-not-persisted"),
         (Fault::AckBeforeCommit, "ack-before-commit"),
         (Fault::StaleLinearizableRead, "stale-linearizable-read"),
         (Fault::DuplicateWrites, "duplicate-writes"),
+        (
+            Fault::MembershipWithoutCompare,
+            "membership-without-compare",
+        ),
     ];
 
     /// The switch named `name`.
@@ -38,6 +45,7 @@ impl Fault {
             Fault::AckBeforeCommit => 2,
             Fault::StaleLinearizableRead => 4,
             Fault::DuplicateWrites => 8,
+            Fault::MembershipWithoutCompare => 16,
         }
     }
 }

@@ -255,6 +255,39 @@ impl Node {
     }
 }
 
+/// The `MembershipWithoutCompare` fault: the voters the caller read, changed as asked, set
+/// as they are. Deliberately wrong.
+#[cfg(madsim)]
+fn without_compare(
+    change: ChangeMembers<NodeId, BasicNode>,
+    mut voters: BTreeSet<NodeId>,
+) -> ChangeMembers<NodeId, BasicNode> {
+    match change {
+        ChangeMembers::AddVoterIds(add) => voters.extend(add),
+        ChangeMembers::RemoveVoters(remove) => voters.retain(|v| !remove.contains(v)),
+        other => return other,
+    }
+    ChangeMembers::ReplaceAllVoters(voters)
+}
+
+/// Runs both halves of a membership change in a task of its own, so that a caller that goes
+/// away (a timed-out client) cannot leave it half done; returns the log index of its last entry.
+async fn change_to_completion(
+    raft: &Raft,
+    change: ChangeMembers<NodeId, BasicNode>,
+) -> Result<u64, Status> {
+    let raft = raft.clone();
+    let task = tokio::spawn(async move { raft.change_membership(change, false).await });
+    match task.await {
+        Ok(result) => result
+            .map(|written| written.log_id.index)
+            .map_err(client_write_error),
+        Err(err) => Err(Status::unavailable(format!(
+            "the membership change stopped: {err}"
+        ))),
+    }
+}
+
 /// Refuses, marked as not proposed, unless this node leads `raft`'s group right now. A write
 /// that passes may still be refused later (leadership lost before it was appended, or its
 /// entry truncated): that refusal is unmarked, since the write may then commit elsewhere.
@@ -560,6 +593,7 @@ impl pb::admin_server::Admin for AdminService {
             state_digest,
             snapshot_index: metrics.snapshot.map_or(0, |id| id.index),
             purged_index: metrics.purged.map_or(0, |id| id.index),
+            membership_changing: membership.get_joint_config().len() > 1,
         }))
     }
 
@@ -640,9 +674,11 @@ impl pb::admin_server::Admin for AdminService {
         let remove: BTreeSet<NodeId> = request.remove_voters.into_iter().collect();
         let expected: BTreeSet<NodeId> = request.expected_voters.into_iter().collect();
         let change = match (add.is_empty(), remove.is_empty()) {
-            (false, true) => ChangeMembers::AddVoterIds(add),
-            (true, false) => ChangeMembers::RemoveVoters(remove),
-            _ => {
+            (false, true) => Some(ChangeMembers::AddVoterIds(add)),
+            (true, false) => Some(ChangeMembers::RemoveVoters(remove)),
+            // Nothing to change: only finish a change left half done.
+            (true, true) => None,
+            (false, false) => {
                 return Err(Status::invalid_argument(
                     "a membership change either adds voters or removes voters",
                 ))
@@ -650,6 +686,37 @@ impl pb::admin_server::Admin for AdminService {
         };
         let raft = self.0.raft();
         ensure_leader(raft)?;
+        // A change is two log entries (joint, then uniform); a leader that crashed between
+        // them, or a caller that left, leaves it half done, refusing every later change.
+        // Finish it first: its uniform half is what its caller asked for.
+        let half_done = raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .get_joint_config()
+            .len()
+            > 1;
+        let mut written = None;
+        if half_done {
+            written = Some(
+                change_to_completion(raft, ChangeMembers::AddVoterIds(BTreeSet::new())).await?,
+            );
+        }
+        let Some(change) = change else {
+            let log_index = match written {
+                Some(index) => index,
+                None => raft
+                    .metrics()
+                    .borrow()
+                    .membership_config
+                    .log_id()
+                    .map_or(0, |id| id.index),
+            };
+            return Ok(GrpcResponse::new(pb::ChangeMembershipResponse {
+                log_index,
+            }));
+        };
         {
             let metrics = raft.metrics();
             let metrics = metrics.borrow();
@@ -662,7 +729,12 @@ impl pb::admin_server::Admin for AdminService {
                     )));
                 }
             }
-            if !expected.is_empty() {
+            #[cfg(madsim)]
+            let compare =
+                !seedkv_core::faults::enabled(seedkv_core::faults::Fault::MembershipWithoutCompare);
+            #[cfg(not(madsim))]
+            let compare = true;
+            if compare && !expected.is_empty() {
                 if voters != expected {
                     return Err(Status::aborted(format!(
                         "the membership changed: the voters are {voters:?}, the change was \
@@ -676,12 +748,18 @@ impl pb::admin_server::Admin for AdminService {
                 }
             }
         }
-        let written = raft
-            .change_membership(change, false)
-            .await
-            .map_err(client_write_error)?;
+        #[cfg(madsim)]
+        let change =
+            if seedkv_core::faults::enabled(seedkv_core::faults::Fault::MembershipWithoutCompare)
+                && !expected.is_empty()
+            {
+                without_compare(change, expected)
+            } else {
+                change
+            };
+        let log_index = change_to_completion(raft, change).await?;
         Ok(GrpcResponse::new(pb::ChangeMembershipResponse {
-            log_index: written.log_id.index,
+            log_index,
         }))
     }
 }

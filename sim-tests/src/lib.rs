@@ -10,6 +10,7 @@
 //! - `cluster`: simulated nodes with simulated disks, crash and restart;
 //! - `workload`: clients that record a history;
 //! - `nemesis`: the fault schedule;
+//! - `operator`: membership changes, checked against the changes acknowledged;
 //! - `run`: one seed end to end, with its fingerprint.
 
 pub mod scenario;
@@ -18,6 +19,8 @@ pub mod scenario;
 pub mod cluster;
 #[cfg(madsim)]
 pub mod nemesis;
+#[cfg(madsim)]
+pub mod operator;
 #[cfg(madsim)]
 pub mod run;
 #[cfg(madsim)]

@@ -11,7 +11,7 @@ use clap::Parser;
 #[derive(Parser, Debug)]
 #[command(name = "seedkv-sim")]
 struct Args {
-    /// Scenario: basic, partition, crash-restart, lossy-net or mixed.
+    /// Scenario: basic, partition, crash-restart, lossy-net, membership or mixed.
     #[arg(long)]
     scenario: String,
     /// The seed.
@@ -33,7 +33,7 @@ struct Args {
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=3600))]
     duration_s: u64,
     /// Turn on a deliberate safety bug: vote-not-persisted, ack-before-commit,
-    /// stale-linearizable-read or duplicate-writes. Repeatable.
+    /// stale-linearizable-read, duplicate-writes or membership-without-compare. Repeatable.
     #[arg(long = "fault")]
     faults: Vec<String>,
     /// Write the recorded history here (seedkv history format).

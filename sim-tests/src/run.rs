@@ -12,6 +12,7 @@ use tokio::time::Instant;
 
 use crate::cluster::SimCluster;
 use crate::nemesis::{self, PlannedFault, SharedCluster};
+use crate::operator;
 use crate::scenario::Scenario;
 use crate::workload::{self, History, WorkloadConfig};
 
@@ -96,6 +97,7 @@ pub async fn run(config: RunConfig) -> RunReport {
 
     let cluster = SimCluster::start(config.nodes, tracer, DiskConfig::default());
     let members = cluster.members();
+    let operator_members = members.clone();
     let endpoints = cluster.addrs();
     let cluster: SharedCluster = Arc::new(Mutex::new(cluster));
     let handle = madsim::runtime::Handle::current();
@@ -157,6 +159,22 @@ pub async fn run(config: RunConfig) -> RunReport {
             history.clone(),
         )));
     }
+    // Membership changes come from an operator of their own (not with a fuzzer's plan).
+    let operator = (config.scenario.changes_membership() && config.plan.is_none()).then(|| {
+        let host = handle
+            .create_node()
+            .name("operator")
+            .ip("10.0.1.2"
+                .parse()
+                .unwrap_or(std::net::IpAddr::from([10, 0, 1, 2])))
+            .build();
+        host.spawn(operator::run(
+            operator_members,
+            deadline,
+            Duration::from_secs(60),
+            config.nodes / 2 + 1,
+        ))
+    });
     match &config.plan {
         Some(plan) => nemesis::run_plan(plan, cluster.clone(), deadline, &mut note).await,
         None => nemesis::run(config.scenario, cluster.clone(), deadline, &mut note).await,
@@ -170,6 +188,26 @@ pub async fn run(config: RunConfig) -> RunReport {
                 &trace,
                 "a client did not finish within 30 s of its deadline".into(),
             );
+        }
+    }
+    if let Some(operator) = operator {
+        let budget = deadline.saturating_duration_since(Instant::now()) + Duration::from_secs(120);
+        match tokio::time::timeout(budget, operator).await {
+            Ok(Ok(done)) => {
+                for action in done.actions {
+                    note(action);
+                }
+                if let Some(why) = done.failure {
+                    return failed(start, &trace, format!("membership: {why}"));
+                }
+            }
+            _ => {
+                return failed(
+                    start,
+                    &trace,
+                    "the operator did not finish within 120 s of the deadline".into(),
+                )
+            }
         }
     }
     note("workload done; healed".into());

@@ -14,8 +14,10 @@ pub enum Scenario {
     CrashRestart,
     /// Packet loss and latency spikes.
     LossyNet,
-    /// All of the above, interleaved.
+    /// All of the above, interleaved, with membership changes.
     Mixed,
+    /// Only membership changes (voters removed and added back, sometimes two at once).
+    Membership,
 }
 
 /// A kind of fault the nemesis can inject.
@@ -28,23 +30,29 @@ pub enum FaultKind {
 
 impl Scenario {
     /// Every scenario with its name.
-    pub const ALL: [(Scenario, &'static str); 5] = [
+    pub const ALL: [(Scenario, &'static str); 6] = [
         (Scenario::Basic, "basic"),
         (Scenario::Partition, "partition"),
         (Scenario::CrashRestart, "crash-restart"),
         (Scenario::LossyNet, "lossy-net"),
         (Scenario::Mixed, "mixed"),
+        (Scenario::Membership, "membership"),
     ];
 
     /// The faults this scenario draws from.
     pub fn faults(self) -> &'static [FaultKind] {
         match self {
-            Scenario::Basic => &[],
+            Scenario::Basic | Scenario::Membership => &[],
             Scenario::Partition => &[FaultKind::Partition],
             Scenario::CrashRestart => &[FaultKind::Crash],
             Scenario::LossyNet => &[FaultKind::Lossy],
             Scenario::Mixed => &[FaultKind::Partition, FaultKind::Crash, FaultKind::Lossy],
         }
+    }
+
+    /// Whether an operator changes the membership during the run.
+    pub fn changes_membership(self) -> bool {
+        matches!(self, Scenario::Mixed | Scenario::Membership)
     }
 
     /// The scenario's name.

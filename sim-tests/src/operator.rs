@@ -1,0 +1,283 @@
+//! The operator: membership changes while the cluster is under load and under faults.
+//!
+//! Every few seconds the operator removes a voter, or adds a removed node back (as a learner
+//! first, then as a voter), as `seedkv cluster remove-node` / `add-node` would: it reads the
+//! voters from whichever node answers (possibly a stale follower, or a node that was just
+//! removed) and makes the change a compare-and-set on what it read. Sometimes two changes run
+//! at once, on different nodes, so they race.
+//!
+//! It keeps a model of the voters from the changes that were acknowledged. When the load
+//! ends, the voters the leader holds must equal the model (unless a change's outcome is
+//! unknown): a change reported done must have happened, a change refused must not have. Then
+//! the operator adds every removed node back, so that every replica can converge.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use madsim::rand::{thread_rng, Rng};
+use seedkv_proto::{Client, ClientConfig, ClientError};
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+
+/// What the operator did and found.
+#[derive(Debug, Default)]
+pub struct OperatorReport {
+    /// Every change, in the order they ended, with its outcome.
+    pub actions: Vec<String>,
+    /// `Some(why)` if the voters disagreed with the acknowledged changes, or the cluster
+    /// could not be restored to every node.
+    pub failure: Option<String>,
+}
+
+/// The voters the acknowledged changes imply. Each change adds or removes one node, so a
+/// change whose outcome is unknown leaves only that node's membership unknown, until a later
+/// acknowledged change of that node settles it.
+struct Model {
+    voters: BTreeSet<u64>,
+    unknown: BTreeSet<u64>,
+    /// Nodes some change is working on now (racing changes pick different nodes).
+    busy: BTreeSet<u64>,
+    report: OperatorReport,
+}
+
+fn client(members: &[(u64, String)]) -> Client {
+    let mut config = ClientConfig::new(members.iter().map(|(_, a)| a.clone()).collect());
+    config.request_timeout_ms = 2_000;
+    config.max_attempts = 4;
+    Client::new(config)
+}
+
+/// Changes membership until `deadline`, then checks the model and restores every node as a
+/// voter (within `restore_within`). `min_voters` bounds removals.
+pub async fn run(
+    members: Vec<(u64, String)>,
+    deadline: Instant,
+    restore_within: Duration,
+    min_voters: usize,
+) -> OperatorReport {
+    let model = Arc::new(Mutex::new(Model {
+        voters: members.iter().map(|(id, _)| *id).collect(),
+        unknown: BTreeSet::new(),
+        busy: BTreeSet::new(),
+        report: OperatorReport::default(),
+    }));
+    let client = Arc::new(client(&members));
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(thread_rng().gen_range(500..2_500))).await;
+        let racing = if thread_rng().gen_bool(0.5) { 2 } else { 1 };
+        let mut changes = Vec::new();
+        for _ in 0..racing {
+            changes.push(tokio::spawn(change(
+                client.clone(),
+                members.clone(),
+                model.clone(),
+                min_voters,
+            )));
+        }
+        for change in changes {
+            let _ = change.await;
+        }
+    }
+    let mut model = model.lock().await;
+    if let Some(voters) = settled_voters(&client, &members, Duration::from_secs(20)).await {
+        let unknown = &model.unknown;
+        let known = |set: &BTreeSet<u64>| -> BTreeSet<u64> {
+            set.iter()
+                .filter(|id| !unknown.contains(id))
+                .copied()
+                .collect()
+        };
+        if known(&voters) != known(&model.voters) {
+            model.report.failure = Some(format!(
+                "voters are {voters:?}, but the acknowledged changes make them {:?} \
+                 (unknown for {:?})",
+                model.voters, model.unknown
+            ));
+        }
+    }
+    if model.report.failure.is_none() {
+        let mut restored = Vec::new();
+        if let Err(why) = restore(&client, &members, restore_within, &mut restored).await {
+            model.report.failure = Some(why);
+        }
+        model.report.actions.extend(restored);
+    }
+    std::mem::take(&mut model.report)
+}
+
+/// One change: remove a voter, or add back a node that is not one.
+async fn change(
+    client: Arc<Client>,
+    members: Vec<(u64, String)>,
+    model: Arc<Mutex<Model>>,
+    min_voters: usize,
+) {
+    // The voters as some node sees them: the basis of the compare-and-set.
+    let (reader, reader_addr) = &members[thread_rng().gen_range(0..members.len())];
+    let Ok(status) = client.status(reader_addr).await else {
+        return;
+    };
+    let read: Vec<u64> = status.voters.iter().map(|m| m.id).collect();
+    let target = {
+        let mut m = model.lock().await;
+        let candidates: Vec<u64> = members
+            .iter()
+            .map(|(id, _)| *id)
+            .filter(|id| !m.busy.contains(id))
+            .collect();
+        if candidates.is_empty() {
+            return;
+        }
+        let target = candidates[thread_rng().gen_range(0..candidates.len())];
+        m.busy.insert(target);
+        target
+    };
+    let addr = address(&members, target);
+    let adding = !read.contains(&target);
+    let outcome = if adding {
+        // A learner is not a voter: whatever became of this step, the model holds.
+        if let Err(err) = client.add_learner(target, &addr).await {
+            let mut m = model.lock().await;
+            m.busy.remove(&target);
+            m.report
+                .actions
+                .push(format!("operator: add learner {target}: {err:?}"));
+            return;
+        }
+        client.change_membership(&[target], &[], &read).await
+    } else if read.len() > min_voters {
+        client.change_membership(&[], &[target], &read).await
+    } else {
+        model.lock().await.busy.remove(&target);
+        return;
+    };
+    let mut m = model.lock().await;
+    m.busy.remove(&target);
+    let verb = if adding { "add" } else { "remove" };
+    let line =
+        format!("operator: {verb} {target} based on {read:?} read from {reader}: {outcome:?}");
+    m.report.actions.push(line);
+    match outcome {
+        Ok(_) => {
+            if adding {
+                m.voters.insert(target);
+            } else {
+                m.voters.remove(&target);
+            }
+            m.unknown.remove(&target);
+        }
+        // The change may or may not have happened.
+        Err(ClientError::Unknown(_)) => {
+            m.unknown.insert(target);
+        }
+        Err(_) => {}
+    }
+}
+
+fn address(members: &[(u64, String)], id: u64) -> String {
+    members
+        .iter()
+        .find(|(member, _)| *member == id)
+        .map(|(_, addr)| addr.clone())
+        .unwrap_or_default()
+}
+
+/// The voters the leader holds once no membership change is half done (within `within`). A
+/// change left half done (its leader crashed between its two entries) is finished, as an
+/// operator would, by asking for no change.
+async fn settled_voters(
+    client: &Client,
+    members: &[(u64, String)],
+    within: Duration,
+) -> Option<BTreeSet<u64>> {
+    let until = Instant::now() + within;
+    while Instant::now() < until {
+        let (voters, changing) = leader_voters(client, members, within).await?;
+        if !changing {
+            return Some(voters);
+        }
+        let _ = client.change_membership(&[], &[], &[]).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
+}
+
+/// The voters the leader holds and whether a change is half done, once a leader answers
+/// (within `within`).
+async fn leader_voters(
+    client: &Client,
+    members: &[(u64, String)],
+    within: Duration,
+) -> Option<(BTreeSet<u64>, bool)> {
+    let until = Instant::now() + within;
+    while Instant::now() < until {
+        for (_, addr) in members {
+            if let Ok(status) = client.status(addr).await {
+                if status.role == "leader" {
+                    let voters = status.voters.iter().map(|m| m.id).collect();
+                    return Some((voters, status.membership_changing));
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    None
+}
+
+/// Makes every node a voter again.
+async fn restore(
+    client: &Client,
+    members: &[(u64, String)],
+    within: Duration,
+    log: &mut Vec<String>,
+) -> Result<(), String> {
+    let all: BTreeSet<u64> = members.iter().map(|(id, _)| *id).collect();
+    let until = Instant::now() + within;
+    loop {
+        let Some(voters) = settled_voters(client, members, within).await else {
+            let mut seen = Vec::new();
+            for (id, addr) in members {
+                seen.push(match client.status(addr).await {
+                    Ok(s) => format!(
+                        "{id}: {} term {} leader {} voters {:?} learners {:?} changing {} last {} applied {}",
+                        s.role,
+                        s.term,
+                        s.leader_id,
+                        s.voters.iter().map(|m| m.id).collect::<Vec<_>>(),
+                        s.learners.iter().map(|m| m.id).collect::<Vec<_>>(),
+                        s.membership_changing,
+                        s.last_log_index,
+                        s.applied_index
+                    ),
+                    Err(err) => format!("{id}: {err}"),
+                });
+            }
+            return Err(format!(
+                "no leader without a change half done while restoring the membership: {}",
+                seen.join("; ")
+            ));
+        };
+        let missing: Vec<u64> = all.difference(&voters).copied().collect();
+        let Some(&id) = missing.first() else {
+            log.push(format!("operator: restored, voters {voters:?}"));
+            return Ok(());
+        };
+        if Instant::now() > until {
+            return Err(format!(
+                "could not restore the membership within {} s: voters {voters:?}",
+                within.as_secs()
+            ));
+        }
+        let addr = address(members, id);
+        let learner = client.add_learner(id, &addr).await;
+        let voter = match learner {
+            Ok(_) => Some(client.change_membership(&[id], &[], &[]).await),
+            Err(_) => None,
+        };
+        log.push(format!(
+            "operator: restore {id} (voters {voters:?}): learner {learner:?}, voter {voter:?}"
+        ));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
