@@ -13,10 +13,7 @@ use seedkv_proto::{ClientError, Consistency};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_the_leader_during_writes_then_join_and_remove() {
     let tmp = tempfile::tempdir().expect("temp dir");
-    let mut servers = Servers {
-        children: BTreeMap::new(),
-        dir: tmp.path().to_path_buf(),
-    };
+    let mut servers = Servers::new(tmp.path());
     let addrs: Vec<String> = (0..4)
         .map(|_| format!("127.0.0.1:{}", free_port()))
         .collect();

@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -17,10 +16,7 @@ const LOAD_S: u64 = 10;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cas_writes_through_two_leader_kills_have_answers_and_are_linearizable() {
     let tmp = tempfile::tempdir().expect("temp dir");
-    let mut servers = Servers {
-        children: BTreeMap::new(),
-        dir: tmp.path().to_path_buf(),
-    };
+    let mut servers = Servers::new(tmp.path());
     let addrs: Vec<String> = (0..3)
         .map(|_| format!("127.0.0.1:{}", free_port()))
         .collect();

@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::{client_for, free_port, leader, wait_until, Servers};
@@ -13,10 +12,7 @@ use seedkv_proto::ClientError;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_simultaneous_joins_give_five_voters_and_stale_changes_are_refused() {
     let tmp = tempfile::tempdir().expect("temp dir");
-    let mut servers = Servers {
-        children: BTreeMap::new(),
-        dir: tmp.path().to_path_buf(),
-    };
+    let mut servers = Servers::new(tmp.path());
     let addrs: Vec<String> = (0..5)
         .map(|_| format!("127.0.0.1:{}", free_port()))
         .collect();

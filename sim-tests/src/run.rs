@@ -101,13 +101,7 @@ pub async fn run(config: RunConfig) -> RunReport {
     let endpoints = cluster.addrs();
     let cluster: SharedCluster = Arc::new(Mutex::new(cluster));
     let handle = madsim::runtime::Handle::current();
-    let client_host = handle
-        .create_node()
-        .name("clients")
-        .ip("10.0.1.1"
-            .parse()
-            .unwrap_or(std::net::IpAddr::from([10, 0, 1, 1])))
-        .build();
+    let client_host = extra_host(&handle, "clients", 1);
 
     // Bootstrap: initialize through node 1, retrying while the nodes come up.
     let init_ok = client_host
@@ -161,14 +155,7 @@ pub async fn run(config: RunConfig) -> RunReport {
     }
     // Membership changes come from an operator of their own (not with a fuzzer's plan).
     let operator = (config.scenario.changes_membership() && config.plan.is_none()).then(|| {
-        let host = handle
-            .create_node()
-            .name("operator")
-            .ip("10.0.1.2"
-                .parse()
-                .unwrap_or(std::net::IpAddr::from([10, 0, 1, 2])))
-            .build();
-        host.spawn(operator::run(
+        extra_host(&handle, "operator", 2).spawn(operator::run(
             operator_members,
             deadline,
             Duration::from_secs(60),
@@ -295,6 +282,19 @@ async fn converge(
         "replicas did not converge within {} s: (node, applied, digest) = {last:?}",
         bound.as_secs()
     ))
+}
+
+/// A simulated host beside the nodes (clients, operator), at 10.0.1.`last`.
+fn extra_host(
+    handle: &madsim::runtime::Handle,
+    name: &str,
+    last: u8,
+) -> madsim::runtime::NodeHandle {
+    handle
+        .create_node()
+        .name(name)
+        .ip(std::net::IpAddr::from([10, 0, 1, last]))
+        .build()
 }
 
 fn finish(start: Instant, trace: &Arc<Mutex<Trace>>, history: Vec<Record>) -> RunReport {

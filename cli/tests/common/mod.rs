@@ -25,6 +25,14 @@ pub struct Servers {
 }
 
 impl Servers {
+    /// No server yet; their data directories and logs go under `dir`.
+    pub fn new(dir: &std::path::Path) -> Servers {
+        Servers {
+            children: BTreeMap::new(),
+            dir: dir.to_path_buf(),
+        }
+    }
+
     pub fn start(&mut self, id: u64, addr: &str, extra: &[String]) {
         let log = std::fs::File::create(self.dir.join(format!("node{id}.log"))).expect("log file");
         let child = Command::new(BIN)
