@@ -201,6 +201,26 @@ pub async fn run(config: RunConfig) -> RunReport {
 
     // Convergence: every replica applies the leader's whole log and holds the same state.
     let converged = converge(&cluster, config.converge_timeout).await;
+    if converged.is_ok() {
+        let reader = workload::client(endpoints.clone());
+        let reads = client_host.spawn(workload::read_every_key(
+            reader,
+            config.workload.keys,
+            start,
+            history.clone(),
+        ));
+        if tokio::time::timeout(Duration::from_secs(120), reads)
+            .await
+            .is_err()
+        {
+            return failed(
+                start,
+                &trace,
+                "the final reads did not finish within 120 s".into(),
+            );
+        }
+        note("read every key".into());
+    }
     let history = std::mem::take(&mut *history.lock().unwrap_or_else(|p| p.into_inner()));
     let mut report = finish(start, &trace, history);
     match converged {

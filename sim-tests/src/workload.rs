@@ -46,6 +46,31 @@ pub fn client(endpoints: Vec<String>) -> Arc<Client> {
     Arc::new(Client::new(client_config))
 }
 
+/// After the run healed: one linearizable read of every key, recorded like any other call.
+/// It settles the fate of every write whose outcome was unknown (applied or not, it must be
+/// consistent with what the reads see) and catches a write lost at the very end.
+pub async fn read_every_key(client: Arc<Client>, keys: usize, start: Instant, history: History) {
+    let ns = |at: Instant| at.duration_since(start).as_nanos() as u64;
+    for k in 0..keys {
+        let op = Op::Get { key: key_name(k) };
+        let call = Instant::now();
+        // A failed read constrains nothing; the convergence check already requires a leader.
+        if let Ok(result) = execute(&client, &op).await {
+            let record = Record {
+                client: u64::MAX,
+                call_ns: ns(call),
+                return_ns: Some(ns(Instant::now())),
+                op,
+                result: Some(result),
+            };
+            history
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .push(record);
+        }
+    }
+}
+
 /// One put in this many carries a large value: entries and catch-up batches then pass the
 /// byte caps on log entries and AppendEntries (1 MiB), and snapshots grow.
 const LARGE_PUT_ONE_IN: u32 = 50;
