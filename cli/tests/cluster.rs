@@ -7,17 +7,15 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{cli, client_for, free_port, leader, wait_until, Servers};
+use common::{cli, client_for, free_addrs, initial_cluster, leader, wait_until, Servers};
 use seedkv_proto::{ClientError, Consistency};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_the_leader_during_writes_then_join_and_remove() {
     let tmp = tempfile::tempdir().expect("temp dir");
     let mut servers = Servers::new(tmp.path());
-    let addrs: Vec<String> = (0..4)
-        .map(|_| format!("127.0.0.1:{}", free_port()))
-        .collect();
-    let initial = format!("1={},2={},3={}", addrs[0], addrs[1], addrs[2]);
+    let addrs = free_addrs(4);
+    let initial = initial_cluster(&addrs[..3]);
     // Snapshots every 200 entries: the restarted and the new node catch up by snapshot.
     let args_for = |_id: u64| {
         vec![

@@ -8,7 +8,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{client_for, free_port, leader, wait_until, Servers, BIN};
+use common::{client_for, free_addrs, initial_cluster, leader, wait_until, Servers, BIN};
 
 /// Seconds of load; the leader is killed at 1/5 and 3/5 of it and restarted 1 s later.
 const LOAD_S: u64 = 10;
@@ -17,10 +17,8 @@ const LOAD_S: u64 = 10;
 async fn cas_writes_through_two_leader_kills_have_answers_and_are_linearizable() {
     let tmp = tempfile::tempdir().expect("temp dir");
     let mut servers = Servers::new(tmp.path());
-    let addrs: Vec<String> = (0..3)
-        .map(|_| format!("127.0.0.1:{}", free_port()))
-        .collect();
-    let initial = format!("1={},2={},3={}", addrs[0], addrs[1], addrs[2]);
+    let addrs = free_addrs(3);
+    let initial = initial_cluster(&addrs[..3]);
     let args = vec!["--initial-cluster".to_string(), initial];
     for id in 1..=3u64 {
         servers.start(id, &addrs[id as usize - 1], &args);

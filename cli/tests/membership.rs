@@ -6,17 +6,15 @@ mod common;
 
 use std::time::Duration;
 
-use common::{client_for, free_port, leader, wait_until, Servers};
+use common::{client_for, free_addrs, initial_cluster, leader, wait_until, Servers};
 use seedkv_proto::ClientError;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_simultaneous_joins_give_five_voters_and_stale_changes_are_refused() {
     let tmp = tempfile::tempdir().expect("temp dir");
     let mut servers = Servers::new(tmp.path());
-    let addrs: Vec<String> = (0..5)
-        .map(|_| format!("127.0.0.1:{}", free_port()))
-        .collect();
-    let initial = format!("1={},2={},3={}", addrs[0], addrs[1], addrs[2]);
+    let addrs = free_addrs(5);
+    let initial = initial_cluster(&addrs[..3]);
     for id in 1..=3u64 {
         servers.start(
             id,

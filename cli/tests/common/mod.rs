@@ -18,6 +18,23 @@ pub fn free_port() -> u16 {
     listener.local_addr().expect("local addr").port()
 }
 
+/// `n` free loopback addresses.
+pub fn free_addrs(n: usize) -> Vec<String> {
+    (0..n)
+        .map(|_| format!("127.0.0.1:{}", free_port()))
+        .collect()
+}
+
+/// The `--initial-cluster` value naming `addrs` as nodes 1, 2, ...
+pub fn initial_cluster(addrs: &[String]) -> String {
+    let members: Vec<String> = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, addr)| format!("{}={addr}", i + 1))
+        .collect();
+    members.join(",")
+}
+
 /// Server processes, SIGKILLed on drop so that a failing test leaves nothing behind.
 pub struct Servers {
     pub children: BTreeMap<u64, Child>,
