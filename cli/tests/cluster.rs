@@ -86,8 +86,8 @@ async fn kill_the_leader_during_writes_then_join_and_remove() {
                 return false;
             };
             let (Ok(lead), Ok(node)) = (
-                probe.status(&leader_addr).await,
-                probe.status(&killed_addr).await,
+                probe.status_with_digest(&leader_addr).await,
+                probe.status_with_digest(&killed_addr).await,
             ) else {
                 return false;
             };

@@ -7,7 +7,7 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use crate::storage::{Disk, Durability, WriteBatch};
+use crate::storage::{Disk, DiskRead, Durability, WriteBatch};
 
 /// An implementation under test, and how to crash it.
 pub trait DiskUnderTest {
@@ -37,6 +37,8 @@ pub async fn run_all<H: DiskUnderTest>(harness: &mut H) {
     point_ops(&*harness.disk()).await;
     scans(&*harness.disk()).await;
     batches_are_atomic(&*harness.disk()).await;
+    views_are_point_in_time(&*harness.disk()).await;
+    byte_bounded_scans(&*harness.disk()).await;
     synced_writes_survive_a_crash(harness).await;
     buffered_writes_survive_a_crash_after_sync(harness).await;
     buffered_writes_are_lost_only_as_a_suffix(harness).await;
@@ -126,6 +128,66 @@ pub async fn batches_are_atomic(disk: &impl Disk) {
             (b"b/new2".to_vec(), b"2".to_vec())
         ]
     );
+}
+
+/// A view reads the disk as it was when taken, whatever is written afterwards; a view of a
+/// view reads the same.
+pub async fn views_are_point_in_time(disk: &impl Disk) {
+    put(disk, b"v/a".to_vec(), b"old", Durability::Buffered).await;
+    put(disk, b"v/gone".to_vec(), b"here", Durability::Buffered).await;
+    let view = disk.view().expect("view");
+    put(disk, b"v/a".to_vec(), b"new", Durability::Sync).await;
+    put(disk, b"v/b".to_vec(), b"added", Durability::Buffered).await;
+    let mut batch = WriteBatch::default();
+    batch.delete_range(b"v/g".to_vec(), b"v/h".to_vec());
+    disk.write(batch, Durability::Buffered)
+        .await
+        .expect("delete");
+    assert_eq!(view.get(b"v/a").expect("get"), Some(b"old".to_vec()));
+    assert_eq!(view.get(b"v/b").expect("get"), None);
+    let rows = view.scan(b"v/", b"v0", usize::MAX, false).expect("scan");
+    assert_eq!(
+        rows,
+        vec![
+            (b"v/a".to_vec(), b"old".to_vec()),
+            (b"v/gone".to_vec(), b"here".to_vec())
+        ],
+        "a view saw a later write"
+    );
+    let again = view.view().expect("view of a view");
+    assert_eq!(again.get(b"v/gone").expect("get"), Some(b"here".to_vec()));
+    assert_eq!(disk.get(b"v/a").expect("get"), Some(b"new".to_vec()));
+    assert_eq!(disk.get(b"v/gone").expect("get"), None);
+}
+
+/// `scan_bytes` stops at its row or byte bound, always returning at least one row.
+pub async fn byte_bounded_scans(disk: &impl Disk) {
+    let mut batch = WriteBatch::default();
+    for i in 0..20 {
+        batch.put(key("z/", i), vec![7; 100]);
+    }
+    disk.write(batch, Durability::Buffered)
+        .await
+        .expect("write");
+    let by_rows = disk.scan_bytes(b"z/", b"z0", 5, usize::MAX).expect("scan");
+    assert_eq!(by_rows.len(), 5);
+    // Each row is 6 key bytes and 100 value bytes: 250 bytes hold two full rows and a
+    // third that crosses the bound.
+    let by_bytes = disk.scan_bytes(b"z/", b"z0", 100, 250).expect("scan");
+    assert_eq!(by_bytes.len(), 3, "stops once the bytes reach the bound");
+    let one = disk.scan_bytes(b"z/", b"z0", 100, 1).expect("scan");
+    assert_eq!(one.len(), 1, "one row even if it alone passes the bound");
+    let from_middle = disk
+        .scan_bytes(&key("z/", 18), b"z0", 100, usize::MAX)
+        .expect("scan");
+    assert_eq!(
+        from_middle.into_iter().map(|(k, _)| k).collect::<Vec<_>>(),
+        vec![key("z/", 18), key("z/", 19)]
+    );
+    assert!(disk
+        .scan_bytes(b"z0", b"z/", 10, 10)
+        .expect("scan")
+        .is_empty());
 }
 
 /// Everything written with `Sync` is there after a crash.

@@ -3,6 +3,7 @@
 //! - [`command`]: the writes clients ask for, and the limits they must respect;
 //! - [`state`]: the key-value state every replica applies the log to;
 //! - [`session`]: client sessions, which make a resent write apply once;
+//! - [`slot`]: the 1,024 hash slots keys are stored and, later, sharded by;
 //! - [`storage`]: the [`storage::Disk`] contract, and the Raft log and state machine on it;
 //! - [`types`]: the openraft type config, node and group ids;
 //! - [`runtime`]: the async runtime binding that runs the same code on tokio and on madsim;
@@ -21,6 +22,7 @@ pub mod conformance;
 pub mod faults;
 pub mod runtime;
 pub mod session;
+pub mod slot;
 pub mod state;
 pub mod storage;
 pub mod types;

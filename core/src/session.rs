@@ -18,6 +18,10 @@
 //!   sessions (past either, the least recently used session is expired, by log index, never
 //!   by a clock); a write of an expired or unknown session is refused
 //!   ([`SessionCheck::Expired`]): its outcome can no longer be told.
+//!
+//! A store that keeps sessions as rows (the state machine on disk) takes every change as a
+//! [`SessionEffect`] after applying an entry, and writes it with the entry's other rows;
+//! [`Sessions::restore`] rebuilds the sessions from those rows.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -61,6 +65,35 @@ pub enum SessionCheck {
     Expired,
 }
 
+/// A session's bookkeeping, without its answers: one row per client on disk.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionHeader {
+    /// Log index of the last entry that registered or used this session.
+    pub last_used: u64,
+    /// The client's acknowledged mark: answers below it are gone.
+    pub acked_below: u64,
+}
+
+/// One change to the sessions, as a store of rows must write it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SessionEffect {
+    /// The client's header is now this (the session is created if new).
+    Header {
+        client_id: u64,
+        header: SessionHeader,
+    },
+    /// The answer to the client's write `seq`.
+    Answer {
+        client_id: u64,
+        seq: u64,
+        answer: Response,
+    },
+    /// The client's answers below `seq` are gone.
+    ForgetBelow { client_id: u64, seq: u64 },
+    /// The session is gone, answers and all.
+    Expire { client_id: u64 },
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct Session {
     /// Log index of the last entry that registered or used this session.
@@ -68,6 +101,15 @@ struct Session {
     acked_below: u64,
     /// Answers to writes at or above `acked_below`, by sequence number.
     answers: BTreeMap<u64, Response>,
+}
+
+impl Session {
+    fn header(&self) -> SessionHeader {
+        SessionHeader {
+            last_used: self.last_used,
+            acked_below: self.acked_below,
+        }
+    }
 }
 
 /// Every client session of one state machine.
@@ -80,6 +122,9 @@ pub struct Sessions {
     by_use: BTreeSet<(u64, u64)>,
     /// Answers held over all sessions.
     answers: usize,
+    /// Changes not yet taken by [`Sessions::take_effects`].
+    #[serde(skip)]
+    effects: Vec<SessionEffect>,
 }
 
 impl Sessions {
@@ -99,6 +144,13 @@ impl Sessions {
         );
         assert!(fresh.is_none(), "client id {client_id} given twice");
         self.by_use.insert((index, client_id));
+        self.effects.push(SessionEffect::Header {
+            client_id,
+            header: SessionHeader {
+                last_used: index,
+                acked_below: 1,
+            },
+        });
         while self.by_client.len() > MAX_SESSIONS {
             self.expire_least_recently_used();
         }
@@ -111,6 +163,8 @@ impl Sessions {
             if let Some(session) = self.by_client.remove(&oldest) {
                 self.answers -= session.answers.len();
             }
+            self.effects
+                .push(SessionEffect::Expire { client_id: oldest });
         }
     }
 
@@ -128,7 +182,15 @@ impl Sessions {
             let before = session.answers.len();
             session.answers = session.answers.split_off(&tag.acked_below);
             self.answers -= before - session.answers.len();
+            self.effects.push(SessionEffect::ForgetBelow {
+                client_id: tag.client_id,
+                seq: tag.acked_below,
+            });
         }
+        self.effects.push(SessionEffect::Header {
+            client_id: tag.client_id,
+            header: session.header(),
+        });
         if tag.seq < session.acked_below {
             return SessionCheck::Stale {
                 acked_below: session.acked_below,
@@ -147,21 +209,102 @@ impl Sessions {
             return;
         };
         debug_assert!(tag.seq >= session.acked_below);
-        if session.answers.insert(tag.seq, answer).is_none() {
+        if session.answers.insert(tag.seq, answer.clone()).is_none() {
             self.answers += 1;
         }
+        self.effects.push(SessionEffect::Answer {
+            client_id: tag.client_id,
+            seq: tag.seq,
+            answer,
+        });
+        let mut forgot = false;
         while session.answers.len() > MAX_ANSWERS_PER_SESSION {
             let Some((oldest, _)) = session.answers.pop_first() else {
                 break;
             };
             self.answers -= 1;
             session.acked_below = session.acked_below.max(oldest + 1);
+            forgot = true;
+        }
+        if forgot {
+            self.effects.push(SessionEffect::ForgetBelow {
+                client_id: tag.client_id,
+                seq: session.acked_below,
+            });
+            self.effects.push(SessionEffect::Header {
+                client_id: tag.client_id,
+                header: session.header(),
+            });
         }
         // This session was just used: the least recently used is another one.
         while self.answers > MAX_ANSWERS && self.by_client.len() > 1 {
             self.expire_least_recently_used();
         }
         self.check_invariants();
+    }
+
+    /// The changes made since the last call, in order.
+    pub fn take_effects(&mut self) -> Vec<SessionEffect> {
+        std::mem::take(&mut self.effects)
+    }
+
+    /// The id the next registration gets.
+    pub fn next_client_id(&self) -> u64 {
+        self.next_client_id
+    }
+
+    /// Rebuilds sessions from their rows: `next_client_id`, every client's header and every
+    /// answer kept. Refuses rows no sequence of changes could have written.
+    pub fn restore(
+        next_client_id: u64,
+        headers: impl IntoIterator<Item = (u64, SessionHeader)>,
+        answers: impl IntoIterator<Item = (u64, u64, Response)>,
+    ) -> Result<Sessions, String> {
+        let mut sessions = Sessions {
+            next_client_id,
+            ..Sessions::default()
+        };
+        for (client_id, header) in headers {
+            if client_id == 0 || client_id >= next_client_id.max(1) {
+                return Err(format!(
+                    "session {client_id} was never registered (next id {next_client_id})"
+                ));
+            }
+            sessions.by_client.insert(
+                client_id,
+                Session {
+                    last_used: header.last_used,
+                    acked_below: header.acked_below,
+                    answers: BTreeMap::new(),
+                },
+            );
+            sessions.by_use.insert((header.last_used, client_id));
+            if sessions.by_client.len() > MAX_SESSIONS {
+                return Err(format!("more than {MAX_SESSIONS} sessions"));
+            }
+        }
+        for (client_id, seq, answer) in answers {
+            let Some(session) = sessions.by_client.get_mut(&client_id) else {
+                return Err(format!(
+                    "an answer of session {client_id}, which has no header"
+                ));
+            };
+            if seq < session.acked_below {
+                return Err(format!(
+                    "session {client_id} keeps answer {seq} below its mark {}",
+                    session.acked_below
+                ));
+            }
+            session.answers.insert(seq, answer);
+            sessions.answers += 1;
+            if session.answers.len() > MAX_ANSWERS_PER_SESSION
+                || sessions.answers > MAX_ANSWERS.max(MAX_ANSWERS_PER_SESSION)
+            {
+                return Err("more session answers than the bounds allow".into());
+            }
+        }
+        sessions.check_invariants();
+        Ok(sessions)
     }
 
     /// Number of sessions held.
@@ -192,6 +335,13 @@ impl Sessions {
         debug_assert_eq!(self.by_client.len(), self.by_use.len());
         debug_assert!(self.by_client.len() <= MAX_SESSIONS);
         debug_assert!(self.answers <= MAX_ANSWERS.max(MAX_ANSWERS_PER_SESSION));
+    }
+
+    #[cfg(test)]
+    fn digest(&self) -> u64 {
+        let mut hash = Fnv64::default();
+        self.digest_into(&mut hash);
+        hash.finish()
     }
 
     /// Answers counted one by one (the running count must agree).
@@ -309,6 +459,71 @@ mod tests {
             sessions.check(&tag(clients, 1, 1), index + 2),
             SessionCheck::Duplicate(_)
         ));
+    }
+
+    /// Replays effects onto rows the way a disk store does, and restores from them.
+    fn restore_from_effects(sessions: &mut Sessions, rows: &mut Rows) -> Sessions {
+        for effect in sessions.take_effects() {
+            match effect {
+                SessionEffect::Header { client_id, header } => {
+                    rows.0.insert(client_id, header);
+                }
+                SessionEffect::Answer {
+                    client_id,
+                    seq,
+                    answer,
+                } => {
+                    rows.1.insert((client_id, seq), answer);
+                }
+                SessionEffect::ForgetBelow { client_id, seq } => {
+                    rows.1.retain(|(c, s), _| *c != client_id || *s >= seq);
+                }
+                SessionEffect::Expire { client_id } => {
+                    rows.0.remove(&client_id);
+                    rows.1.retain(|(c, _), _| *c != client_id);
+                }
+            }
+        }
+        Sessions::restore(
+            sessions.next_client_id(),
+            rows.0.clone(),
+            rows.1.iter().map(|((c, s), a)| (*c, *s, a.clone())),
+        )
+        .expect("rows written from effects restore")
+    }
+
+    type Rows = (BTreeMap<u64, SessionHeader>, BTreeMap<(u64, u64), Response>);
+
+    #[test]
+    fn effects_rebuild_the_same_sessions() {
+        let mut sessions = Sessions::default();
+        let mut rows = Rows::default();
+        let mut index = 0;
+        for round in 0..MAX_SESSIONS as u64 + 40 {
+            index += 1;
+            let client = sessions.register(index);
+            for seq in 1..=(round % 5) {
+                index += 1;
+                let write = tag(client, seq, seq.saturating_sub(2).max(1));
+                if sessions.check(&write, index) == SessionCheck::Fresh {
+                    sessions.record(&write, Response::Put { revision: index });
+                }
+            }
+            if round % 997 == 0 {
+                let restored = restore_from_effects(&mut sessions, &mut rows);
+                assert_eq!(restored.digest(), sessions.digest());
+            }
+        }
+        let client = sessions.register(index + 1);
+        for seq in 1..=MAX_ANSWERS_PER_SESSION as u64 + 3 {
+            let write = tag(client, seq, 1);
+            assert_eq!(sessions.check(&write, index + 1 + seq), SessionCheck::Fresh);
+            sessions.record(&write, Response::Put { revision: seq });
+        }
+        let restored = restore_from_effects(&mut sessions, &mut rows);
+        assert_eq!(restored.digest(), sessions.digest());
+        assert_eq!(restored.len(), sessions.len());
+        assert!(Sessions::restore(1, [(5, SessionHeader::default())], []).is_err());
     }
 
     #[test]

@@ -12,98 +12,167 @@ use serde::{Deserialize, Serialize};
 
 use crate::command::{Command, Response, Revision, ScanRange, Versioned, WriteOp};
 use crate::session::{SessionCheck, Sessions};
+use crate::slot::Slot;
 
-/// The key-value map at some applied log index.
+/// Where [`apply`] reads and writes rows: the map of a [`KvState`] in memory, or writes
+/// pending over a disk in the state machine (`storage::machine`).
+pub trait RowStore {
+    /// What a failed read reports (a disk's corruption or I/O error).
+    type Error;
+    /// The row of `key`, as last set.
+    fn get(&self, key: &[u8]) -> Result<Option<Versioned>, Self::Error>;
+    /// Sets the row of `key`; `None` removes it.
+    fn set(&mut self, key: &[u8], row: Option<Versioned>) -> Result<(), Self::Error>;
+}
+
+/// Applies `command`, committed at log index `revision`, to `rows` and `sessions`, and says
+/// what happened. Deterministic: every replica applying the same log reaches the same rows.
+pub fn apply<S: RowStore>(
+    rows: &mut S,
+    sessions: &mut Sessions,
+    revision: Revision,
+    command: &Command,
+) -> Result<Response, S::Error> {
+    assert!(revision > 0, "log indexes used as revisions start at 1");
+    let write = |rows: &mut S, key: &[u8], value: Option<&Vec<u8>>| {
+        let row = value.map(|value| Versioned {
+            value: value.clone(),
+            revision,
+        });
+        rows.set(key, row)
+    };
+    let matches = |rows: &S, key: &[u8], expect: Option<&[u8]>| -> Result<bool, S::Error> {
+        Ok(rows.get(key)?.as_ref().map(|v| v.value.as_slice()) == expect)
+    };
+    Ok(match command {
+        Command::Single(WriteOp::Put { key, value }) => {
+            write(rows, key, Some(value))?;
+            Response::Put { revision }
+        }
+        Command::Single(WriteOp::Delete { key }) => {
+            let existed = rows.get(key)?.is_some();
+            write(rows, key, None)?;
+            Response::Delete { revision, existed }
+        }
+        Command::Single(WriteOp::Cas { key, expect, new }) => {
+            if matches(rows, key, expect.as_deref())? {
+                write(rows, key, new.as_ref())?;
+                Response::Cas {
+                    succeeded: true,
+                    revision,
+                }
+            } else {
+                let current = rows.get(key)?.map_or(0, |v| v.revision);
+                Response::Cas {
+                    succeeded: false,
+                    revision: current,
+                }
+            }
+        }
+        Command::Batch(ops) => {
+            for op in ops {
+                if let WriteOp::Cas { key, expect, .. } = op {
+                    if !matches(rows, key, expect.as_deref())? {
+                        return Ok(Response::Batch {
+                            succeeded: false,
+                            revision: 0,
+                        });
+                    }
+                }
+            }
+            for op in ops {
+                match op {
+                    WriteOp::Put { key, value } => write(rows, key, Some(value))?,
+                    WriteOp::Delete { key } => write(rows, key, None)?,
+                    WriteOp::Cas { key, new, .. } => write(rows, key, new.as_ref())?,
+                }
+            }
+            Response::Batch {
+                succeeded: true,
+                revision,
+            }
+        }
+        Command::Multi(commands) => {
+            let mut responses = Vec::with_capacity(commands.len());
+            for command in commands {
+                responses.push(apply(rows, sessions, revision, command)?);
+            }
+            Response::Multi(responses)
+        }
+        Command::Register => Response::Registered {
+            client_id: sessions.register(revision),
+        },
+        Command::Tagged { session, command } => {
+            let check = sessions.check(session, revision);
+            #[cfg(madsim)]
+            let check = match check {
+                SessionCheck::Duplicate(_)
+                    if crate::faults::enabled(crate::faults::Fault::DuplicateWrites) =>
+                {
+                    SessionCheck::Fresh
+                }
+                check => check,
+            };
+            match check {
+                SessionCheck::Fresh => {
+                    let response = apply(rows, sessions, revision, command)?;
+                    sessions.record(session, response.clone());
+                    response
+                }
+                SessionCheck::Duplicate(response) => response,
+                SessionCheck::Stale { acked_below } => Response::StaleWrite { acked_below },
+                SessionCheck::Expired => Response::SessionExpired,
+            }
+        }
+    })
+}
+
+/// The rows of a [`KvState`]: a map in memory, which never fails.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct MemRows(BTreeMap<Vec<u8>, Versioned>);
+
+impl RowStore for MemRows {
+    type Error = std::convert::Infallible;
+
+    fn get(&self, key: &[u8]) -> Result<Option<Versioned>, Self::Error> {
+        Ok(self.0.get(key).cloned())
+    }
+
+    fn set(&mut self, key: &[u8], row: Option<Versioned>) -> Result<(), Self::Error> {
+        match row {
+            Some(row) => {
+                let revision = row.revision;
+                let previous = self.0.insert(key.to_vec(), row);
+                // Revisions only move forward: a key is never rewritten by an older entry (a
+                // batch may write one key twice at the same revision).
+                debug_assert!(previous.is_none_or(|p| p.revision <= revision));
+            }
+            None => {
+                self.0.remove(key);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The whole key-value state in memory: the reference the on-disk state machine is tested
+/// against, and the model of property tests and fuzzers.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KvState {
-    data: BTreeMap<Vec<u8>, Versioned>,
+    data: MemRows,
     sessions: Sessions,
 }
 
 impl KvState {
     /// Applies `command`, committed at log index `revision`, and says what happened.
     pub fn apply(&mut self, revision: Revision, command: &Command) -> Response {
-        assert!(revision > 0, "log indexes used as revisions start at 1");
-        match command {
-            Command::Single(WriteOp::Put { key, value }) => {
-                self.write(key, Some(value), revision);
-                Response::Put { revision }
-            }
-            Command::Single(WriteOp::Delete { key }) => {
-                let existed = self.data.contains_key(key.as_slice());
-                self.write(key, None, revision);
-                Response::Delete { revision, existed }
-            }
-            Command::Single(WriteOp::Cas { key, expect, new }) => {
-                if self.matches(key, expect.as_deref()) {
-                    self.write(key, new.as_ref(), revision);
-                    Response::Cas {
-                        succeeded: true,
-                        revision,
-                    }
-                } else {
-                    let current = self.data.get(key.as_slice()).map_or(0, |v| v.revision);
-                    Response::Cas {
-                        succeeded: false,
-                        revision: current,
-                    }
-                }
-            }
-            Command::Batch(ops) => {
-                let all_hold = ops.iter().all(|op| match op {
-                    WriteOp::Cas { key, expect, .. } => self.matches(key, expect.as_deref()),
-                    WriteOp::Put { .. } | WriteOp::Delete { .. } => true,
-                });
-                if !all_hold {
-                    return Response::Batch {
-                        succeeded: false,
-                        revision: 0,
-                    };
-                }
-                for op in ops {
-                    match op {
-                        WriteOp::Put { key, value } => self.write(key, Some(value), revision),
-                        WriteOp::Delete { key } => self.write(key, None, revision),
-                        WriteOp::Cas { key, new, .. } => self.write(key, new.as_ref(), revision),
-                    }
-                }
-                Response::Batch {
-                    succeeded: true,
-                    revision,
-                }
-            }
-            Command::Multi(commands) => Response::Multi(
-                commands
-                    .iter()
-                    .map(|command| self.apply(revision, command))
-                    .collect(),
-            ),
-            Command::Register => Response::Registered {
-                client_id: self.sessions.register(revision),
-            },
-            Command::Tagged { session, command } => {
-                let check = self.sessions.check(session, revision);
-                #[cfg(madsim)]
-                let check = match check {
-                    SessionCheck::Duplicate(_)
-                        if crate::faults::enabled(crate::faults::Fault::DuplicateWrites) =>
-                    {
-                        SessionCheck::Fresh
-                    }
-                    check => check,
-                };
-                match check {
-                    SessionCheck::Fresh => {
-                        let response = self.apply(revision, command);
-                        self.sessions.record(session, response.clone());
-                        response
-                    }
-                    SessionCheck::Duplicate(response) => response,
-                    SessionCheck::Stale { acked_below } => Response::StaleWrite { acked_below },
-                    SessionCheck::Expired => Response::SessionExpired,
-                }
-            }
-        }
+        let response = match apply(&mut self.data, &mut self.sessions, revision, command) {
+            Ok(response) => response,
+            Err(never) => match never {},
+        };
+        // In memory there is nothing to write the sessions' changes to.
+        self.sessions.take_effects();
+        response
     }
 
     /// The client sessions (see [`crate::session`]).
@@ -111,39 +180,16 @@ impl KvState {
         &self.sessions
     }
 
-    fn matches(&self, key: &[u8], expect: Option<&[u8]>) -> bool {
-        self.data.get(key).map(|v| v.value.as_slice()) == expect
-    }
-
-    fn write(&mut self, key: &[u8], value: Option<&Vec<u8>>, revision: Revision) {
-        match value {
-            Some(value) => {
-                let previous = self.data.insert(
-                    key.to_vec(),
-                    Versioned {
-                        value: value.clone(),
-                        revision,
-                    },
-                );
-                // Revisions only move forward: a key is never rewritten by an older entry (a
-                // batch may write one key twice at the same revision).
-                debug_assert!(previous.is_none_or(|p| p.revision <= revision));
-            }
-            None => {
-                self.data.remove(key);
-            }
-        }
-    }
-
     /// The value of `key`, if present.
     pub fn get(&self, key: &[u8]) -> Option<&Versioned> {
-        self.data.get(key)
+        self.data.0.get(key)
     }
 
     /// Up to `limit` entries of `range`, in key order (`limit` 0: no limit).
     pub fn scan(&self, range: &ScanRange, limit: usize) -> Vec<(Vec<u8>, Versioned)> {
         let limit = if limit == 0 { usize::MAX } else { limit };
         self.data
+            .0
             .range::<[u8], _>((Bound::Included(range.start()), Bound::Unbounded))
             .take_while(|(key, _)| {
                 key.starts_with(&range.prefix) || key.as_slice() < range.prefix.as_slice()
@@ -156,33 +202,43 @@ impl KvState {
 
     /// Number of keys held.
     pub fn len(&self) -> usize {
-        self.data.len()
+        self.data.0.len()
     }
 
     /// True when no key is held.
     pub fn is_empty(&self) -> bool {
-        self.data.is_empty()
+        self.data.0.is_empty()
     }
 
     /// Every entry in key order.
     pub fn iter(&self) -> impl Iterator<Item = (&Vec<u8>, &Versioned)> {
-        self.data.iter()
+        self.data.0.iter()
     }
 
-    /// A 64-bit digest of the whole state (FNV-1a over keys, values and revisions). Equal
-    /// states give equal digests on every platform: used to compare replicas.
+    /// A 64-bit digest of the whole state (FNV-1a over keys, values and revisions, in storage
+    /// order: by slot, then key). Equal states give equal digests on every platform and in
+    /// every store: used to compare replicas.
     pub fn digest(&self) -> u64 {
         let mut hash = Fnv64::default();
-        for (key, value) in &self.data {
-            hash.write(&(key.len() as u64).to_le_bytes());
-            hash.write(key);
-            hash.write(&(value.value.len() as u64).to_le_bytes());
-            hash.write(&value.value);
-            hash.write(&value.revision.to_le_bytes());
+        // In storage order: by slot, then by key.
+        let mut rows: Vec<_> = self.data.0.iter().collect();
+        rows.sort_by_key(|(key, _)| (Slot::of(key), *key));
+        for (key, value) in rows {
+            digest_row(&mut hash, key, value);
         }
         self.sessions.digest_into(&mut hash);
         hash.finish()
     }
+}
+
+/// Mixes one row into a state digest: the on-disk state machine digests its rows the same
+/// way, so equal states give equal digests wherever they are held.
+pub fn digest_row(hash: &mut Fnv64, key: &[u8], value: &Versioned) {
+    hash.write(&(key.len() as u64).to_le_bytes());
+    hash.write(key);
+    hash.write(&(value.value.len() as u64).to_le_bytes());
+    hash.write(&value.value);
+    hash.write(&value.revision.to_le_bytes());
 }
 
 /// FNV-1a: a tiny, stable, seedless hash for digests and trace fingerprints.

@@ -1,7 +1,5 @@
 //! The Raft type config and the identifiers every layer shares.
 
-use std::io::Cursor;
-
 use serde::{Deserialize, Serialize};
 
 use crate::command::{Command, Response};
@@ -31,7 +29,7 @@ openraft::declare_raft_types!(
         NodeId = NodeId,
         Node = openraft::BasicNode,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = crate::storage::SnapshotData,
         AsyncRuntime = SeedRuntime,
         Responder = openraft::impls::OneshotResponder<TypeConfig>,
 );

@@ -15,10 +15,16 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rocksdb::{Direction, IteratorMode, Options, WriteBatch as RocksBatch, WriteOptions, DB};
+use rocksdb::{
+    BlockBasedOptions, Cache, DBIteratorWithThreadMode, Direction, IteratorMode, Options,
+    ReadOptions, SnapshotWithThreadMode, WriteBatch as RocksBatch, WriteOptions, DB,
+};
 use seedkv_core::codec;
-use seedkv_core::storage::{Disk, DiskError, DiskOp, Durability, Rows, WriteBatch};
+use seedkv_core::storage::{Disk, DiskError, DiskOp, DiskRead, Durability, Rows, WriteBatch};
 use serde::{Deserialize, Serialize};
+
+/// The block cache: the bound on RocksDB's read-side memory.
+pub const BLOCK_CACHE_BYTES: usize = 64 << 20;
 
 /// Where the identity record lives; outside every group's key range.
 const IDENTITY_KEY: &[u8] = b"meta/identity";
@@ -82,6 +88,20 @@ impl RocksDisk {
         let mut options = Options::default();
         options.create_if_missing(fresh);
         options.set_paranoid_checks(true);
+        // Reads are point lookups (applying a write reads its key's row) and short ordered
+        // walks: bloom filters spare a lookup of an absent key the disk reads, and the block
+        // cache is bounded so memory does not grow with the data.
+        let mut table = BlockBasedOptions::default();
+        let cache = Cache::new_lru_cache(BLOCK_CACHE_BYTES).map_err(|err| OpenError::Corrupt {
+            dir: dir.to_path_buf(),
+            reason: format!("block cache: {err}"),
+        })?;
+        table.set_block_cache(&cache);
+        table.set_bloom_filter(10.0, false);
+        table.set_cache_index_and_filter_blocks(true);
+        options.set_block_based_table_factory(&table);
+        options.set_max_background_jobs(2);
+        options.set_bytes_per_sync(1 << 20);
         let db = DB::open(&options, &db_dir).map_err(|err| {
             let reason = err.to_string();
             if reason.contains("lock") || reason.contains("Lock") {
@@ -176,39 +196,128 @@ impl Disk for RocksDisk {
             .await
             .map_err(|err| DiskError::Io(format!("sync task failed: {err}")))?
     }
+}
 
+/// Read options confining an iterator to `[from, to)`.
+fn bounded(from: &[u8], to: &[u8]) -> ReadOptions {
+    let mut options = ReadOptions::default();
+    options.set_iterate_lower_bound(from.to_vec());
+    options.set_iterate_upper_bound(to.to_vec());
+    options
+}
+
+/// Where an iterator over `[from, ..)` starts: at `from`, or at the end when `reverse`.
+fn start(from: &[u8], reverse: bool) -> IteratorMode<'_> {
+    if reverse {
+        IteratorMode::End
+    } else {
+        IteratorMode::From(from, Direction::Forward)
+    }
+}
+
+/// Takes rows from `rows`, stopping after `max_rows` or once `max_bytes` of keys and
+/// values are read.
+fn take_rows(
+    rows: DBIteratorWithThreadMode<'_, DB>,
+    max_rows: usize,
+    max_bytes: usize,
+) -> Result<Rows, DiskError> {
+    let mut taken = Vec::new();
+    let mut bytes = 0;
+    if max_rows == 0 {
+        return Ok(taken);
+    }
+    for item in rows {
+        let (key, value) = item.map_err(io)?;
+        bytes += key.len() + value.len();
+        taken.push((key.into_vec(), value.into_vec()));
+        if taken.len() >= max_rows || bytes >= max_bytes {
+            break;
+        }
+    }
+    Ok(taken)
+}
+
+impl DiskRead for RocksDisk {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, DiskError> {
         self.db.get(key).map_err(io)
     }
 
     fn scan(&self, from: &[u8], to: &[u8], limit: usize, reverse: bool) -> Result<Rows, DiskError> {
-        if from >= to || limit == 0 {
+        if from >= to {
             return Ok(Vec::new());
         }
-        let mode = if reverse {
-            IteratorMode::From(to, Direction::Reverse)
-        } else {
-            IteratorMode::From(from, Direction::Forward)
-        };
-        let mut rows = Vec::new();
-        for item in self.db.iterator(mode) {
-            let (key, value) = item.map_err(io)?;
-            if reverse {
-                // A reverse seek lands on the last key <= `to`; `to` itself is excluded.
-                if key.as_ref() >= to {
-                    continue;
-                }
-                if key.as_ref() < from {
-                    break;
-                }
-            } else if key.as_ref() >= to {
-                break;
-            }
-            rows.push((key.into_vec(), value.into_vec()));
-            if rows.len() >= limit {
-                break;
-            }
+        let rows = self
+            .db
+            .iterator_opt(start(from, reverse), bounded(from, to));
+        take_rows(rows, limit, usize::MAX)
+    }
+
+    fn scan_bytes(
+        &self,
+        from: &[u8],
+        to: &[u8],
+        max_rows: usize,
+        max_bytes: usize,
+    ) -> Result<Rows, DiskError> {
+        if from >= to {
+            return Ok(Vec::new());
         }
-        Ok(rows)
+        let rows = self.db.iterator_opt(start(from, false), bounded(from, to));
+        take_rows(rows, max_rows, max_bytes)
+    }
+
+    fn view(&self) -> Result<Box<dyn DiskRead>, DiskError> {
+        let view = RocksSnapshot::new(self.db.clone(), |db| db.snapshot());
+        Ok(Box::new(RocksView(Arc::new(view))))
+    }
+}
+
+type Snapshot<'a> = SnapshotWithThreadMode<'a, DB>;
+
+self_cell::self_cell!(
+    /// A RocksDB snapshot together with the database it reads, so it can outlive the call
+    /// that took it.
+    struct RocksSnapshot {
+        owner: Arc<DB>,
+        #[covariant]
+        dependent: Snapshot,
+    }
+);
+
+/// A point-in-time view of a [`RocksDisk`]: a RocksDB snapshot. Views of it share it.
+struct RocksView(Arc<RocksSnapshot>);
+
+impl DiskRead for RocksView {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, DiskError> {
+        self.0.borrow_dependent().get(key).map_err(io)
+    }
+
+    fn scan(&self, from: &[u8], to: &[u8], limit: usize, reverse: bool) -> Result<Rows, DiskError> {
+        if from >= to {
+            return Ok(Vec::new());
+        }
+        let snapshot = self.0.borrow_dependent();
+        let rows = snapshot.iterator_opt(start(from, reverse), bounded(from, to));
+        take_rows(rows, limit, usize::MAX)
+    }
+
+    fn scan_bytes(
+        &self,
+        from: &[u8],
+        to: &[u8],
+        max_rows: usize,
+        max_bytes: usize,
+    ) -> Result<Rows, DiskError> {
+        if from >= to {
+            return Ok(Vec::new());
+        }
+        let snapshot = self.0.borrow_dependent();
+        let rows = snapshot.iterator_opt(start(from, false), bounded(from, to));
+        take_rows(rows, max_rows, max_bytes)
+    }
+
+    fn view(&self) -> Result<Box<dyn DiskRead>, DiskError> {
+        Ok(Box::new(RocksView(self.0.clone())))
     }
 }

@@ -118,7 +118,7 @@ mod random_sequences {
     use std::sync::Arc;
 
     use proptest::prelude::*;
-    use seedkv_core::storage::{Disk, Durability, WriteBatch};
+    use seedkv_core::storage::{Disk, DiskRead, Durability, WriteBatch};
     use seedkv_io_real::RocksDisk;
 
     proptest! {

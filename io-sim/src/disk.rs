@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use madsim::rand::Rng;
 use seedkv_core::faults::{self, Fault};
-use seedkv_core::storage::{keys, Disk, DiskError, DiskOp, Durability, WriteBatch};
+use seedkv_core::storage::{keys, Disk, DiskError, DiskOp, DiskRead, Durability, Rows, WriteBatch};
 
 use crate::recovery::{self, Table};
 
@@ -45,6 +45,9 @@ struct Medium {
     /// Bumped by every crash; handles of an older generation are dead.
     generation: u64,
     crashes: u64,
+    /// Bumped by every compaction: an fsync that began before one covers nothing of the
+    /// rewritten file (everything before the compaction was durable already).
+    compactions: u64,
 }
 
 /// The simulated disk of one node: it outlives the node's crashes and restarts.
@@ -64,6 +67,7 @@ impl SimDisk {
                 table: Table::new(),
                 generation: 0,
                 crashes: 0,
+                compactions: 0,
             })),
             config,
         }
@@ -149,12 +153,14 @@ impl SimDiskHandle {
         recovery::append_record(&mut file, &checkpoint);
         medium.durable_len = file.len();
         medium.file = file;
+        medium.compactions += 1;
     }
 }
 
 impl SimDiskHandle {
-    /// A simulated fsync: after the latency, the file is durable up to `sync_upto`.
-    async fn sync_upto(&self, sync_upto: usize) -> Result<(), DiskError> {
+    /// A simulated fsync: after the latency, the file is durable up to `sync_upto`, an
+    /// offset into the file as it stood after `compactions` compactions.
+    async fn sync_upto(&self, sync_upto: usize, compactions: u64) -> Result<(), DiskError> {
         let latency = {
             let range = &self.disk.config.fsync_latency;
             if range.is_empty() {
@@ -165,9 +171,15 @@ impl SimDiskHandle {
         };
         tokio::time::sleep(latency).await;
         let mut medium = self.live()?;
-        // A compaction meanwhile may have shrunk the file, all of it durable.
-        let upto = sync_upto.min(medium.file.len());
-        medium.durable_len = medium.durable_len.max(upto);
+        // A compaction meanwhile rewrote the file from durable bytes only: the offset means
+        // nothing in the new file, and what it covered is durable already.
+        if medium.compactions == compactions {
+            assert!(
+                sync_upto <= medium.file.len(),
+                "the file shrank without a compaction"
+            );
+            medium.durable_len = medium.durable_len.max(sync_upto);
+        }
         self.compact(&mut medium);
         Ok(())
     }
@@ -175,7 +187,7 @@ impl SimDiskHandle {
 
 impl Disk for SimDiskHandle {
     async fn write(&self, batch: WriteBatch, durability: Durability) -> Result<(), DiskError> {
-        let sync_upto = {
+        let (sync_upto, compactions) = {
             let mut medium = self.live()?;
             recovery::apply_batch(&mut medium.table, &batch);
             let vote_only = batch
@@ -185,43 +197,118 @@ impl Disk for SimDiskHandle {
             if !(vote_only && faults::enabled(Fault::VoteNotPersisted)) {
                 recovery::append_record(&mut medium.file, &batch);
             }
-            medium.file.len()
+            (medium.file.len(), medium.compactions)
         };
         if durability == Durability::Buffered {
             return Ok(());
         }
-        self.sync_upto(sync_upto).await
+        self.sync_upto(sync_upto, compactions).await
     }
 
     async fn sync(&self) -> Result<(), DiskError> {
-        let upto = self.live()?.file.len();
-        self.sync_upto(upto).await
+        let (upto, compactions) = {
+            let medium = self.live()?;
+            (medium.file.len(), medium.compactions)
+        };
+        self.sync_upto(upto, compactions).await
     }
+}
 
+impl DiskRead for SimDiskHandle {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, DiskError> {
         Ok(self.live()?.table.get(key).cloned())
     }
 
-    fn scan(
+    fn scan(&self, from: &[u8], to: &[u8], limit: usize, reverse: bool) -> Result<Rows, DiskError> {
+        Ok(scan_table(&self.live()?.table, from, to, limit, reverse))
+    }
+
+    fn scan_bytes(
         &self,
         from: &[u8],
         to: &[u8],
-        limit: usize,
-        reverse: bool,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, DiskError> {
-        let medium = self.live()?;
-        if from >= to {
-            return Ok(Vec::new());
-        }
-        let range = medium.table.range::<[u8], _>((
-            std::ops::Bound::Included(from),
-            std::ops::Bound::Excluded(to),
-        ));
-        let clone = |(k, v): (&Vec<u8>, &Vec<u8>)| (k.clone(), v.clone());
-        Ok(if reverse {
-            range.rev().take(limit).map(clone).collect()
-        } else {
-            range.take(limit).map(clone).collect()
-        })
+        max_rows: usize,
+        max_bytes: usize,
+    ) -> Result<Rows, DiskError> {
+        Ok(scan_table_bytes(
+            &self.live()?.table,
+            from,
+            to,
+            max_rows,
+            max_bytes,
+        ))
     }
+
+    fn view(&self) -> Result<Box<dyn DiskRead>, DiskError> {
+        Ok(Box::new(SimView(Arc::new(self.live()?.table.clone()))))
+    }
+}
+
+/// A point-in-time view of a simulated disk: a copy of its table.
+struct SimView(Arc<Table>);
+
+impl DiskRead for SimView {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, DiskError> {
+        Ok(self.0.get(key).cloned())
+    }
+
+    fn scan(&self, from: &[u8], to: &[u8], limit: usize, reverse: bool) -> Result<Rows, DiskError> {
+        Ok(scan_table(&self.0, from, to, limit, reverse))
+    }
+
+    fn scan_bytes(
+        &self,
+        from: &[u8],
+        to: &[u8],
+        max_rows: usize,
+        max_bytes: usize,
+    ) -> Result<Rows, DiskError> {
+        Ok(scan_table_bytes(&self.0, from, to, max_rows, max_bytes))
+    }
+
+    fn view(&self) -> Result<Box<dyn DiskRead>, DiskError> {
+        Ok(Box::new(SimView(self.0.clone())))
+    }
+}
+
+fn table_range<'a>(
+    table: &'a Table,
+    from: &[u8],
+    to: &[u8],
+) -> impl DoubleEndedIterator<Item = (&'a Vec<u8>, &'a Vec<u8>)> {
+    // An empty or inverted range reads nothing (BTreeMap::range would panic on it).
+    let (from, to) = if from < to { (from, to) } else { (from, from) };
+    table.range::<[u8], _>((
+        std::ops::Bound::Included(from),
+        std::ops::Bound::Excluded(to),
+    ))
+}
+
+fn scan_table(table: &Table, from: &[u8], to: &[u8], limit: usize, reverse: bool) -> Rows {
+    let clone = |(k, v): (&Vec<u8>, &Vec<u8>)| (k.clone(), v.clone());
+    let range = table_range(table, from, to);
+    if reverse {
+        range.rev().take(limit).map(clone).collect()
+    } else {
+        range.take(limit).map(clone).collect()
+    }
+}
+
+fn scan_table_bytes(
+    table: &Table,
+    from: &[u8],
+    to: &[u8],
+    max_rows: usize,
+    max_bytes: usize,
+) -> Rows {
+    let mut rows = Vec::new();
+    let mut bytes = 0;
+    for (key, value) in table_range(table, from, to).take(max_rows) {
+        rows.push((key.clone(), value.clone()));
+        bytes += key.len() + value.len();
+        if bytes >= max_bytes {
+            break;
+        }
+    }
+    rows
 }

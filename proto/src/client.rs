@@ -583,9 +583,22 @@ impl Client {
 
     /// Status of the node at `addr` (one attempt, no leader following).
     pub async fn status(&self, addr: &str) -> Result<pb::StatusResponse, ClientError> {
+        self.status_of(addr, false).await
+    }
+
+    /// Status of the node at `addr` with its state digest, which reads every row of it.
+    pub async fn status_with_digest(&self, addr: &str) -> Result<pb::StatusResponse, ClientError> {
+        self.status_of(addr, true).await
+    }
+
+    async fn status_of(
+        &self,
+        addr: &str,
+        with_digest: bool,
+    ) -> Result<pb::StatusResponse, ClientError> {
         match self
             .admin_once(addr, |mut admin| async move {
-                admin.status(pb::StatusRequest {}).await
+                admin.status(pb::StatusRequest { with_digest }).await
             })
             .await
         {

@@ -4,20 +4,24 @@
 //! tagged with its group, so one node can host many groups behind one service. Replies carry
 //! `Result<reply, RaftError>` so a remote refusal arrives as openraft's own error.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use futures::FutureExt;
 use openraft::error::{
-    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
-    Unreachable,
+    Fatal, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, ReplicationClosed,
+    StreamingError, Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
-    VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
 };
-use openraft::BasicNode;
+use openraft::{BasicNode, OptionalSend, Snapshot, StorageIOError};
 use seedkv_core::codec;
 use seedkv_core::runtime::timeout;
+use seedkv_core::storage::snapshot::{SnapshotFrame, SnapshotRefused, SnapshotReply};
+use seedkv_core::storage::SnapshotData;
+use seedkv_core::types::Vote;
 use seedkv_core::{GroupId, NodeId, TypeConfig};
 use serde::de::DeserializeOwned;
 use tonic::transport::{Channel, Endpoint};
@@ -37,6 +41,9 @@ pub const MAX_APPEND_BYTES: usize = 1 << 20;
 /// Most bytes of client payload (keys and values) the proposer puts into one log entry;
 /// one write larger than this (up to `--max-request-bytes`) still goes alone.
 pub const MAX_ENTRY_BYTES: usize = 4 << 20;
+
+/// Snapshot transfers started by this process: with the sender's id, a transfer's name.
+static TRANSFERS: AtomicU64 = AtomicU64::new(0);
 
 /// Opens [`PeerConnection`]s for one group of one node.
 pub struct GrpcNetwork {
@@ -169,6 +176,24 @@ impl PeerConnection {
     }
 }
 
+impl PeerConnection {
+    async fn send_frame(
+        &mut self,
+        frame: &SnapshotFrame,
+        ttl: Duration,
+    ) -> Result<SnapshotReply, StreamingError<TypeConfig, Fatal<NodeId>>> {
+        let result: Result<SnapshotReply, RPCError<NodeId, BasicNode, SnapshotRefused>> = self
+            .call(RaftRpc::InstallSnapshot, codec::encode(frame), ttl)
+            .await;
+        result.map_err(|err| match err {
+            RPCError::Unreachable(err) => StreamingError::Unreachable(err),
+            RPCError::Timeout(err) => StreamingError::Timeout(err),
+            RPCError::Network(err) => StreamingError::Network(err),
+            other => StreamingError::Network(NetworkError::new(&other)),
+        })
+    }
+}
+
 /// A plain message as an error, for openraft's error wrappers.
 #[derive(Debug)]
 struct StringError(String);
@@ -198,20 +223,64 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
             .await
     }
 
-    async fn install_snapshot(
+    /// Streams a snapshot view in chunks of at most `SNAPSHOT_CHUNK_BYTES`, one RPC each,
+    /// so memory on both ends is one chunk whatever the data size. Any failure abandons the
+    /// transfer; openraft starts a new one.
+    async fn full_snapshot(
         &mut self,
-        rpc: InstallSnapshotRequest<TypeConfig>,
+        vote: Vote,
+        snapshot: Snapshot<TypeConfig>,
+        cancel: impl std::future::Future<Output = ReplicationClosed> + OptionalSend + 'static,
         option: RPCOption,
-    ) -> Result<
-        InstallSnapshotResponse<NodeId>,
-        RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
-    > {
-        self.call(
-            RaftRpc::InstallSnapshot,
-            codec::encode(&rpc),
-            option.hard_ttl(),
-        )
-        .await
+    ) -> Result<SnapshotResponse<NodeId>, StreamingError<TypeConfig, Fatal<NodeId>>> {
+        let SnapshotData::View(view) = *snapshot.snapshot else {
+            return Err(StreamingError::Network(NetworkError::new(&StringError(
+                "only a view of the local state can be sent".into(),
+            ))));
+        };
+        let mut cancel = Box::pin(cancel);
+        let serial = TRANSFERS.fetch_add(1, Ordering::Relaxed) & ((1 << 40) - 1);
+        let transfer = (self.from << 40) | serial;
+        let ttl = option.hard_ttl();
+        let begin = SnapshotFrame::Begin {
+            transfer,
+            vote,
+            meta: snapshot.meta.clone(),
+            header: view.header(),
+        };
+        if let SnapshotReply::Done(response) = self.send_frame(&begin, ttl).await? {
+            return Ok(response);
+        }
+        let mut cursor = view.cursor();
+        let mut seq = 0;
+        loop {
+            if let Some(closed) = (&mut cancel).now_or_never() {
+                return Err(StreamingError::Closed(closed));
+            }
+            let chunk = view.next_chunk(&mut cursor).map_err(|err| {
+                StreamingError::StorageError(StorageIOError::read_snapshot(None, &err).into())
+            })?;
+            let Some(rows) = chunk else { break };
+            let frame = SnapshotFrame::Rows {
+                transfer,
+                seq,
+                rows,
+            };
+            if let SnapshotReply::Done(response) = self.send_frame(&frame, ttl).await? {
+                return Ok(response);
+            }
+            seq += 1;
+        }
+        let finish = SnapshotFrame::Finish {
+            transfer,
+            rows: cursor.rows(),
+        };
+        match self.send_frame(&finish, ttl).await? {
+            SnapshotReply::Done(response) => Ok(response),
+            SnapshotReply::Continue => Err(StreamingError::Network(NetworkError::new(
+                &StringError("the follower did not install the finished snapshot".into()),
+            ))),
+        }
     }
 
     async fn vote(

@@ -8,11 +8,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use openraft::error::{ClientWriteError, InitializeError, InstallSnapshotError, RaftError};
+use openraft::error::{ClientWriteError, InitializeError, RaftError};
 use openraft::{BasicNode, ChangeMembers, ServerState};
 use seedkv_core::codec;
 use seedkv_core::command::{Command, Response, Versioned};
-use seedkv_core::storage::{Disk, LogStore, SharedState, StateMachineStore};
+use seedkv_core::storage::snapshot::{SnapshotFrame, SnapshotRefused, SnapshotReply, Staging};
+use seedkv_core::storage::{
+    Disk, DiskError, DynDisk, LogStore, SharedState, SnapshotData, StateMachineStore,
+};
 use seedkv_core::{GroupId, Limits, NodeId, Raft};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -53,6 +56,8 @@ impl NodeConfig {
                 election_timeout_max: 600,
                 snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(5_000),
                 max_in_snapshot_log_to_keep: 1_000,
+                // Per snapshot chunk (at most 1 MiB) and for the final install.
+                install_snapshot_timeout: 2_000,
                 ..Default::default()
             },
             limits: Limits::default(),
@@ -79,6 +84,8 @@ struct Group {
     state: Arc<SharedState>,
     read_index: ReadIndex,
     proposer: Proposer,
+    /// Where snapshots from the leader arrive; one transfer at a time.
+    staging: tokio::sync::Mutex<Staging>,
 }
 
 /// A running seedkv node.
@@ -109,9 +116,11 @@ impl Node {
                 .map_err(|err| NodeError::Config(err.to_string()))?,
         );
         let group = DEFAULT_GROUP;
-        let log = LogStore::new(disk.clone(), group);
-        let state_machine = StateMachineStore::open(disk, group)
+        let dyn_disk: Arc<dyn DynDisk> = disk.clone();
+        let state_machine = StateMachineStore::open(dyn_disk, group)
+            .await
             .map_err(|err| NodeError::Storage(err.to_string()))?;
+        let log = LogStore::new(disk, group, state_machine.durable_applied());
         let state = state_machine.state();
         let network = GrpcNetwork {
             group,
@@ -124,6 +133,7 @@ impl Node {
         let mut groups = BTreeMap::new();
         let read_index = ReadIndex::start(raft.clone(), state.clone());
         let proposer = Proposer::start(raft.clone());
+        let staging = tokio::sync::Mutex::new(Staging::new(state.clone()));
         groups.insert(
             group,
             Group {
@@ -131,6 +141,7 @@ impl Node {
                 state,
                 read_index,
                 proposer,
+                staging,
             },
         );
         Ok(Arc::new(Node {
@@ -229,7 +240,10 @@ impl Node {
             }));
         }
         let revision = metrics.last_log_index.unwrap_or(0) + 1;
-        let response = group.state.read().kv.clone().apply(revision, &command);
+        let response = group
+            .state
+            .preview(revision, &command)
+            .map_err(disk_error)?;
         group
             .raft
             .client_write_ff(command)
@@ -353,15 +367,14 @@ impl pb::kv_server::Kv for KvService {
             .check_key(&req.key)
             .map_err(|err| Status::invalid_argument(err.to_string()))?;
         let group = self.0.read_barrier(req.consistency).await?;
-        let applied = group.state.read();
+        let row = group.state.get(&req.key).map_err(disk_error)?;
         tracing::debug!(
             node = self.0.id,
-            applied = ?applied.last_applied,
             key = %String::from_utf8_lossy(&req.key),
-            found = ?applied.kv.get(&req.key).map(|v| v.revision),
+            found = ?row.as_ref().map(|v| v.revision),
             "get"
         );
-        Ok(GrpcResponse::new(get_response(applied.kv.get(&req.key))))
+        Ok(GrpcResponse::new(get_response(row.as_ref())))
     }
 
     async fn delete(
@@ -389,7 +402,7 @@ impl pb::kv_server::Kv for KvService {
             .map_err(|err| Status::invalid_argument(err.to_string()))?;
         let group = self.0.read_barrier(req.consistency).await?;
         // One more than asked tells whether the result was cut short.
-        let mut rows = group.state.read().kv.scan(&range, limit + 1);
+        let mut rows = group.state.scan(&range, limit + 1).map_err(disk_error)?;
         let more = rows.len() > limit;
         rows.truncate(limit);
         let entries = rows
@@ -413,12 +426,8 @@ impl pb::kv_server::Kv for KvService {
             .check_keys(&req.keys)
             .map_err(|err| Status::invalid_argument(err.to_string()))?;
         let group = self.0.read_barrier(req.consistency).await?;
-        let applied = group.state.read();
-        let values = req
-            .keys
-            .iter()
-            .map(|key| get_response(applied.kv.get(key)))
-            .collect();
+        let rows = group.state.multi_get(&req.keys).map_err(disk_error)?;
+        let values = rows.iter().map(|row| get_response(row.as_ref())).collect();
         Ok(GrpcResponse::new(pb::MultiGetResponse { values }))
     }
 
@@ -508,16 +517,70 @@ impl pb::raft_server::Raft for RaftService {
         Ok(reply(message.group, &result))
     }
 
+    /// One frame of a snapshot transfer (see `seedkv_core::storage::snapshot`).
     async fn install_snapshot(
         &self,
         request: Request<pb::RaftMessage>,
     ) -> Result<GrpcResponse<pb::RaftMessage>, Status> {
         let message = request.into_inner();
         let group = self.0.group(message.group)?;
-        let rpc = decode_request(&message)?;
-        let result: Result<_, RaftError<NodeId, InstallSnapshotError>> =
-            group.raft.install_snapshot(rpc).await;
+        let frame: SnapshotFrame = decode_request(&message)?;
+        let mut staging = group.staging.lock().await;
+        let result: Result<SnapshotReply, SnapshotRefused> = match frame {
+            SnapshotFrame::Begin {
+                transfer,
+                vote,
+                meta,
+                header,
+            } => {
+                let my_vote = group.raft.metrics().borrow().vote;
+                if vote < my_vote {
+                    Ok(SnapshotReply::Done(openraft::raft::SnapshotResponse {
+                        vote: my_vote,
+                    }))
+                } else {
+                    tracing::info!(node = self.0.id, snapshot = ?meta.last_log_id, from = vote.leader_id().node_id, "receiving a snapshot");
+                    staging
+                        .begin(transfer, vote, meta, header)
+                        .await
+                        .map(|()| SnapshotReply::Continue)
+                        .map_err(SnapshotRefused::from)
+                }
+            }
+            SnapshotFrame::Rows {
+                transfer,
+                seq,
+                rows,
+            } => staging
+                .rows(transfer, seq, rows)
+                .await
+                .map(|()| SnapshotReply::Continue)
+                .map_err(SnapshotRefused::from),
+            SnapshotFrame::Finish { transfer, rows } => match staging.finish(transfer, rows) {
+                Ok((vote, meta, staged)) => {
+                    let snapshot = openraft::Snapshot {
+                        meta,
+                        snapshot: Box::new(SnapshotData::Staged(staged)),
+                    };
+                    group
+                        .raft
+                        .install_full_snapshot(vote, snapshot)
+                        .await
+                        .map(SnapshotReply::Done)
+                        .map_err(|fatal| SnapshotRefused(format!("raft stopped: {fatal}")))
+                }
+                Err(err) => Err(err.into()),
+            },
+        };
         Ok(reply(message.group, &result))
+    }
+}
+
+/// A disk read failed: corrupt data is never served.
+fn disk_error(err: DiskError) -> Status {
+    match err {
+        DiskError::Corrupt { .. } => Status::data_loss(err.to_string()),
+        DiskError::Io(_) | DiskError::Stale => Status::unavailable(err.to_string()),
     }
 }
 
@@ -555,7 +618,7 @@ fn client_write_error(err: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>
 impl pb::admin_server::Admin for AdminService {
     async fn status(
         &self,
-        _request: Request<pb::StatusRequest>,
+        request: Request<pb::StatusRequest>,
     ) -> Result<GrpcResponse<pb::StatusResponse>, Status> {
         let group = self.0.default_group();
         let metrics = group.raft.metrics().borrow().clone();
@@ -575,9 +638,11 @@ impl pb::admin_server::Admin for AdminService {
             .filter(|(id, _)| !voter_ids.contains(id))
             .map(member)
             .collect();
-        let (key_count, state_digest) = {
-            let applied = group.state.read();
-            (applied.kv.len() as u64, applied.kv.digest())
+        let key_count = group.state.key_count();
+        let state_digest = if request.into_inner().with_digest {
+            group.state.digest().map_err(disk_error)?
+        } else {
+            0
         };
         Ok(GrpcResponse::new(pb::StatusResponse {
             node_id: self.0.id,

@@ -72,7 +72,7 @@ async fn confirm(raft: &Raft, state: &SharedState) -> Result<(), Status> {
     // in the leader's log, so its last index is safe.
     let read_index = {
         let last_log = raft.metrics().borrow().last_log_index.unwrap_or(0);
-        let applied = state.read().last_applied.map_or(0, |id| id.index);
+        let applied = state.last_applied().map_or(0, |id| id.index);
         last_log.max(applied)
     };
     match raft.ensure_linearizable().await {

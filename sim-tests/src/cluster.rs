@@ -173,10 +173,11 @@ impl SimCluster {
             .filter_map(|i| {
                 let node = self.node(i)?;
                 let state: &SharedState = node.state();
-                let applied = state.read();
-                // Index and digest read under one lock: a consistent pair.
-                let applied_index = applied.last_applied.map_or(0, |id| id.index);
-                let digest = applied.kv.digest();
+                // Index and digest read from one view: a consistent pair.
+                let (applied_index, digest) = match state.applied_digest() {
+                    Ok(pair) => pair,
+                    Err(err) => panic!("node {i} cannot read its own state: {err}"),
+                };
                 Some((i, applied_index, digest))
             })
             .collect()
