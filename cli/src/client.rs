@@ -401,7 +401,7 @@ pub async fn cluster(conn: &Connection, command: ClusterCommand) -> Result<bool>
                         Ok(s) => json!({
                             "id": m.id, "addr": m.addr, "role": s.role, "term": s.term,
                             "last_log": s.last_log_index, "applied": s.applied_index,
-                            "leader": s.leader_id, "keys": s.key_count,
+                            "leader": s.leader_id,
                             "membership_changing": s.membership_changing,
                         }),
                         Err(err) => json!({ "id": m.id, "addr": m.addr, "error": err.to_string() }),

@@ -88,10 +88,10 @@ pub enum SessionEffect {
         seq: u64,
         answer: Response,
     },
-    /// The client's answers below `seq` are gone.
-    ForgetBelow { client_id: u64, seq: u64 },
-    /// The session is gone, answers and all.
-    Expire { client_id: u64 },
+    /// The client's answer to `seq` is gone.
+    Forget { client_id: u64, seq: u64 },
+    /// The session is gone, with its answers to `answers`.
+    Expire { client_id: u64, answers: Vec<u64> },
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -160,11 +160,17 @@ impl Sessions {
 
     fn expire_least_recently_used(&mut self) {
         if let Some((_, oldest)) = self.by_use.pop_first() {
-            if let Some(session) = self.by_client.remove(&oldest) {
-                self.answers -= session.answers.len();
-            }
-            self.effects
-                .push(SessionEffect::Expire { client_id: oldest });
+            let answers = match self.by_client.remove(&oldest) {
+                Some(session) => {
+                    self.answers -= session.answers.len();
+                    session.answers.into_keys().collect()
+                }
+                None => Vec::new(),
+            };
+            self.effects.push(SessionEffect::Expire {
+                client_id: oldest,
+                answers,
+            });
         }
     }
 
@@ -179,13 +185,15 @@ impl Sessions {
         self.by_use.insert((session.last_used, tag.client_id));
         if tag.acked_below > session.acked_below {
             session.acked_below = tag.acked_below;
-            let before = session.answers.len();
-            session.answers = session.answers.split_off(&tag.acked_below);
-            self.answers -= before - session.answers.len();
-            self.effects.push(SessionEffect::ForgetBelow {
-                client_id: tag.client_id,
-                seq: tag.acked_below,
-            });
+            let kept = session.answers.split_off(&tag.acked_below);
+            let dropped = std::mem::replace(&mut session.answers, kept);
+            self.answers -= dropped.len();
+            for seq in dropped.into_keys() {
+                self.effects.push(SessionEffect::Forget {
+                    client_id: tag.client_id,
+                    seq,
+                });
+            }
         }
         self.effects.push(SessionEffect::Header {
             client_id: tag.client_id,
@@ -224,13 +232,13 @@ impl Sessions {
             };
             self.answers -= 1;
             session.acked_below = session.acked_below.max(oldest + 1);
+            self.effects.push(SessionEffect::Forget {
+                client_id: tag.client_id,
+                seq: oldest,
+            });
             forgot = true;
         }
         if forgot {
-            self.effects.push(SessionEffect::ForgetBelow {
-                client_id: tag.client_id,
-                seq: session.acked_below,
-            });
             self.effects.push(SessionEffect::Header {
                 client_id: tag.client_id,
                 header: session.header(),
@@ -475,12 +483,14 @@ mod tests {
                 } => {
                     rows.1.insert((client_id, seq), answer);
                 }
-                SessionEffect::ForgetBelow { client_id, seq } => {
-                    rows.1.retain(|(c, s), _| *c != client_id || *s >= seq);
+                SessionEffect::Forget { client_id, seq } => {
+                    rows.1.remove(&(client_id, seq));
                 }
-                SessionEffect::Expire { client_id } => {
+                SessionEffect::Expire { client_id, answers } => {
                     rows.0.remove(&client_id);
-                    rows.1.retain(|(c, _), _| *c != client_id);
+                    for seq in answers {
+                        rows.1.remove(&(client_id, seq));
+                    }
                 }
             }
         }

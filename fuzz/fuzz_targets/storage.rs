@@ -1,11 +1,12 @@
 //! Arbitrary or corrupted bytes as on-disk data: the simulated disk's file, stored log
-//! entries, votes and snapshots. Recovery returns an error or a valid state — never a panic,
+//! entries, votes, applied metas and snapshot frames. Recovery returns an error or a valid state — never a panic,
 //! never a silently wrong value.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use seedkv_core::codec;
-use seedkv_core::storage::{Applied, DiskOp, WriteBatch};
+use seedkv_core::storage::snapshot::SnapshotFrame;
+use seedkv_core::storage::{AppliedMeta, DiskOp, WriteBatch};
 use seedkv_core::types::{Entry, Vote};
 use seedkv_io_sim::recovery;
 
@@ -28,9 +29,14 @@ fuzz_target!(|data: &[u8]| {
             Some(vote)
         );
     }
-    if let Ok(applied) = codec::decode::<Applied>(data) {
-        let again: Applied = codec::decode(&codec::encode(&applied)).expect("re-decode snapshot");
-        assert_eq!(again.kv, applied.kv);
+    if let Ok(meta) = codec::decode::<AppliedMeta>(data) {
+        let again: AppliedMeta = codec::decode(&codec::encode(&meta)).expect("re-decode meta");
+        assert_eq!(again, meta);
+    }
+    if let Ok(frame) = codec::decode::<SnapshotFrame>(data) {
+        let again: SnapshotFrame =
+            codec::decode(&codec::encode(&frame)).expect("re-decode snapshot frame");
+        assert_eq!(format!("{again:?}"), format!("{frame:?}"));
     }
 
     // 3. A valid record, corrupted where the input says: either refused, or exactly what was

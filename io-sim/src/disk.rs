@@ -5,6 +5,10 @@
 //! the file durable up to where it stood when the fsync began. A crash keeps the durable
 //! bytes and a random prefix of the rest — a torn tail — and the next open replays the file,
 //! so a node restarts with exactly what a real disk could have kept.
+//!
+//! Faults a nemesis injects: a write or an fsync that fails (the disk then refuses everything
+//! until the node restarts: after a failed fsync nothing unsynced can be trusted, and a node
+//! must not retry it, as PostgreSQL learned), and a stall that holds every fsync for a while.
 
 use std::ops::Range;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -30,9 +34,18 @@ impl Default for DiskConfig {
     fn default() -> Self {
         DiskConfig {
             fsync_latency: Duration::from_micros(200)..Duration::from_millis(2),
-            compact_bytes: 4 << 20,
+            compact_bytes: 1 << 20,
         }
     }
+}
+
+/// An operation the disk will fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskFault {
+    /// The next write fails.
+    Write,
+    /// The next fsync fails.
+    Sync,
 }
 
 struct Medium {
@@ -48,6 +61,12 @@ struct Medium {
     /// Bumped by every compaction: an fsync that began before one covers nothing of the
     /// rewritten file (everything before the compaction was durable already).
     compactions: u64,
+    /// The operation to fail next, if any.
+    fault: Option<DiskFault>,
+    /// Set by an injected failure: every operation fails until the next `open`.
+    failed: Option<DiskFault>,
+    /// Every fsync waits at least until then.
+    stalled_until: Option<tokio::time::Instant>,
 }
 
 /// The simulated disk of one node: it outlives the node's crashes and restarts.
@@ -68,6 +87,9 @@ impl SimDisk {
                 generation: 0,
                 crashes: 0,
                 compactions: 0,
+                fault: None,
+                failed: None,
+                stalled_until: None,
             })),
             config,
         }
@@ -88,6 +110,9 @@ impl SimDisk {
         medium.file.truncate(recovered.valid_len);
         medium.durable_len = medium.durable_len.min(recovered.valid_len);
         medium.table = recovered.table;
+        // A restart finds the device working again.
+        medium.fault = None;
+        medium.failed = None;
         Arc::new(SimDiskHandle {
             disk: self.clone(),
             generation: medium.generation,
@@ -110,6 +135,29 @@ impl SimDisk {
         medium.crashes += 1;
     }
 
+    /// Makes the next write or fsync fail.
+    pub fn inject(&self, fault: DiskFault) {
+        self.lock().fault = Some(fault);
+    }
+
+    /// Holds every fsync until `until`.
+    pub fn stall_until(&self, until: tokio::time::Instant) {
+        self.lock().stalled_until = Some(until);
+    }
+
+    /// Drops a fault not yet triggered and ends a stall (a failure already suffered stays
+    /// until the next open).
+    pub fn heal(&self) {
+        let mut medium = self.lock();
+        medium.fault = None;
+        medium.stalled_until = None;
+    }
+
+    /// The failure the disk has suffered since it was last opened, if any.
+    pub fn failed(&self) -> Option<DiskFault> {
+        self.lock().failed
+    }
+
     /// Bytes in the file and bytes of it that are durable.
     pub fn sizes(&self) -> (usize, usize) {
         let medium = self.lock();
@@ -129,7 +177,22 @@ impl SimDiskHandle {
         if medium.generation != self.generation {
             return Err(DiskError::Stale);
         }
+        if let Some(fault) = medium.failed {
+            return Err(DiskError::Io(format!(
+                "the disk failed earlier ({fault:?}) and refuses every operation until restart"
+            )));
+        }
         Ok(medium)
+    }
+
+    /// Fails this operation if `kind` was injected.
+    fn take_fault(medium: &mut Medium, kind: DiskFault) -> Result<(), DiskError> {
+        if medium.fault == Some(kind) {
+            medium.fault = None;
+            medium.failed = Some(kind);
+            return Err(DiskError::Io(format!("injected {kind:?} failure")));
+        }
+        Ok(())
     }
 
     fn compact(&self, medium: &mut Medium) {
@@ -147,7 +210,9 @@ impl SimDiskHandle {
         // An atomic rewrite, as a write to a new file plus rename would be.
         let mut checkpoint = WriteBatch::default();
         for (key, value) in &medium.table {
-            checkpoint.ops.push(DiskOp::Put(key.clone(), value.clone()));
+            checkpoint
+                .ops
+                .push(DiskOp::Put(key.clone(), value.to_vec()));
         }
         let mut file = Vec::new();
         recovery::append_record(&mut file, &checkpoint);
@@ -170,7 +235,12 @@ impl SimDiskHandle {
             }
         };
         tokio::time::sleep(latency).await;
+        let stalled_until = self.disk.lock().stalled_until;
+        if let Some(until) = stalled_until {
+            tokio::time::sleep_until(until).await;
+        }
         let mut medium = self.live()?;
+        Self::take_fault(&mut medium, DiskFault::Sync)?;
         // A compaction meanwhile rewrote the file from durable bytes only: the offset means
         // nothing in the new file, and what it covered is durable already.
         if medium.compactions == compactions {
@@ -189,6 +259,7 @@ impl Disk for SimDiskHandle {
     async fn write(&self, batch: WriteBatch, durability: Durability) -> Result<(), DiskError> {
         let (sync_upto, compactions) = {
             let mut medium = self.live()?;
+            Self::take_fault(&mut medium, DiskFault::Write)?;
             recovery::apply_batch(&mut medium.table, &batch);
             let vote_only = batch
                 .ops
@@ -216,7 +287,7 @@ impl Disk for SimDiskHandle {
 
 impl DiskRead for SimDiskHandle {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, DiskError> {
-        Ok(self.live()?.table.get(key).cloned())
+        Ok(self.live()?.table.get(key).map(|value| value.to_vec()))
     }
 
     fn scan(&self, from: &[u8], to: &[u8], limit: usize, reverse: bool) -> Result<Rows, DiskError> {
@@ -249,7 +320,7 @@ struct SimView(Arc<Table>);
 
 impl DiskRead for SimView {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, DiskError> {
-        Ok(self.0.get(key).cloned())
+        Ok(self.0.get(key).map(|value| value.to_vec()))
     }
 
     fn scan(&self, from: &[u8], to: &[u8], limit: usize, reverse: bool) -> Result<Rows, DiskError> {
@@ -275,7 +346,7 @@ fn table_range<'a>(
     table: &'a Table,
     from: &[u8],
     to: &[u8],
-) -> impl DoubleEndedIterator<Item = (&'a Vec<u8>, &'a Vec<u8>)> {
+) -> impl DoubleEndedIterator<Item = (&'a Vec<u8>, &'a std::sync::Arc<[u8]>)> {
     // An empty or inverted range reads nothing (BTreeMap::range would panic on it).
     let (from, to) = if from < to { (from, to) } else { (from, from) };
     table.range::<[u8], _>((
@@ -285,7 +356,7 @@ fn table_range<'a>(
 }
 
 fn scan_table(table: &Table, from: &[u8], to: &[u8], limit: usize, reverse: bool) -> Rows {
-    let clone = |(k, v): (&Vec<u8>, &Vec<u8>)| (k.clone(), v.clone());
+    let clone = |(k, v): (&Vec<u8>, &std::sync::Arc<[u8]>)| (k.clone(), v.to_vec());
     let range = table_range(table, from, to);
     if reverse {
         range.rev().take(limit).map(clone).collect()
@@ -304,7 +375,7 @@ fn scan_table_bytes(
     let mut rows = Vec::new();
     let mut bytes = 0;
     for (key, value) in table_range(table, from, to).take(max_rows) {
-        rows.push((key.clone(), value.clone()));
+        rows.push((key.clone(), value.to_vec()));
         bytes += key.len() + value.len();
         if bytes >= max_bytes {
             break;

@@ -11,6 +11,6 @@ pub mod net;
 pub mod recovery;
 
 #[cfg(madsim)]
-pub use disk::{DiskConfig, SimDisk, SimDiskHandle};
+pub use disk::{DiskConfig, DiskFault, SimDisk, SimDiskHandle};
 #[cfg(madsim)]
 pub use net::NetFaults;

@@ -13,7 +13,9 @@ use seedkv_core::codec;
 use seedkv_core::storage::{DiskOp, WriteBatch};
 
 /// The key-value contents of a disk.
-pub type Table = BTreeMap<Vec<u8>, Vec<u8>>;
+/// Keys to values; values are shared, so a point-in-time view of the table copies keys and
+/// pointers, not the bytes of every value.
+pub type Table = BTreeMap<Vec<u8>, std::sync::Arc<[u8]>>;
 
 /// Appends `batch` to `file` as one record.
 pub fn append_record(file: &mut Vec<u8>, batch: &WriteBatch) {
@@ -32,7 +34,7 @@ pub fn apply_batch(table: &mut Table, batch: &WriteBatch) {
     for op in &batch.ops {
         match op {
             DiskOp::Put(key, value) => {
-                table.insert(key.clone(), value.clone());
+                table.insert(key.clone(), std::sync::Arc::from(value.as_slice()));
             }
             DiskOp::Delete(key) => {
                 table.remove(key);
@@ -133,7 +135,7 @@ mod tests {
     fn delete_range_is_half_open() {
         let mut table = Table::new();
         for key in ["a", "b", "c"] {
-            table.insert(key.into(), vec![]);
+            table.insert(key.into(), std::sync::Arc::from(&[][..]));
         }
         let mut batch = WriteBatch::default();
         batch.delete_range("a".into(), "c".into());

@@ -274,7 +274,9 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         let finish = SnapshotFrame::Finish {
             transfer,
             rows: cursor.rows(),
+            keys: cursor.keys(),
         };
+        tracing::debug!(from = self.from, to = self.target, transfer, rows = cursor.rows(), keys = cursor.keys(), generation = view.meta().generation, applied = ?view.meta().last_applied, "snapshot sent");
         match self.send_frame(&finish, ttl).await? {
             SnapshotReply::Done(response) => Ok(response),
             SnapshotReply::Continue => Err(StreamingError::Network(NetworkError::new(

@@ -94,6 +94,10 @@ pub struct Node {
     addr: String,
     limits: Limits,
     groups: BTreeMap<GroupId, Group>,
+    /// Held across each membership change this node leads, from its compare to its last
+    /// entry: a change is a read-modify-write of the voters, and two interleaved on one
+    /// leader could each pass the compare. Holds the log index of the last change made.
+    membership: Arc<tokio::sync::Mutex<u64>>,
 }
 
 /// The group that holds every key until sharding lands.
@@ -149,6 +153,7 @@ impl Node {
             addr: config.addr,
             limits: config.limits,
             groups,
+            membership: Arc::new(tokio::sync::Mutex::new(0)),
         }))
     }
 
@@ -165,6 +170,17 @@ impl Node {
     /// The applied state of the default group (for tests and status).
     pub fn state(&self) -> &SharedState {
         &self.default_group().state
+    }
+
+    /// True while a snapshot transfer into this node is under way (for the simulator, which
+    /// crashes nodes in the middle of one).
+    pub fn receiving_snapshot(&self) -> bool {
+        self.groups
+            .values()
+            .any(|group| match group.staging.try_lock() {
+                Ok(staging) => staging.receiving().is_some(),
+                Err(_) => true,
+            })
     }
 
     fn default_group(&self) -> &Group {
@@ -286,6 +302,21 @@ fn without_compare(
 
 /// Runs both halves of a membership change in a task of its own, so that a caller that goes
 /// away (a timed-out client) cannot leave it half done; returns the log index of its last entry.
+/// How long a membership change waits for the previous one to show in the metrics.
+const MEMBERSHIP_WAIT_MS: u64 = 2_000;
+
+/// Waits until `raft`'s metrics show the membership written at `index` or later.
+async fn membership_visible(raft: &Raft, index: u64) -> Result<(), Status> {
+    raft.wait(Some(std::time::Duration::from_millis(MEMBERSHIP_WAIT_MS)))
+        .metrics(
+            |m| m.membership_config.log_id().map_or(0, |id| id.index) >= index,
+            "the last membership change in the metrics",
+        )
+        .await
+        .map(|_| ())
+        .map_err(|err| Status::unavailable(format!("membership not yet visible: {err}")))
+}
+
 async fn change_to_completion(
     raft: &Raft,
     change: ChangeMembers<NodeId, BasicNode>,
@@ -556,7 +587,11 @@ impl pb::raft_server::Raft for RaftService {
                 .await
                 .map(|()| SnapshotReply::Continue)
                 .map_err(SnapshotRefused::from),
-            SnapshotFrame::Finish { transfer, rows } => match staging.finish(transfer, rows) {
+            SnapshotFrame::Finish {
+                transfer,
+                rows,
+                keys,
+            } => match staging.finish(transfer, rows, keys) {
                 Ok((vote, meta, staged)) => {
                     let snapshot = openraft::Snapshot {
                         meta,
@@ -638,11 +673,11 @@ impl pb::admin_server::Admin for AdminService {
             .filter(|(id, _)| !voter_ids.contains(id))
             .map(member)
             .collect();
-        let key_count = group.state.key_count();
-        let state_digest = if request.into_inner().with_digest {
-            group.state.digest().map_err(disk_error)?
+        let (key_count, state_digest) = if request.into_inner().with_digest {
+            let summary = group.state.summary().map_err(disk_error)?;
+            (summary.key_count, summary.digest)
         } else {
-            0
+            (0, 0)
         };
         Ok(GrpcResponse::new(pb::StatusResponse {
             node_id: self.0.id,
@@ -706,15 +741,22 @@ impl pb::admin_server::Admin for AdminService {
             return Err(Status::invalid_argument("node id 0 is not allowed"));
         }
         ensure_leader(self.0.raft())?;
-        let written = self
-            .0
-            .raft()
-            .add_learner(member.id, BasicNode::new(member.addr), true)
+        let raft = self.0.raft().clone();
+        let lock = self.0.membership.clone().lock_owned().await;
+        // In a task of its own, so a caller that leaves does not cut it short.
+        let task = tokio::spawn(async move {
+            let mut last_change = lock;
+            let written = raft
+                .add_learner(member.id, BasicNode::new(member.addr), true)
+                .await
+                .map_err(client_write_error)?;
+            *last_change = written.log_id.index;
+            Ok::<u64, Status>(written.log_id.index)
+        });
+        let log_index = task
             .await
-            .map_err(client_write_error)?;
-        Ok(GrpcResponse::new(pb::AddLearnerResponse {
-            log_index: written.log_id.index,
-        }))
+            .map_err(|err| Status::unavailable(format!("adding the learner stopped: {err}")))??;
+        Ok(GrpcResponse::new(pb::AddLearnerResponse { log_index }))
     }
 
     async fn elect(
@@ -749,82 +791,106 @@ impl pb::admin_server::Admin for AdminService {
                 ))
             }
         };
-        let raft = self.0.raft();
-        ensure_leader(raft)?;
-        // A change is two log entries (joint, then uniform); a leader that crashed between
-        // them, or a caller that left, leaves it half done, refusing every later change.
-        // Finish it first: its uniform half is what its caller asked for.
-        let half_done = raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .get_joint_config()
-            .len()
-            > 1;
-        let mut written = None;
-        if half_done {
-            written = Some(
-                change_to_completion(raft, ChangeMembers::AddVoterIds(BTreeSet::new())).await?,
-            );
-        }
-        let Some(change) = change else {
-            let log_index = match written {
-                Some(index) => index,
-                None => raft
-                    .metrics()
-                    .borrow()
-                    .membership_config
-                    .log_id()
-                    .map_or(0, |id| id.index),
-            };
-            return Ok(GrpcResponse::new(pb::ChangeMembershipResponse {
-                log_index,
-            }));
-        };
-        {
-            let metrics = raft.metrics();
-            let metrics = metrics.borrow();
-            let membership = metrics.membership_config.membership();
-            let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
-            if let ChangeMembers::RemoveVoters(remove) = &change {
-                if voters.is_subset(remove) {
-                    return Err(Status::invalid_argument(format!(
-                        "removing {remove:?} would leave no voter (voters are {voters:?})"
-                    )));
-                }
-            }
-            #[cfg(madsim)]
-            let compare =
-                !seedkv_core::faults::enabled(seedkv_core::faults::Fault::MembershipWithoutCompare);
-            #[cfg(not(madsim))]
-            let compare = true;
-            if compare && !expected.is_empty() {
-                if voters != expected {
-                    return Err(Status::aborted(format!(
-                        "the membership changed: the voters are {voters:?}, the change was \
-                         based on {expected:?}; nothing was changed"
-                    )));
-                }
-                if membership.get_joint_config().len() > 1 {
-                    return Err(Status::aborted(
-                        "another membership change is in progress; nothing was changed",
-                    ));
-                }
-            }
-        }
-        #[cfg(madsim)]
-        let change =
-            if seedkv_core::faults::enabled(seedkv_core::faults::Fault::MembershipWithoutCompare)
-                && !expected.is_empty()
-            {
-                without_compare(change, expected)
-            } else {
-                change
-            };
-        let log_index = change_to_completion(raft, change).await?;
+        ensure_leader(self.0.raft())?;
+        let raft = self.0.raft().clone();
+        let lock = self.0.membership.clone().lock_owned().await;
+        // The whole change runs in a task of its own, holding the lock: a caller that leaves
+        // cuts nothing short, and no other change on this node slips between the compare
+        // and the entries.
+        let task = tokio::spawn(async move {
+            let mut last_change = lock;
+            let log_index = change_membership_locked(&raft, *last_change, change, expected).await?;
+            *last_change = (*last_change).max(log_index);
+            Ok::<u64, Status>(log_index)
+        });
+        let log_index = task.await.map_err(|err| {
+            Status::unavailable(format!("the membership change stopped: {err}"))
+        })??;
         Ok(GrpcResponse::new(pb::ChangeMembershipResponse {
             log_index,
         }))
     }
+}
+
+/// One membership change on the leader `raft`, with this node's membership lock held;
+/// `last_change` is the log index of the last change this node made.
+async fn change_membership_locked(
+    raft: &Raft,
+    last_change: u64,
+    change: Option<ChangeMembers<NodeId, BasicNode>>,
+    expected: BTreeSet<NodeId>,
+) -> Result<u64, Status> {
+    ensure_leader(raft)?;
+    // Compare against the membership after this node's last change, not before it.
+    membership_visible(raft, last_change).await?;
+    // A change is two log entries (joint, then uniform); a leader that crashed between
+    // them, or a caller that left, leaves it half done, refusing every later change.
+    // Finish it first: its uniform half is what its caller asked for.
+    let half_done = raft
+        .metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .get_joint_config()
+        .len()
+        > 1;
+    let mut written = None;
+    if half_done {
+        let index = change_to_completion(raft, ChangeMembers::AddVoterIds(BTreeSet::new())).await?;
+        membership_visible(raft, index).await?;
+        written = Some(index);
+    }
+    let Some(change) = change else {
+        let log_index = match written {
+            Some(index) => index,
+            None => raft
+                .metrics()
+                .borrow()
+                .membership_config
+                .log_id()
+                .map_or(0, |id| id.index),
+        };
+        return Ok(log_index);
+    };
+    {
+        let metrics = raft.metrics();
+        let metrics = metrics.borrow();
+        let membership = metrics.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        if let ChangeMembers::RemoveVoters(remove) = &change {
+            if voters.is_subset(remove) {
+                return Err(Status::invalid_argument(format!(
+                    "removing {remove:?} would leave no voter (voters are {voters:?})"
+                )));
+            }
+        }
+        #[cfg(madsim)]
+        let compare =
+            !seedkv_core::faults::enabled(seedkv_core::faults::Fault::MembershipWithoutCompare);
+        #[cfg(not(madsim))]
+        let compare = true;
+        if compare && !expected.is_empty() {
+            if voters != expected {
+                return Err(Status::aborted(format!(
+                    "the membership changed: the voters are {voters:?}, the change was \
+                     based on {expected:?}; nothing was changed"
+                )));
+            }
+            if membership.get_joint_config().len() > 1 {
+                return Err(Status::aborted(
+                    "another membership change is in progress; nothing was changed",
+                ));
+            }
+        }
+    }
+    #[cfg(madsim)]
+    let change =
+        if seedkv_core::faults::enabled(seedkv_core::faults::Fault::MembershipWithoutCompare)
+            && !expected.is_empty()
+        {
+            without_compare(change, expected)
+        } else {
+            change
+        };
+    change_to_completion(raft, change).await
 }

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use madsim::runtime::{Handle, NodeHandle};
 use seedkv_core::storage::SharedState;
-use seedkv_io_sim::{DiskConfig, NetFaults, SimDisk};
+use seedkv_io_sim::{DiskConfig, DiskFault, NetFaults, SimDisk};
 use seedkv_proto::trace::Tracer;
 use seedkv_proto::{Node, NodeConfig};
 
@@ -155,6 +155,44 @@ impl SimCluster {
         node.alive = false;
     }
 
+    /// Makes the next write or fsync of node `index`'s disk fail.
+    pub fn fail_disk(&self, index: usize, fault: DiskFault) {
+        if let Some(node) = self.nodes.get(index) {
+            node.disk.inject(fault);
+        }
+    }
+
+    /// Holds every fsync of node `index`'s disk until `until`.
+    pub fn stall_disk(&self, index: usize, until: tokio::time::Instant) {
+        if let Some(node) = self.nodes.get(index) {
+            node.disk.stall_until(until);
+        }
+    }
+
+    /// Drops disk faults not yet triggered, ends stalls, and restarts every node whose disk
+    /// failed (as an operator restarts a process that stopped on a disk error); returns the
+    /// nodes restarted.
+    pub fn reboot_failed(&mut self) -> Vec<usize> {
+        for node in &self.nodes {
+            node.disk.heal();
+        }
+        let failed: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].alive && self.nodes[i].disk.failed().is_some())
+            .collect();
+        for &index in &failed {
+            self.kill(index);
+            self.restart(index);
+        }
+        failed
+    }
+
+    /// Nodes receiving a snapshot right now.
+    pub fn receiving_snapshot(&self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|&i| self.node(i).is_some_and(|node| node.receiving_snapshot()))
+            .collect()
+    }
+
     /// Restarts a killed node from what its disk kept.
     pub fn restart(&mut self, index: usize) {
         let Some(node) = self.nodes.get_mut(index) else {
@@ -167,18 +205,30 @@ impl SimCluster {
         node.alive = true;
     }
 
-    /// The applied state of every running node: `(index, applied index, digest)`.
+    /// The applied index of every running node, from memory (cheap): `(index, applied)`.
+    pub fn applied_indexes(&self) -> Vec<(usize, u64)> {
+        (0..self.nodes.len())
+            .filter_map(|i| {
+                let node = self.node(i)?;
+                let applied = node.state().last_applied().map_or(0, |id| id.index);
+                Some((i, applied))
+            })
+            .collect()
+    }
+
+    /// The applied state of every running node: `(index, applied index, digest)`. Reads
+    /// every row of every node.
     pub fn applied(&self) -> Vec<(usize, u64, u64)> {
         (0..self.nodes.len())
             .filter_map(|i| {
                 let node = self.node(i)?;
                 let state: &SharedState = node.state();
                 // Index and digest read from one view: a consistent pair.
-                let (applied_index, digest) = match state.applied_digest() {
-                    Ok(pair) => pair,
+                let summary = match state.summary() {
+                    Ok(summary) => summary,
                     Err(err) => panic!("node {i} cannot read its own state: {err}"),
                 };
-                Some((i, applied_index, digest))
+                Some((i, summary.applied_index, summary.digest))
             })
             .collect()
     }

@@ -10,6 +10,8 @@ use std::time::Duration;
 use madsim::rand::{thread_rng, Rng};
 use tokio::time::Instant;
 
+use seedkv_io_sim::DiskFault;
+
 use crate::cluster::SimCluster;
 use crate::scenario::{FaultKind, Scenario};
 
@@ -55,13 +57,17 @@ pub async fn run(
         for index in &down {
             c.restart(*index);
         }
-        log(format!("heal, restart {down:?}"));
+        let rebooted = c.reboot_failed();
+        log(format!(
+            "heal, restart {down:?}, reboot after disk failure {rebooted:?}"
+        ));
     }
     let mut c = lock(&cluster);
     c.net.heal();
     for index in 0..c.len() {
         c.restart(index);
     }
+    c.reboot_failed();
 }
 
 /// Applies one fault; returns the nodes it left down.
@@ -111,9 +117,56 @@ async fn inject(
             Vec::new()
         }
         FaultKind::Crash => {
+            // Sometimes aim at a node in the middle of receiving a snapshot: a crash while
+            // its staging area fills, or just before or after it switches.
+            let receiving = lock(cluster).receiving_snapshot();
+            if !receiving.is_empty() && thread_rng().gen_bool(0.5) {
+                let index = receiving[thread_rng().gen_range(0..receiving.len())];
+                lock(cluster).kill(index);
+                log(format!("kill {index} (receiving a snapshot)"));
+                return vec![index];
+            }
             let victims = crash(&mut lock(cluster));
             log(format!("kill {victims:?}"));
             victims
+        }
+        FaultKind::Disk => {
+            let c = lock(cluster);
+            let index = thread_rng().gen_range(0..c.len());
+            let action = match thread_rng().gen_range(0..3) {
+                0 => {
+                    c.fail_disk(index, DiskFault::Write);
+                    format!("disk of {index}: next write fails")
+                }
+                1 => {
+                    c.fail_disk(index, DiskFault::Sync);
+                    format!("disk of {index}: next fsync fails")
+                }
+                _ => {
+                    let stall = millis(500..3_000);
+                    c.stall_disk(index, Instant::now() + stall);
+                    format!("disk of {index}: fsyncs stall {} ms", stall.as_millis())
+                }
+            };
+            log(action);
+            Vec::new()
+        }
+        FaultKind::PowerLoss => {
+            // Every node at once: only what each disk made durable survives anywhere.
+            let n = lock(cluster).len();
+            {
+                let mut c = lock(cluster);
+                for index in 0..n {
+                    c.kill(index);
+                }
+            }
+            tokio::time::sleep(millis(0..500)).await;
+            let mut c = lock(cluster);
+            for index in 0..n {
+                c.restart(index);
+            }
+            log("power loss: every node".to_string());
+            Vec::new()
         }
     }
 }

@@ -274,8 +274,20 @@ async fn converge(
     while Instant::now() < give_up {
         {
             let c = cluster.lock().unwrap_or_else(|p| p.into_inner());
-            let applied = c.applied();
-            if let Some(target) = c.leader_last_log() {
+            let target = c.leader_last_log();
+            // Digests read every row: only once every node has reached the leader's log.
+            let indexes = c.applied_indexes();
+            let ready = indexes.len() == c.len()
+                && target.is_some_and(|t| indexes.iter().all(|(_, index)| *index == t));
+            let applied = if ready {
+                c.applied()
+            } else {
+                indexes
+                    .into_iter()
+                    .map(|(i, index)| (i, index, 0))
+                    .collect()
+            };
+            if let Some(target) = target.filter(|_| ready) {
                 let all_up = applied.len() == c.len();
                 let caught_up = applied.iter().all(|(_, index, _)| *index == target);
                 let same = applied.windows(2).all(|w| w[0].2 == w[1].2);

@@ -14,10 +14,13 @@ pub enum Scenario {
     CrashRestart,
     /// Packet loss and latency spikes.
     LossyNet,
-    /// All of the above, interleaved, with membership changes.
+    /// All of the above, interleaved, with membership changes and disk faults.
     Mixed,
     /// Only membership changes (voters removed and added back, sometimes two at once).
     Membership,
+    /// Disk faults: failed writes and fsyncs, fsync stalls, and every node losing power at
+    /// once.
+    Disk,
 }
 
 /// A kind of fault the nemesis can inject.
@@ -26,17 +29,22 @@ pub enum FaultKind {
     Partition,
     Crash,
     Lossy,
+    /// A write or fsync fails on one node, or one node's fsyncs stall for seconds.
+    Disk,
+    /// Every node loses power at once and restarts.
+    PowerLoss,
 }
 
 impl Scenario {
     /// Every scenario with its name.
-    pub const ALL: [(Scenario, &'static str); 6] = [
+    pub const ALL: [(Scenario, &'static str); 7] = [
         (Scenario::Basic, "basic"),
         (Scenario::Partition, "partition"),
         (Scenario::CrashRestart, "crash-restart"),
         (Scenario::LossyNet, "lossy-net"),
         (Scenario::Mixed, "mixed"),
         (Scenario::Membership, "membership"),
+        (Scenario::Disk, "disk"),
     ];
 
     /// The faults this scenario draws from.
@@ -46,7 +54,14 @@ impl Scenario {
             Scenario::Partition => &[FaultKind::Partition],
             Scenario::CrashRestart => &[FaultKind::Crash],
             Scenario::LossyNet => &[FaultKind::Lossy],
-            Scenario::Mixed => &[FaultKind::Partition, FaultKind::Crash, FaultKind::Lossy],
+            Scenario::Mixed => &[
+                FaultKind::Partition,
+                FaultKind::Crash,
+                FaultKind::Lossy,
+                FaultKind::Disk,
+                FaultKind::PowerLoss,
+            ],
+            Scenario::Disk => &[FaultKind::Disk, FaultKind::PowerLoss],
         }
     }
 

@@ -58,11 +58,19 @@ enum Task {
     /// Time `seedkv check-history` (release) on every reference history in
     /// ../shared/checker-data and on generated hard ones; print a table.
     CheckerTimes,
-    /// Measure the release server: binary size, idle RSS, RSS and restart time with 1 M keys.
+    /// Measure the release server: binary size, idle RSS, and a scale table (one node per key
+    /// count: load rate, 64-client puts, RSS, disk, restart to the first linearizable read),
+    /// then a fourth node catching up by snapshot with a 3-node cluster.
     Measure {
-        /// Keys to load.
-        #[arg(long, default_value_t = 1_000_000)]
-        keys: u64,
+        /// Key counts of the scale table (256-byte values), comma-separated.
+        #[arg(long, value_delimiter = ',', default_values_t = [10_000u64, 1_000_000, 10_000_000])]
+        keys: Vec<u64>,
+        /// Keys the 3-node cluster holds when the fourth node joins (0: skip that part).
+        #[arg(long, default_value_t = 2_000_000)]
+        catch_up_keys: u64,
+        /// Seconds of 64-client puts per row.
+        #[arg(long, default_value_t = 10.0)]
+        bench_s: f64,
     },
 }
 
@@ -130,7 +138,11 @@ fn main() -> ExitCode {
         }
         Task::Server { args } => server(&args),
         Task::CheckerTimes => checker_times(),
-        Task::Measure { keys } => measure(keys),
+        Task::Measure {
+            keys,
+            catch_up_keys,
+            bench_s,
+        } => measure(&keys, catch_up_keys, bench_s),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
@@ -804,71 +816,115 @@ impl Drop for ServerProcess {
     }
 }
 
-/// `cargo xtask measure`: the figures of a single release node, printed as a table.
-fn measure(keys: u64) -> Result<bool> {
-    use std::time::Duration;
-    let binary = build_release()?;
-    let size_mib = std::fs::metadata(&binary)?.len() as f64 / (1024.0 * 1024.0);
-    let dir = std::env::temp_dir().join(format!("seedkv-measure-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let addr = format!("127.0.0.1:{}", free_port()?);
-    let start = |dir: &Path| -> Result<ServerProcess> {
-        let child = Command::new(&binary)
-            .args([
-                "server",
-                "--listen",
-                &addr,
-                "--log-level",
-                "warn",
-                "--data-dir",
-            ])
-            .arg(dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()?;
-        Ok(ServerProcess(child))
+/// Bytes of every file under `dir`.
+fn dir_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
     };
-    let client = |args: &[&str]| {
-        succeeds_quietly(
-            Command::new(&binary)
-                .args(["--endpoints", &addr])
-                .args(args),
-        )
-    };
-    let mut server = start(&dir)?;
-    let ready = wait_for(Duration::from_secs(30), || client(&["put", "ready", "1"]))?;
-    std::thread::sleep(Duration::from_secs(2));
-    let idle = rss_kib(server.0.id()).unwrap_or(0);
-    let load_start = std::time::Instant::now();
-    let keys_arg = keys.to_string();
-    if !client(&["load", "--keys", &keys_arg, "--value-size", "16"]) {
-        bail!("loading {keys} keys failed");
-    }
-    let load_s = load_start.elapsed().as_secs_f64();
-    std::thread::sleep(Duration::from_secs(1));
-    let loaded = rss_kib(server.0.id()).unwrap_or(0);
-    let stop_start = std::time::Instant::now();
+    entries
+        .flatten()
+        .map(|entry| match entry.metadata() {
+            Ok(meta) if meta.is_dir() => dir_bytes(&entry.path()),
+            Ok(meta) => meta.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// Starts `seedkv server` with `args`, logging to `log`.
+fn start_server(binary: &Path, args: &[String], log: &Path) -> Result<ServerProcess> {
+    let child = Command::new(binary)
+        .arg("server")
+        .args(args)
+        .args(["--log-level", "warn"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log)?)
+        .spawn()?;
+    Ok(ServerProcess(child))
+}
+
+/// SIGTERM, then wait for the exit; returns how long it took.
+fn stop_server(server: &mut ServerProcess) -> Result<std::time::Duration> {
     Command::new("kill")
         .args(["-TERM", &server.0.id().to_string()])
         .status()?;
-    let stop = wait_for(Duration::from_secs(10), || {
+    wait_for(std::time::Duration::from_secs(30), || {
         server.0.try_wait().ok().flatten().is_some()
+    })
+}
+
+/// `seedkv load` of `keys` keys of `value_size` bytes; returns the seconds it took.
+fn load_keys(binary: &Path, endpoints: &str, keys: u64, value_size: usize) -> Result<f64> {
+    let start = std::time::Instant::now();
+    let ok = succeeds_quietly(Command::new(binary).args([
+        "--endpoints",
+        endpoints,
+        "load",
+        "--keys",
+        &keys.to_string(),
+        "--value-size",
+        &value_size.to_string(),
+    ]));
+    if !ok {
+        bail!("loading {keys} keys into {endpoints} failed");
+    }
+    Ok(start.elapsed().as_secs_f64())
+}
+
+/// One `seedkv bench` run; returns its JSON report.
+fn bench_json(binary: &Path, endpoints: &str, args: &[&str]) -> Result<serde_json::Value> {
+    let output = Command::new(binary)
+        .args(["--endpoints", endpoints, "--output", "json", "bench"])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .context("run seedkv bench")?;
+    if !output.status.success() {
+        bail!("bench failed: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    serde_json::from_slice(&output.stdout)
+        .with_context(|| format!("bench output: {}", String::from_utf8_lossy(&output.stdout)))
+}
+
+/// `cargo xtask measure`: the figures of release nodes, printed as tables.
+fn measure(key_counts: &[u64], catch_up_keys: u64, bench_s: f64) -> Result<bool> {
+    use std::time::Duration;
+    let binary = build_release()?;
+    let size_mib = std::fs::metadata(&binary)?.len() as f64 / (1024.0 * 1024.0);
+    let root_dir = std::env::temp_dir().join(format!("seedkv-measure-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root_dir);
+    std::fs::create_dir_all(&root_dir)?;
+    let client_ok = |endpoints: &str, args: &[&str]| {
+        succeeds_quietly(
+            Command::new(&binary)
+                .args(["--endpoints", endpoints])
+                .args(args),
+        )
+    };
+
+    // A fresh node: start-up, idle memory, shutdown.
+    let addr = format!("127.0.0.1:{}", free_port()?);
+    let dir = root_dir.join("idle");
+    let args = vec![
+        "--listen".to_string(),
+        addr.clone(),
+        "--data-dir".into(),
+        dir.display().to_string(),
+    ];
+    let mut server = start_server(&binary, &args, &root_dir.join("idle.log"))?;
+    let ready = wait_for(Duration::from_secs(30), || {
+        client_ok(&addr, &["put", "ready", "1"])
     })?;
-    let _ = stop_start;
+    std::thread::sleep(Duration::from_secs(2));
+    let idle = rss_kib(server.0.id()).unwrap_or(0);
+    let stop = stop_server(&mut server)?;
     drop(server);
-    let last_key = format!("load/{:010}", keys.saturating_sub(1));
-    let restart_start = std::time::Instant::now();
-    let server = start(&dir)?;
-    wait_for(Duration::from_secs(300), || client(&["get", &last_key]))?;
-    let restart = restart_start.elapsed();
-    let restarted = rss_kib(server.0.id()).unwrap_or(0);
-    drop(server);
-    let _ = std::fs::remove_dir_all(&dir);
     println!("| figure | value |");
     println!("|---|---|");
     println!("| release binary size | {size_mib:.1} MiB |");
     println!(
-        "| start to first write (fresh single node) | {:.2} s |",
+        "| start to first acknowledged write (fresh single node) | {:.2} s |",
         ready.as_secs_f64()
     );
     println!(
@@ -876,25 +932,204 @@ fn measure(keys: u64) -> Result<bool> {
         idle as f64 / 1024.0
     );
     println!(
-        "| load {keys} keys (16-byte values, 1,000-key batches, 4 in flight) | {load_s:.1} s |"
-    );
-    println!(
-        "| RSS holding {keys} keys | {:.1} MiB |",
-        loaded as f64 / 1024.0
-    );
-    println!(
         "| clean shutdown (SIGTERM to exit) | {:.2} s |",
         stop.as_secs_f64()
     );
-    println!(
-        "| restart with {keys} keys (start to first read of the last key) | {:.2} s |",
-        restart.as_secs_f64()
-    );
-    println!(
-        "| RSS after restart | {:.1} MiB |",
-        restarted as f64 / 1024.0
-    );
+    println!();
+
+    // The scale table: one fresh node per key count.
+    println!("| keys (256 B) | load | puts/s, 64 clients | p99 | p99.9 | errors | RSS | disk | restart to first linearizable read |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for &keys in key_counts {
+        let addr = format!("127.0.0.1:{}", free_port()?);
+        let dir = root_dir.join(format!("scale-{keys}"));
+        let args = vec![
+            "--listen".to_string(),
+            addr.clone(),
+            "--data-dir".into(),
+            dir.display().to_string(),
+        ];
+        let log = root_dir.join(format!("scale-{keys}.log"));
+        let mut server = start_server(&binary, &args, &log)?;
+        wait_for(Duration::from_secs(30), || {
+            client_ok(&addr, &["put", "ready", "1"])
+        })?;
+        let load_s = load_keys(&binary, &addr, keys, 256)?;
+        let report = bench_json(
+            &binary,
+            &addr,
+            &[
+                "--workload",
+                "put",
+                "--clients",
+                "64",
+                "--value-size",
+                "256",
+                "--duration",
+                &bench_s.to_string(),
+                "--warmup",
+                "2",
+            ],
+        )?;
+        let rss = rss_kib(server.0.id()).unwrap_or(0);
+        stop_server(&mut server)?;
+        drop(server);
+        let disk = dir_bytes(&dir);
+        let last_key = format!("load/{:010}", keys.saturating_sub(1));
+        let restart_start = std::time::Instant::now();
+        let server = start_server(&binary, &args, &log)?;
+        wait_for(Duration::from_secs(600), || {
+            client_ok(&addr, &["get", &last_key])
+        })?;
+        let restart = restart_start.elapsed();
+        drop(server);
+        let _ = std::fs::remove_dir_all(&dir);
+        println!(
+            "| {keys} | {:.1} s ({:.0} keys/s) | {:.0} | {:.1} ms | {:.1} ms | {} | {:.0} MiB | {:.0} MiB | {:.2} s |",
+            load_s,
+            keys as f64 / load_s.max(1e-9),
+            report["ops_per_s"].as_f64().unwrap_or(0.0),
+            report["p99_ms"].as_f64().unwrap_or(0.0),
+            report["p999_ms"].as_f64().unwrap_or(0.0),
+            report["errors"],
+            rss as f64 / 1024.0,
+            disk as f64 / (1024.0 * 1024.0),
+            restart.as_secs_f64()
+        );
+    }
+
+    if catch_up_keys > 0 {
+        println!();
+        measure_catch_up(&binary, &root_dir, catch_up_keys)?;
+    }
+    let _ = std::fs::remove_dir_all(&root_dir);
     Ok(true)
+}
+
+/// A 3-node cluster holding `keys` keys; a fourth node joins and catches up by snapshot.
+/// Prints how long it took and how much the leader's RSS rose meanwhile.
+fn measure_catch_up(binary: &Path, root_dir: &Path, keys: u64) -> Result<()> {
+    use std::time::Duration;
+    let addrs: Vec<String> = (0..4)
+        .map(|_| free_port().map(|p| format!("127.0.0.1:{p}")))
+        .collect::<Result<_>>()?;
+    let initial: Vec<String> = addrs[..3]
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("{}={a}", i + 1))
+        .collect();
+    let initial = initial.join(",");
+    let mut servers = Vec::new();
+    for (i, addr) in addrs[..3].iter().enumerate() {
+        let args = vec![
+            "--node-id".to_string(),
+            (i + 1).to_string(),
+            "--listen".into(),
+            addr.clone(),
+            "--data-dir".into(),
+            root_dir
+                .join(format!("node{}", i + 1))
+                .display()
+                .to_string(),
+            "--initial-cluster".into(),
+            initial.clone(),
+            // The load writes 1,000 keys per entry: snapshot often enough that the log
+            // behind the loaded data is purged and the fourth node needs the snapshot.
+            "--snapshot-every".into(),
+            "500".into(),
+        ];
+        servers.push(start_server(
+            binary,
+            &args,
+            &root_dir.join(format!("node{}.log", i + 1)),
+        )?);
+    }
+    let endpoints = addrs[..3].join(",");
+    wait_for(Duration::from_secs(30), || {
+        succeeds_quietly(Command::new(binary).args([
+            "--endpoints",
+            &endpoints,
+            "put",
+            "ready",
+            "1",
+        ]))
+    })?;
+    let load_s = load_keys(binary, &endpoints, keys, 256)?;
+    // The leader, by its status.
+    let status = Command::new(binary)
+        .args([
+            "--endpoints",
+            &endpoints,
+            "--output",
+            "json",
+            "cluster",
+            "status",
+        ])
+        .output()?;
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout)?;
+    let leader_id = status["members"][0]["leader"].as_u64().unwrap_or(1);
+    let leader_pid = servers
+        .get(leader_id.saturating_sub(1) as usize)
+        .map(|s| s.0.id())
+        .context("leader process")?;
+    // Let the leader snapshot and purge its log, as a long-running cluster would have.
+    std::thread::sleep(Duration::from_secs(3));
+    let rss_before = rss_kib(leader_pid).unwrap_or(0);
+    let join_start = std::time::Instant::now();
+    let args = vec![
+        "--node-id".to_string(),
+        "4".into(),
+        "--listen".into(),
+        addrs[3].clone(),
+        "--data-dir".into(),
+        root_dir.join("node4").display().to_string(),
+        "--join".into(),
+        addrs[0].clone(),
+        "--snapshot-every".into(),
+        "500".into(),
+    ];
+    servers.push(start_server(binary, &args, &root_dir.join("node4.log"))?);
+    let mut peak = rss_before;
+    wait_for(Duration::from_secs(600), || {
+        peak = peak.max(rss_kib(leader_pid).unwrap_or(0));
+        let output = Command::new(binary)
+            .args([
+                "--endpoints",
+                &addrs[3],
+                "--output",
+                "json",
+                "cluster",
+                "status",
+            ])
+            .output();
+        let Ok(output) = output else { return false };
+        let Ok(status) = serde_json::from_slice::<serde_json::Value>(&output.stdout) else {
+            return false;
+        };
+        let members = status["members"].as_array().cloned().unwrap_or_default();
+        let me = members.iter().find(|m| m["id"] == 4);
+        let leader = members.iter().find(|m| m["role"] == "leader");
+        match (me, leader) {
+            (Some(me), Some(leader)) => me["applied"].as_u64() >= leader["applied"].as_u64(),
+            _ => false,
+        }
+    })?;
+    let caught_up = join_start.elapsed();
+    println!("| 3-node cluster, {keys} keys of 256 B | value |");
+    println!("|---|---|");
+    println!("| load | {load_s:.1} s |");
+    println!(
+        "| fourth node: start to caught up (by snapshot) | {:.1} s |",
+        caught_up.as_secs_f64()
+    );
+    println!(
+        "| leader RSS before / peak during catch-up | {:.0} MiB / {:.0} MiB (+{:.0} MiB) |",
+        rss_before as f64 / 1024.0,
+        peak as f64 / 1024.0,
+        peak.saturating_sub(rss_before) as f64 / 1024.0
+    );
+    drop(servers);
+    Ok(())
 }
 
 const FUZZ_TARGETS: [&str; 4] = ["request", "storage", "checker", "scenario"];

@@ -52,8 +52,6 @@ pub struct AppliedMeta {
     pub membership: StoredMembership,
     /// The id the next session registration gets.
     pub next_client_id: u64,
-    /// Keys held.
-    pub key_count: u64,
 }
 
 impl Default for AppliedMeta {
@@ -64,7 +62,6 @@ impl Default for AppliedMeta {
             last_applied: None,
             membership: StoredMembership::default(),
             next_client_id: 0,
-            key_count: 0,
         }
     }
 }
@@ -108,6 +105,17 @@ impl AppliedMeta {
 struct Applied {
     meta: AppliedMeta,
     sessions: Sessions,
+}
+
+/// What [`SharedState::summary`] reads off the whole state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StateSummary {
+    /// The last log index applied.
+    pub applied_index: u64,
+    /// The state digest.
+    pub digest: u64,
+    /// Keys held.
+    pub key_count: u64,
 }
 
 /// The applied state of one group, shared by Raft (which applies) and the read path.
@@ -177,11 +185,6 @@ impl SharedState {
     /// The last log id applied.
     pub fn last_applied(&self) -> Option<LogId> {
         self.read().meta.last_applied
-    }
-
-    /// Keys held.
-    pub fn key_count(&self) -> u64 {
-        self.read().meta.key_count
     }
 
     /// Sessions held.
@@ -266,17 +269,24 @@ impl SharedState {
     /// A 64-bit digest of every row and session (see [`crate::KvState::digest`], which
     /// gives the same digest for the same state). Reads every row: for tests and checks.
     pub fn digest(&self) -> Result<u64, DiskError> {
-        self.applied_digest().map(|(_, digest)| digest)
+        self.summary().map(|summary| summary.digest)
     }
 
-    /// The applied index and the digest of the state at it, read from one view.
-    pub fn applied_digest(&self) -> Result<(u64, u64), DiskError> {
-        let (view, sessions) = {
+    /// The applied index, digest and key count of the state, read from one view. Reads
+    /// every row.
+    pub fn summary(&self) -> Result<StateSummary, DiskError> {
+        // The meta and sessions in memory and a view taken together: the rows of the
+        // generation memory names are the ones readers see.
+        let (view, meta, sessions) = {
             let applied = self.read();
-            (self.disk.view()?, applied.sessions.clone())
+            (
+                self.disk.view()?,
+                applied.meta.clone(),
+                applied.sessions.clone(),
+            )
         };
-        let meta = AppliedMeta::read(&*view, self.group)?;
         let mut hash = Fnv64::default();
+        let mut key_count = 0;
         let (mut from, to) = keys::rows(self.group, meta.generation);
         loop {
             let rows = view.scan_bytes(&from, &to, WALK_ROWS, WALK_BYTES)?;
@@ -287,11 +297,16 @@ impl SharedState {
                 let key = keys::row_user_key(row).ok_or_else(|| corrupt(row, "not a row key"))?;
                 let value: Versioned = codec::decode(bytes).map_err(|err| corrupt(row, err))?;
                 digest_row(&mut hash, key, &value);
+                key_count += 1;
             }
             from = next;
         }
         sessions.digest_into(&mut hash);
-        Ok((meta.last_applied.map_or(0, |id| id.index), hash.finish()))
+        Ok(StateSummary {
+            applied_index: meta.last_applied.map_or(0, |id| id.index),
+            digest: hash.finish(),
+            key_count,
+        })
     }
 
     /// What applying `command` at `revision` would answer now, changing nothing. Only the
@@ -310,7 +325,6 @@ struct PendingRows<'a> {
     group: GroupId,
     generation: u32,
     pending: BTreeMap<Vec<u8>, Option<Versioned>>,
-    key_count_delta: i64,
 }
 
 impl<'a> PendingRows<'a> {
@@ -320,7 +334,6 @@ impl<'a> PendingRows<'a> {
             group,
             generation,
             pending: BTreeMap::new(),
-            key_count_delta: 0,
         }
     }
 }
@@ -335,9 +348,9 @@ impl RowStore for PendingRows<'_> {
         }
     }
 
+    /// A blind write: a put never reads what it replaces, so its cost does not depend on
+    /// whether the old row is cached.
     fn set(&mut self, key: &[u8], row: Option<Versioned>) -> Result<(), DiskError> {
-        let existed = self.get(key)?.is_some();
-        self.key_count_delta += i64::from(row.is_some()) - i64::from(existed);
         self.pending.insert(key.to_vec(), row);
         Ok(())
     }
@@ -364,14 +377,17 @@ fn session_ops(
                 keys::session_answer(group, generation, client_id, seq),
                 codec::encode(&answer),
             ),
-            SessionEffect::ForgetBelow { client_id, seq } => batch.delete_range(
-                keys::session_answer(group, generation, client_id, 0),
-                keys::session_answer(group, generation, client_id, seq),
-            ),
-            SessionEffect::Expire { client_id } => batch.delete_range(
-                keys::session(group, generation, client_id),
-                keys::session(group, generation, client_id.saturating_add(1)),
-            ),
+            // Point deletes, never range deletes: every read of a memtable walks its range
+            // tombstones, and a write path that made one per write slowed reads to a crawl.
+            SessionEffect::Forget { client_id, seq } => {
+                batch.delete(keys::session_answer(group, generation, client_id, seq))
+            }
+            SessionEffect::Expire { client_id, answers } => {
+                batch.delete(keys::session(group, generation, client_id));
+                for seq in answers {
+                    batch.delete(keys::session_answer(group, generation, client_id, seq));
+                }
+            }
         }
     }
 }
@@ -442,7 +458,7 @@ impl StateMachineStore {
             .map_err(|e| write_err(&e))?;
         disk.sync_dyn().await.map_err(|e| write_err(&e))?;
         let applied_index = meta.last_applied.map_or(0, |id| id.index);
-        tracing::debug!(group = %group, applied = ?meta.last_applied, generation = meta.generation, keys = meta.key_count, "state machine opened");
+        tracing::debug!(group = %group, applied = ?meta.last_applied, generation = meta.generation, "state machine opened");
         let (durable, _) = tokio::sync::watch::channel(applied_index);
         Ok(StateMachineStore {
             shared: Arc::new(SharedState {
@@ -548,9 +564,6 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 };
                 responses.push(response);
             }
-            let key_count = applied.meta.key_count as i64 + rows.key_count_delta;
-            assert!(key_count >= 0, "key count below zero");
-            applied.meta.key_count = key_count as u64;
             for (key, row) in rows.pending {
                 let row_key = keys::row(group, generation, &key);
                 match row {
@@ -628,7 +641,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             last_applied: meta.last_log_id,
             membership: meta.last_membership.clone(),
             next_client_id: staged.header.next_client_id,
-            key_count: staged.header.key_count,
+        };
+        tracing::debug!(group = %group, snapshot = ?meta.last_log_id, previous = ?self.shared.read().meta.last_applied, generation = staged.generation, "installing snapshot");
+        // Readers switch first (the staged rows are complete), then the disk: a crash before
+        // the synced write restarts on the old generation, which is still whole.
+        *self.shared.write() = Applied {
+            meta: new_meta.clone(),
+            sessions,
         };
         let mut switch = WriteBatch::default();
         switch.put(keys::applied(group), codec::encode(&new_meta));
@@ -637,11 +656,6 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             .write_dyn(switch, Durability::Sync)
             .await
             .map_err(|e| write_err(&e))?;
-        tracing::debug!(group = %group, snapshot = ?meta.last_log_id, previous = ?self.shared.read().meta.last_applied, generation = staged.generation, "snapshot installed");
-        *self.shared.write() = Applied {
-            meta: new_meta,
-            sessions,
-        };
         self.mark_durable(meta.last_log_id.map_or(0, |id| id.index));
         // Readers now use the new generation; the old one can go (a crash before this
         // write leaves it to the next start's clean-up).

@@ -41,7 +41,7 @@ pub mod machine;
 pub mod snapshot;
 
 pub use log::LogStore;
-pub use machine::{AppliedMeta, SharedState, StateMachineStore};
+pub use machine::{AppliedMeta, SharedState, StateMachineStore, StateSummary};
 pub use snapshot::SnapshotData;
 
 /// One change inside a [`WriteBatch`].

@@ -49,8 +49,6 @@ pub struct SnapshotHeader {
     pub format: u32,
     /// The id the next session registration gets.
     pub next_client_id: u64,
-    /// Keys in the snapshot: the receiver counts the rows it gets against it.
-    pub key_count: u64,
 }
 
 /// One row of a snapshot: its key inside the generation (without the generation prefix)
@@ -79,8 +77,8 @@ pub enum SnapshotFrame {
         seq: u64,
         rows: Vec<SnapshotRow>,
     },
-    /// Every chunk was sent: `rows` in all.
-    Finish { transfer: u64, rows: u64 },
+    /// Every chunk was sent: `rows` in all, `keys` of them key rows (the rest sessions).
+    Finish { transfer: u64, rows: u64, keys: u64 },
 }
 
 /// Where a snapshot walk stands.
@@ -89,12 +87,18 @@ pub struct SnapshotCursor {
     from: Vec<u8>,
     to: Vec<u8>,
     rows: u64,
+    keys: u64,
 }
 
 impl SnapshotCursor {
     /// Rows returned so far.
     pub fn rows(&self) -> u64 {
         self.rows
+    }
+
+    /// Key rows (not sessions) returned so far.
+    pub fn keys(&self) -> u64 {
+        self.keys
     }
 }
 
@@ -120,7 +124,6 @@ impl SnapshotView {
         SnapshotHeader {
             format: STATE_FORMAT,
             next_client_id: self.meta.next_client_id,
-            key_count: self.meta.key_count,
         }
     }
 
@@ -130,6 +133,7 @@ impl SnapshotView {
             from: keys::generation(self.group, self.meta.generation),
             to: keys::generation_end(self.group, self.meta.generation),
             rows: 0,
+            keys: 0,
         }
     }
 
@@ -158,7 +162,8 @@ impl SnapshotView {
         let mut chunk = Vec::with_capacity(rows.len());
         for (key, value) in rows {
             let inner = key[keys::GENERATION_PREFIX_LEN..].to_vec();
-            check_row(&inner, &value).map_err(|reason| corrupt(&key, reason))?;
+            let is_key = check_row(&inner, &value).map_err(|reason| corrupt(&key, reason))?;
+            cursor.keys += u64::from(is_key);
             chunk.push(SnapshotRow { key: inner, value });
         }
         Ok(Some(chunk))
@@ -329,6 +334,13 @@ impl Staging {
             batch.put(key, row.value);
         }
         let count = batch.ops.len() as u64;
+        tracing::debug!(
+            transfer,
+            seq,
+            rows = count,
+            generation = receiving.generation,
+            "snapshot rows staged"
+        );
         self.shared
             .disk
             .write_dyn(batch, Durability::Buffered)
@@ -342,12 +354,13 @@ impl Staging {
         Ok(())
     }
 
-    /// Ends `transfer`: every row arrived. Returns the leader's vote, the snapshot's
-    /// metadata and the staged snapshot to install.
+    /// Ends `transfer`: every row arrived (`rows` in all, `keys` of them key rows). Returns
+    /// the leader's vote, the snapshot's metadata and the staged snapshot to install.
     pub fn finish(
         &mut self,
         transfer: u64,
         rows: u64,
+        keys: u64,
     ) -> Result<(Vote, SnapshotMeta, StagedSnapshot), SnapshotError> {
         let receiving = match self.receiving.take() {
             Some(r) if r.transfer == transfer => r,
@@ -356,11 +369,11 @@ impl Staging {
                 return Err(SnapshotError::UnknownTransfer(transfer));
             }
         };
-        if receiving.rows != rows || receiving.keys != receiving.header.key_count {
+        if receiving.rows != rows || receiving.keys != keys {
             return Err(SnapshotError::Count {
                 expected: rows,
                 got: receiving.rows,
-                expected_keys: receiving.header.key_count,
+                expected_keys: keys,
                 keys: receiving.keys,
             });
         }
