@@ -12,6 +12,7 @@ use openraft::error::{ClientWriteError, InitializeError, RaftError};
 use openraft::{BasicNode, ChangeMembers, ServerState};
 use seedkv_core::codec;
 use seedkv_core::command::{Command, Response, Versioned};
+use seedkv_core::runtime::timeout;
 use seedkv_core::storage::snapshot::{SnapshotFrame, SnapshotRefused, SnapshotReply, Staging};
 use seedkv_core::storage::{
     Disk, DiskError, DynDisk, LogStore, SharedState, SnapshotData, StateMachineStore,
@@ -85,7 +86,7 @@ struct Group {
     read_index: ReadIndex,
     proposer: Proposer,
     /// Where snapshots from the leader arrive; one transfer at a time.
-    staging: tokio::sync::Mutex<Staging>,
+    staging: Arc<tokio::sync::Mutex<Staging>>,
 }
 
 /// A running seedkv node.
@@ -98,6 +99,9 @@ pub struct Node {
     /// entry: a change is a read-modify-write of the voters, and two interleaved on one
     /// leader could each pass the compare. Holds the log index of the last change made.
     membership: Arc<tokio::sync::Mutex<u64>>,
+    /// How long a sender waits for one snapshot frame (openraft's
+    /// `install_snapshot_timeout`); a frame handled longer is abandoned.
+    snapshot_frame_timeout_ms: u64,
 }
 
 /// The group that holds every key until sharding lands.
@@ -131,13 +135,14 @@ impl Node {
             from: config.id,
             tracer,
         };
+        let snapshot_frame_timeout_ms = raft_config.install_snapshot_timeout;
         let raft = Raft::new(config.id, raft_config, network, log, state_machine)
             .await
             .map_err(|err| NodeError::Raft(err.to_string()))?;
         let mut groups = BTreeMap::new();
         let read_index = ReadIndex::start(raft.clone(), state.clone());
         let proposer = Proposer::start(raft.clone());
-        let staging = tokio::sync::Mutex::new(Staging::new(state.clone()));
+        let staging = Arc::new(tokio::sync::Mutex::new(Staging::new(state.clone())));
         groups.insert(
             group,
             Group {
@@ -154,6 +159,7 @@ impl Node {
             limits: config.limits,
             groups,
             membership: Arc::new(tokio::sync::Mutex::new(0)),
+            snapshot_frame_timeout_ms,
         }))
     }
 
@@ -302,6 +308,9 @@ fn without_compare(
 
 /// Runs both halves of a membership change in a task of its own, so that a caller that goes
 /// away (a timed-out client) cannot leave it half done; returns the log index of its last entry.
+/// How long adding a learner waits for it to catch up before answering.
+const LEARNER_CATCH_UP_MS: u64 = 600_000;
+
 /// How long a membership change waits for the previous one to show in the metrics.
 const MEMBERSHIP_WAIT_MS: u64 = 2_000;
 
@@ -556,8 +565,29 @@ impl pb::raft_server::Raft for RaftService {
         let message = request.into_inner();
         let group = self.0.group(message.group)?;
         let frame: SnapshotFrame = decode_request(&message)?;
-        let mut staging = group.staging.lock().await;
-        let result: Result<SnapshotReply, SnapshotRefused> = match frame {
+        // The sender gives each frame `install_snapshot_timeout`, then drops the call, and
+        // a real server then drops this handler: do the same here, so the simulator (whose
+        // server runs every handler to its end) meets that cancellation too.
+        let deadline = std::time::Duration::from_millis(self.0.snapshot_frame_timeout_ms);
+        let handled = timeout(deadline, self.handle_snapshot_frame(group, frame)).await;
+        let result = handled.unwrap_or_else(|_| {
+            Err(SnapshotRefused(format!(
+                "snapshot frame not handled within {} ms",
+                deadline.as_millis()
+            )))
+        });
+        Ok(reply(message.group, &result))
+    }
+}
+
+impl RaftService {
+    async fn handle_snapshot_frame(
+        &self,
+        group: &Group,
+        frame: SnapshotFrame,
+    ) -> Result<SnapshotReply, SnapshotRefused> {
+        let mut staging = group.staging.clone().lock_owned().await;
+        match frame {
             SnapshotFrame::Begin {
                 transfer,
                 vote,
@@ -597,17 +627,27 @@ impl pb::raft_server::Raft for RaftService {
                         meta,
                         snapshot: Box::new(SnapshotData::Staged(staged)),
                     };
-                    group
-                        .raft
-                        .install_full_snapshot(vote, snapshot)
-                        .await
-                        .map(SnapshotReply::Done)
-                        .map_err(|fatal| SnapshotRefused(format!("raft stopped: {fatal}")))
+                    // Once handed to Raft the install will run even if this handler is
+                    // dropped (the sender timed out): the staging lock goes with it into a
+                    // task of its own, so no new transfer clears the staged generation
+                    // before the install has switched to it.
+                    let raft = group.raft.clone();
+                    let install = tokio::spawn(async move {
+                        let held = staging;
+                        let result = raft.install_full_snapshot(vote, snapshot).await;
+                        drop(held);
+                        result
+                    });
+                    match install.await {
+                        Ok(result) => result
+                            .map(SnapshotReply::Done)
+                            .map_err(|fatal| SnapshotRefused(format!("raft stopped: {fatal}"))),
+                        Err(err) => Err(SnapshotRefused(format!("the install stopped: {err}"))),
+                    }
                 }
                 Err(err) => Err(err.into()),
             },
-        };
-        Ok(reply(message.group, &result))
+        }
     }
 }
 
@@ -744,13 +784,37 @@ impl pb::admin_server::Admin for AdminService {
         let raft = self.0.raft().clone();
         let lock = self.0.membership.clone().lock_owned().await;
         // In a task of its own, so a caller that leaves does not cut it short.
+        let id = member.id;
         let task = tokio::spawn(async move {
-            let mut last_change = lock;
-            let written = raft
-                .add_learner(member.id, BasicNode::new(member.addr), true)
+            let written = {
+                let mut last_change = lock;
+                let written = raft
+                    .add_learner(id, BasicNode::new(member.addr), false)
+                    .await
+                    .map_err(client_write_error)?;
+                *last_change = written.log_id.index;
+                written
+            };
+            // Wait for the learner to catch up without the membership lock: a learner that
+            // never does (it died) must not block removing it, or any other change.
+            raft.wait(Some(std::time::Duration::from_millis(LEARNER_CATCH_UP_MS)))
+                .metrics(
+                    |m| {
+                        m.state != ServerState::Leader
+                            || m.replication
+                                .as_ref()
+                                .and_then(|r| r.get(&id).copied().flatten())
+                                .is_some_and(|matched| matched >= written.log_id)
+                    },
+                    "the learner caught up",
+                )
                 .await
-                .map_err(client_write_error)?;
-            *last_change = written.log_id.index;
+                .map_err(|err| {
+                    Status::unavailable(format!(
+                        "node {id} was added as a learner but has not caught up: {err}"
+                    ))
+                })?;
+            ensure_leader(&raft)?;
             Ok::<u64, Status>(written.log_id.index)
         });
         let log_index = task

@@ -275,16 +275,11 @@ impl SharedState {
     /// The applied index, digest and key count of the state, read from one view. Reads
     /// every row.
     pub fn summary(&self) -> Result<StateSummary, DiskError> {
-        // The meta and sessions in memory and a view taken together: the rows of the
-        // generation memory names are the ones readers see.
-        let (view, meta, sessions) = {
-            let applied = self.read();
-            (
-                self.disk.view()?,
-                applied.meta.clone(),
-                applied.sessions.clone(),
-            )
-        };
+        // Meta, sessions and rows all from one view: memory runs ahead of the disk while an
+        // entry run is being written or a snapshot switched to.
+        let view = self.disk.view()?;
+        let meta = AppliedMeta::read(&*view, self.group)?;
+        let sessions = load_sessions(&*view, self.group, meta.generation, meta.next_client_id)?;
         let mut hash = Fnv64::default();
         let mut key_count = 0;
         let (mut from, to) = keys::rows(self.group, meta.generation);
