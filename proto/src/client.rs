@@ -261,6 +261,10 @@ impl Client {
         // Whether an attempt so far may have applied the write.
         let mut maybe_applied = false;
         let unknown = |message: String| Failure::Client(ClientError::Unknown(message));
+        // Nodes this call failed to reach: a follower's hint naming one of them (a leader
+        // that just died) is stale, and following it at once would spend the attempts in
+        // a few milliseconds, long before an election ends.
+        let mut unreachable: Vec<String> = Vec::new();
         for attempt in 0..self.config.max_attempts {
             if attempt > 0 {
                 backoff = (backoff * 2).min(Duration::from_millis(MAX_BACKOFF_MS));
@@ -273,6 +277,7 @@ impl Client {
                 Err(err) => {
                     // Nothing was sent: safe to try elsewhere.
                     last_error = err;
+                    unreachable.push(addr.clone());
                     self.rotate(&addr);
                     tokio::time::sleep(backoff).await;
                     continue;
@@ -296,7 +301,9 @@ impl Client {
                     }
                 }
                 match hint {
-                    Some(leader) if leader != addr => self.follow(&leader),
+                    Some(leader) if leader != addr && !unreachable.contains(&leader) => {
+                        self.follow(&leader)
+                    }
                     _ => {
                         self.rotate(&addr);
                         tokio::time::sleep(backoff).await;
@@ -333,6 +340,9 @@ impl Client {
                     )))
                 }
                 _ => {}
+            }
+            if status.code() == Code::Unavailable {
+                unreachable.push(addr.clone());
             }
             self.rotate(&addr);
             if !never_sent(&status) {

@@ -178,6 +178,19 @@ impl Node {
         &self.default_group().state
     }
 
+    /// This node's membership lock, if it comes free within [`MEMBERSHIP_LOCK_WAIT_MS`];
+    /// otherwise a refusal (nothing was done: another change is still running here).
+    async fn membership_lock(&self) -> Result<tokio::sync::OwnedMutexGuard<u64>, Status> {
+        let wait = std::time::Duration::from_millis(MEMBERSHIP_LOCK_WAIT_MS);
+        timeout(wait, self.membership.clone().lock_owned())
+            .await
+            .map_err(|_| {
+                Status::unavailable(format!(
+                    "another membership change on this node is still running after {MEMBERSHIP_LOCK_WAIT_MS} ms; nothing was changed"
+                ))
+            })
+    }
+
     /// True while a snapshot transfer into this node is under way (for the simulator, which
     /// crashes nodes in the middle of one).
     pub fn receiving_snapshot(&self) -> bool {
@@ -308,6 +321,13 @@ fn without_compare(
 
 /// Runs both halves of a membership change in a task of its own, so that a caller that goes
 /// away (a timed-out client) cannot leave it half done; returns the log index of its last entry.
+/// How long one membership entry may take to commit before the change is reported with an
+/// unknown outcome (and this node's membership lock released).
+const MEMBERSHIP_STEP_MS: u64 = 10_000;
+
+/// How long a membership change waits for the previous one on this node to finish.
+const MEMBERSHIP_LOCK_WAIT_MS: u64 = 1_000;
+
 /// How long adding a learner waits for it to catch up before answering.
 const LEARNER_CATCH_UP_MS: u64 = 600_000;
 
@@ -331,15 +351,27 @@ async fn change_to_completion(
     change: ChangeMembers<NodeId, BasicNode>,
 ) -> Result<u64, Status> {
     let raft = raft.clone();
+    tracing::debug!(?change, "membership change: start");
     let task = tokio::spawn(async move { raft.change_membership(change, false).await });
-    match task.await {
-        Ok(result) => result
+    let wait = std::time::Duration::from_millis(MEMBERSHIP_STEP_MS);
+    match timeout(wait, task).await {
+        Ok(Ok(result)) => result
             .map(|written| written.log_id.index)
             .map_err(client_write_error),
-        Err(err) => Err(Status::unavailable(format!(
+        Ok(Err(err)) => Err(Status::unavailable(format!(
             "the membership change stopped: {err}"
         ))),
+        Err(_) => Err(stuck_membership_step()),
     }
+}
+
+/// A membership entry not committed within [`MEMBERSHIP_STEP_MS`]: openraft may still
+/// commit it, so the outcome is unknown; the node's membership lock is released so later
+/// changes are not blocked behind it (openraft refuses them while a change is half done).
+fn stuck_membership_step() -> Status {
+    Status::unavailable(format!(
+        "the membership change was not committed within {MEMBERSHIP_STEP_MS} ms; it may still be"
+    ))
 }
 
 /// Refuses, marked as not proposed, unless this node leads `raft`'s group right now. A write
@@ -782,15 +814,17 @@ impl pb::admin_server::Admin for AdminService {
         }
         ensure_leader(self.0.raft())?;
         let raft = self.0.raft().clone();
-        let lock = self.0.membership.clone().lock_owned().await;
+        let lock = self.0.membership_lock().await?;
         // In a task of its own, so a caller that leaves does not cut it short.
         let id = member.id;
         let task = tokio::spawn(async move {
             let written = {
                 let mut last_change = lock;
-                let written = raft
-                    .add_learner(id, BasicNode::new(member.addr), false)
+                let add = raft.add_learner(id, BasicNode::new(member.addr), false);
+                let wait = std::time::Duration::from_millis(MEMBERSHIP_STEP_MS);
+                let written = timeout(wait, add)
                     .await
+                    .map_err(|_| stuck_membership_step())?
                     .map_err(client_write_error)?;
                 *last_change = written.log_id.index;
                 written
@@ -857,7 +891,7 @@ impl pb::admin_server::Admin for AdminService {
         };
         ensure_leader(self.0.raft())?;
         let raft = self.0.raft().clone();
-        let lock = self.0.membership.clone().lock_owned().await;
+        let lock = self.0.membership_lock().await?;
         // The whole change runs in a task of its own, holding the lock: a caller that leaves
         // cuts nothing short, and no other change on this node slips between the compare
         // and the entries.

@@ -212,13 +212,21 @@ async fn leader_voters(
 ) -> Option<(BTreeSet<u64>, bool)> {
     let until = Instant::now() + within;
     while Instant::now() < until {
+        // Ask every node: a node that was removed, or restarted, may still call itself the
+        // leader of an older term (seed 244 read a removed node's stale voters this way).
+        let mut newest: Option<(u64, BTreeSet<u64>, bool)> = None;
         for (_, addr) in members {
             if let Ok(status) = client.status(addr).await {
-                if status.role == "leader" {
+                if status.role == "leader"
+                    && newest.as_ref().is_none_or(|(t, _, _)| status.term > *t)
+                {
                     let voters = status.voters.iter().map(|m| m.id).collect();
-                    return Some((voters, status.membership_changing));
+                    newest = Some((status.term, voters, status.membership_changing));
                 }
             }
+        }
+        if let Some((_, voters, changing)) = newest {
+            return Some((voters, changing));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
