@@ -19,6 +19,8 @@ pub enum DecodeError {
     Checksum { stored: u32, computed: u32 },
     #[error("malformed payload: {0}")]
     Payload(String),
+    #[error("frame of {0} bytes is over the {MAX_FRAME_BYTES}-byte limit")]
+    TooLarge(usize),
 }
 
 fn options() -> impl bincode::Options {
@@ -26,17 +28,19 @@ fn options() -> impl bincode::Options {
     bincode::DefaultOptions::new()
         .with_fixint_encoding()
         .with_little_endian()
-        .with_limit(MAX_FRAME_BYTES)
 }
 
-/// Encodes `value` as a checksummed frame.
+/// Encodes `value` as a checksummed frame. Nothing bounds the size here: what is encoded is
+/// bounded where it is built (requests by `Limits`, log entries by the proposer's
+/// `MAX_ENTRY_BYTES`, snapshot chunks by `SNAPSHOT_CHUNK_BYTES`), and a frame over
+/// [`MAX_FRAME_BYTES`] is refused by [`decode`] with an error, never a panic.
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     use bincode::Options;
     let payload = match options().serialize(value) {
         Ok(payload) => payload,
-        // Serializing plain data structs into a Vec cannot fail short of the size limit,
-        // which no value we build can reach.
-        Err(err) => panic!("encoding an in-memory value failed: {err}"),
+        // Without a size limit, serializing seedkv's plain data types (no maps with
+        // non-scalar keys, no unsized sequences) into a Vec has no failing case.
+        Err(err) => unreachable!("encoding an in-memory value failed: {err}"),
     };
     let mut frame = Vec::with_capacity(4 + payload.len());
     frame.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
@@ -55,7 +59,11 @@ pub fn decode<T: DeserializeOwned>(frame: &[u8]) -> Result<T, DecodeError> {
     if stored != computed {
         return Err(DecodeError::Checksum { stored, computed });
     }
+    if payload.len() as u64 > MAX_FRAME_BYTES {
+        return Err(DecodeError::TooLarge(payload.len()));
+    }
     options()
+        .with_limit(MAX_FRAME_BYTES)
         .deserialize(payload)
         .map_err(|err| DecodeError::Payload(err.to_string()))
 }

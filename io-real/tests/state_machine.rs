@@ -257,3 +257,75 @@ fn scans_merge_every_slot_in_key_order() {
         }
     });
 }
+
+/// A row whose bytes were damaged on disk is never served: the read fails naming the key.
+/// A damaged applied meta or session row is refused when the state machine opens, and the
+/// refusal rewrites nothing.
+#[test]
+fn damaged_rows_are_refused_never_served() {
+    use seedkv_core::storage::{keys, Disk, DiskError, DiskRead, Durability, WriteBatch};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let dir = tmp.path().join("a");
+        let disk = open_disk(&dir);
+        let mut machine = open_machine(&disk).await;
+        let mut entries = Vec::new();
+        for (i, key) in ["good", "bad"].iter().enumerate() {
+            let command = Command::Single(WriteOp::Put {
+                key: key.as_bytes().to_vec(),
+                value: b"value".to_vec(),
+            });
+            entries.push(entry(i as u64 + 1, command));
+        }
+        entries.push(entry(3, Command::Register));
+        machine.apply(entries).await.expect("apply");
+        let generation = machine.state().meta().generation;
+        // Flip one bit of the stored row of "bad".
+        let row_key = keys::row(GROUP, generation, b"bad");
+        let mut bytes = disk.get(&row_key).expect("get").expect("row");
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x01;
+        let mut batch = WriteBatch::default();
+        batch.put(row_key, bytes);
+        disk.write(batch, Durability::Sync).await.expect("write");
+        let state = machine.state();
+        assert!(state.get(b"good").expect("good row").is_some());
+        match state.get(b"bad") {
+            Err(DiskError::Corrupt { key, reason }) => {
+                assert!(key.contains("bad"), "{key}");
+                assert!(reason.contains("checksum"), "{reason}");
+            }
+            other => panic!("a damaged row was served: {other:?}"),
+        }
+        assert!(state
+            .multi_get(&[b"good".to_vec(), b"bad".to_vec()])
+            .is_err());
+        // Applying a write that reads the damaged row stops the state machine.
+        let cas = Command::Single(WriteOp::Cas {
+            key: b"bad".to_vec(),
+            expect: Some(b"value".to_vec()),
+            new: None,
+        });
+        assert!(machine.apply(vec![entry(4, cas)]).await.is_err());
+
+        // Damage the applied meta: the next open refuses, naming it, and writes nothing.
+        drop(machine);
+        let meta_key = keys::applied(GROUP);
+        let mut meta = disk.get(&meta_key).expect("get").expect("meta");
+        meta[0] ^= 0x80;
+        let mut batch = WriteBatch::default();
+        batch.put(meta_key.clone(), meta.clone());
+        disk.write(batch, Durability::Sync).await.expect("write");
+        let dyn_disk: Arc<dyn DynDisk> = disk.clone();
+        let refused = StateMachineStore::open(dyn_disk, GROUP)
+            .await
+            .err()
+            .expect("a damaged meta is refused");
+        assert!(refused.to_string().contains("checksum"), "{refused}");
+        assert_eq!(disk.get(&meta_key).expect("get"), Some(meta));
+    });
+}
