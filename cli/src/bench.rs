@@ -113,25 +113,32 @@ struct OpError {
     kind: &'static str,
     /// The outcome of a write is unknown.
     unknown: bool,
+    /// What the store or the client said.
+    message: String,
 }
 
 fn seedkv_error(err: &ClientError) -> OpError {
+    let message = err.to_string();
     match err {
         ClientError::InvalidArgument(_) => OpError {
             kind: "invalid",
             unknown: false,
+            message: message.clone(),
         },
         ClientError::Unavailable(_) => OpError {
             kind: "unavailable",
             unknown: false,
+            message: message.clone(),
         },
         ClientError::Unknown(_) => OpError {
             kind: "unknown-outcome",
             unknown: true,
+            message: message.clone(),
         },
         ClientError::Server(_) => OpError {
             kind: "server",
             unknown: false,
+            message: message.clone(),
         },
     }
 }
@@ -146,6 +153,7 @@ fn etcd_error(status: &tonic::Status) -> OpError {
     OpError {
         kind,
         unknown: true,
+        message: status.message().to_string(),
     }
 }
 
@@ -192,6 +200,7 @@ impl Store {
                     Err(_) => Err(OpError {
                         kind: "timeout",
                         unknown: true,
+                        message: format!("no answer within {} s", ETCD_TIMEOUT.as_secs()),
                     }),
                 }
             }
@@ -229,6 +238,7 @@ impl Store {
                     Err(_) => Err(OpError {
                         kind: "timeout",
                         unknown: false,
+                        message: format!("no answer within {} s", ETCD_TIMEOUT.as_secs()),
                     }),
                 }
             }
@@ -288,6 +298,7 @@ impl Store {
                     Err(_) => Err(OpError {
                         kind: "timeout",
                         unknown: true,
+                        message: format!("no answer within {} s", ETCD_TIMEOUT.as_secs()),
                     }),
                 }
             }
@@ -330,6 +341,8 @@ struct Shared {
 struct ClientResult {
     histogram: Histogram<u64>,
     errors: BTreeMap<&'static str, u64>,
+    /// The first message of each kind of error.
+    examples: BTreeMap<&'static str, String>,
 }
 
 impl Shared {
@@ -357,6 +370,7 @@ async fn run_client(
 ) -> Result<ClientResult> {
     let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     let mut errors = BTreeMap::new();
+    let mut examples: BTreeMap<&'static str, String> = BTreeMap::new();
     let mut rng =
         XorShift(0x9e37_79b9_7f4a_7c15 ^ (index as u64 + 1).wrapping_mul(0x1000_0000_01b3));
     let mut seen: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
@@ -446,7 +460,9 @@ async fn run_client(
             }
             Err(err) => {
                 *errors.entry(err.kind).or_default() += 1;
-                err.unknown.then(|| record(None))
+                let unknown = err.unknown;
+                examples.entry(err.kind).or_insert(err.message);
+                unknown.then(|| record(None))
             }
         };
         shared.done.fetch_add(1, Ordering::Relaxed);
@@ -457,7 +473,11 @@ async fn run_client(
                 .push(entry);
         }
     }
-    Ok(ClientResult { histogram, errors })
+    Ok(ClientResult {
+        histogram,
+        errors,
+        examples,
+    })
 }
 
 struct BenchArgsResolved {
@@ -607,11 +627,15 @@ pub async fn run(conn: &Connection, args: BenchArgs) -> Result<bool> {
     };
     let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     let mut errors: BTreeMap<&'static str, u64> = BTreeMap::new();
+    let mut examples: BTreeMap<&'static str, String> = BTreeMap::new();
     while let Some(done) = tasks.join_next().await {
         let result = done.context("bench client panicked")??;
         histogram.add(&result.histogram)?;
         for (kind, count) in result.errors {
             *errors.entry(kind).or_default() += count;
+        }
+        for (kind, message) in result.examples {
+            examples.entry(kind).or_insert(message);
         }
     }
     let elapsed = Instant::now()
@@ -655,6 +679,7 @@ pub async fn run(conn: &Connection, args: BenchArgs) -> Result<bool> {
                 "consistency": format!("{:?}", args.consistency).to_lowercase(),
                 "ops": ok_ops,
                 "errors": errors,
+                "error_examples": examples,
                 "seconds": elapsed,
                 "ops_per_s": ops_per_s,
                 "p50_ms": p50, "p90_ms": p90, "p99_ms": p99, "p999_ms": p999, "max_ms": max,
@@ -674,6 +699,9 @@ pub async fn run(conn: &Connection, args: BenchArgs) -> Result<bool> {
         } else {
             let list: Vec<String> = errors.iter().map(|(k, n)| format!("{k} {n}")).collect();
             println!("  errors: {} ({})", error_ops, list.join(", "));
+            for (kind, message) in &examples {
+                println!("  first {kind}: {message}");
+            }
         }
     }
     Ok(true)

@@ -261,9 +261,9 @@ impl Client {
         // Whether an attempt so far may have applied the write.
         let mut maybe_applied = false;
         let unknown = |message: String| Failure::Client(ClientError::Unknown(message));
-        // Nodes this call failed to reach: a follower's hint naming one of them (a leader
-        // that just died) is stale, and following it at once would spend the attempts in
-        // a few milliseconds, long before an election ends.
+        // Nodes this call failed to reach: following a hint to one of them at once (a leader
+        // that just died, still named by its followers) would spend every attempt in a few
+        // milliseconds, long before an election ends.
         let mut unreachable: Vec<String> = Vec::new();
         for attempt in 0..self.config.max_attempts {
             if attempt > 0 {
@@ -301,8 +301,15 @@ impl Client {
                     }
                 }
                 match hint {
-                    Some(leader) if leader != addr && !unreachable.contains(&leader) => {
-                        self.follow(&leader)
+                    Some(leader) if leader != addr => {
+                        // A hint naming a node this call could not reach (a leader that
+                        // just died, still named by its followers, or that restarted and
+                        // resumed) is followed after a pause, not at once.
+                        let paced = unreachable.contains(&leader);
+                        self.follow(&leader);
+                        if paced {
+                            tokio::time::sleep(backoff).await;
+                        }
                     }
                     _ => {
                         self.rotate(&addr);
