@@ -123,6 +123,27 @@ fn same_reads(machine: &StateMachineStore, reference: &KvState, scans: &[(ScanRa
     }
 }
 
+/// Begins `transfer` into `staging` and sends every chunk of `view`, as a leader does;
+/// returns the rows and key rows sent (for the finish).
+async fn send_transfer(
+    staging: &mut Staging,
+    transfer: u64,
+    meta: &seedkv_core::types::SnapshotMeta,
+    view: &seedkv_core::storage::snapshot::SnapshotView,
+) -> (u64, u64) {
+    staging
+        .begin(transfer, Default::default(), meta.clone(), view.header())
+        .await
+        .expect("begin");
+    let mut cursor = view.cursor();
+    let mut seq = 0;
+    while let Some(rows) = view.next_chunk(&mut cursor).expect("chunk") {
+        staging.rows(transfer, seq, rows).await.expect("rows");
+        seq += 1;
+    }
+    (cursor.rows(), cursor.keys())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(12))]
     #[test]
@@ -173,23 +194,11 @@ proptest! {
                     let follower_disk = open_disk(&dir_b);
                     let mut follower_machine = open_machine(&follower_disk).await;
                     let mut staging = Staging::new(follower_machine.state());
-                    staging.begin(7, Default::default(), snapshot.meta.clone(), view.header()).await.expect("begin");
-                    let mut cursor = view.cursor();
-                    let mut seq = 0;
-                    while let Some(rows) = view.next_chunk(&mut cursor).expect("chunk") {
-                        staging.rows(7, seq, rows).await.expect("rows");
-                        seq += 1;
-                    }
-                    assert!(staging.finish(7, cursor.rows() + 1, cursor.keys()).is_err(), "a wrong row count is refused");
+                    let (rows, keys) = send_transfer(&mut staging, 7, &snapshot.meta, &view).await;
+                    assert!(staging.finish(7, rows + 1, keys).is_err(), "a wrong row count is refused");
                     // The refused finish ended the transfer: send it again.
-                    staging.begin(8, Default::default(), snapshot.meta.clone(), view.header()).await.expect("begin");
-                    let mut cursor = view.cursor();
-                    let mut seq = 0;
-                    while let Some(rows) = view.next_chunk(&mut cursor).expect("chunk") {
-                        staging.rows(8, seq, rows).await.expect("rows");
-                        seq += 1;
-                    }
-                    let (_, meta, staged) = staging.finish(8, cursor.rows(), cursor.keys()).expect("finish");
+                    let (rows, keys) = send_transfer(&mut staging, 8, &snapshot.meta, &view).await;
+                    let (_, meta, staged) = staging.finish(8, rows, keys).expect("finish");
                     follower_machine
                         .install_snapshot(&meta, Box::new(SnapshotData::Staged(staged)))
                         .await
