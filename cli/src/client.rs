@@ -394,6 +394,12 @@ pub async fn cluster(conn: &Connection, command: ClusterCommand) -> Result<bool>
                 let status = client.status(&member.addr).await;
                 rows.push((member.clone(), status));
             }
+            // A member whose address answers with another incarnation than the membership
+            // records came back on a blank disk: the cluster refuses it until it is removed
+            // and added again.
+            let lost_data = |m: &seedkv_proto::pb::Member, s: &seedkv_proto::pb::StatusResponse| {
+                m.incarnation != 0 && s.incarnation != m.incarnation
+            };
             if json {
                 let out: Vec<serde_json::Value> = rows
                     .iter()
@@ -403,6 +409,8 @@ pub async fn cluster(conn: &Connection, command: ClusterCommand) -> Result<bool>
                             "last_log": s.last_log_index, "applied": s.applied_index,
                             "leader": s.leader_id,
                             "membership_changing": s.membership_changing,
+                            "incarnation": format!("{:016x}", s.incarnation),
+                            "lost_data": lost_data(m, s),
                         }),
                         Err(err) => json!({ "id": m.id, "addr": m.addr, "error": err.to_string() }),
                     })
@@ -415,6 +423,11 @@ pub async fn cluster(conn: &Connection, command: ClusterCommand) -> Result<bool>
                 );
                 for (m, s) in &rows {
                     match s {
+                        Ok(s) if lost_data(m, s) => println!(
+                            "{:<4} {:<22} lost its data (runs incarnation {:016x}, the \
+                             membership records {:016x}): remove it, then add it again",
+                            m.id, m.addr, s.incarnation, m.incarnation
+                        ),
                         Ok(s) => println!(
                             "{:<4} {:<22} {:<10} {:>6} {:>10} {:>10}",
                             m.id, m.addr, s.role, s.term, s.last_log_index, s.applied_index
@@ -423,7 +436,9 @@ pub async fn cluster(conn: &Connection, command: ClusterCommand) -> Result<bool>
                     }
                 }
             }
-            Ok(rows.iter().all(|(_, s)| s.is_ok()))
+            Ok(rows
+                .iter()
+                .all(|(m, s)| s.as_ref().is_ok_and(|s| !lost_data(m, s))))
         }
         ClusterCommand::AddNode { id, addr } => {
             if id == 0 {

@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use openraft::BasicNode;
 use seedkv_core::Limits;
 use seedkv_io_real::{Identity, RocksDisk};
 use seedkv_proto::trace::discard;
@@ -251,6 +250,9 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(&settings.listen)
         .await
         .with_context(|| format!("cannot listen on {}", settings.listen))?;
+    if !settings.data_dir.join("db").exists() {
+        refuse_if_member_before(&settings).await?;
+    }
     let identity = Identity {
         node_id: settings.node_id,
         cluster: settings.cluster_name.clone(),
@@ -318,17 +320,53 @@ async fn bootstrap(node: &Arc<Node>, settings: &Settings) -> Result<()> {
     if let Some(seed) = &settings.join {
         return join(settings, seed).await;
     }
-    let members: BTreeMap<u64, BasicNode> = match &settings.initial_cluster {
-        Some(members) => members
-            .iter()
-            .map(|(id, addr)| (*id, BasicNode::new(addr)))
-            .collect(),
-        None => BTreeMap::from([(settings.node_id, BasicNode::new(&settings.advertise))]),
+    let members: BTreeMap<u64, String> = match &settings.initial_cluster {
+        Some(members) => members.iter().cloned().collect(),
+        None => BTreeMap::from([(settings.node_id, settings.advertise.clone())]),
     };
     // Every member initializes with the same membership; whoever is second is refused, which
     // is fine: the log already holds it.
-    if let Err(err) = node.raft().initialize(members).await {
-        tracing::info!("initialize: {err}");
+    if let Err(err) = node.initialize(members).await {
+        tracing::info!("initialize: {}", err.message());
+    }
+    Ok(())
+}
+
+/// On an empty data directory, refuses to bootstrap as an initial member that already ran:
+/// a peer's membership records this node's incarnation once the node has answered as a
+/// member, so a recorded incarnation means this directory lost the node's votes and log.
+/// (A member that starts late for the first time has no incarnation recorded yet.) Peers
+/// that do not answer are passed over, as etcd does.
+async fn refuse_if_member_before(settings: &Settings) -> Result<()> {
+    let Some(members) = &settings.initial_cluster else {
+        return Ok(());
+    };
+    let mut config = ClientConfig::new(members.iter().map(|(_, a)| a.clone()).collect());
+    config.request_timeout_ms = 1_000;
+    config.max_attempts = 1;
+    let client = Client::new(config);
+    for (peer, addr) in members.iter().filter(|(id, _)| *id != settings.node_id) {
+        let Ok(status) = client.status(addr).await else {
+            continue;
+        };
+        let recorded = status
+            .voters
+            .iter()
+            .chain(&status.learners)
+            .find(|m| m.id == settings.node_id && m.incarnation != 0);
+        if let Some(member) = recorded {
+            bail!(
+                "the data directory {} is empty, but node {} already ran as a member of this \
+                 cluster (node {peer} at {addr} records its incarnation {:016x}); a node that lost \
+                 its data cannot rejoin as itself. Remove it with `seedkv cluster remove-node {} \
+                 --endpoints {addr}`, then start it on an empty directory with `--join {addr}` \
+                 instead of --initial-cluster",
+                settings.data_dir.display(),
+                settings.node_id,
+                member.incarnation,
+                settings.node_id,
+            );
+        }
     }
     Ok(())
 }

@@ -19,11 +19,14 @@ pub enum Fault {
     /// A membership change sets the voters it computed from what its caller read, without
     /// comparing with the membership now (a read-modify-write).
     MembershipWithoutCompare,
+    /// A node ignores the incarnation a Raft request names: back on a blank disk, it votes
+    /// and acknowledges as the member that had its log.
+    BlankDiskVotes,
 }
 
 impl Fault {
     /// Every switch, with its command-line name.
-    pub const ALL: [(Fault, &'static str); 5] = [
+    pub const ALL: [(Fault, &'static str); 6] = [
         (Fault::VoteNotPersisted, "vote-not-persisted"),
         (Fault::AckBeforeCommit, "ack-before-commit"),
         (Fault::StaleLinearizableRead, "stale-linearizable-read"),
@@ -32,6 +35,7 @@ impl Fault {
             Fault::MembershipWithoutCompare,
             "membership-without-compare",
         ),
+        (Fault::BlankDiskVotes, "blank-disk-votes"),
     ];
 
     /// The switch named `name`.
@@ -46,6 +50,7 @@ impl Fault {
             Fault::StaleLinearizableRead => 4,
             Fault::DuplicateWrites => 8,
             Fault::MembershipWithoutCompare => 16,
+            Fault::BlankDiskVotes => 32,
         }
     }
 }

@@ -31,4 +31,4 @@ pub use command::{
     Command, InvalidRequest, Limits, Response, Revision, ScanRange, Versioned, WriteOp,
 };
 pub use state::KvState;
-pub use types::{GroupId, NodeId, Raft, TypeConfig};
+pub use types::{GroupId, Member, NodeId, Raft, TypeConfig};

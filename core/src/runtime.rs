@@ -55,6 +55,18 @@ impl<F: Future> Future for Timeout<F> {
     }
 }
 
+/// A random non-zero number from the runtime's generator (seeded under `cfg(madsim)`).
+pub fn random_nonzero_u64() -> u64 {
+    use rand::Rng;
+    let mut rng = <SeedRuntime as AsyncRuntime>::thread_rng();
+    loop {
+        let value: u64 = rng.gen();
+        if value != 0 {
+            return value;
+        }
+    }
+}
+
 /// Sleeps until `deadline`, converting openraft's instant to the runtime's clock.
 fn sleep_until_instant(deadline: TokioInstant) -> tokio::time::Sleep {
     let deadline_std = deadline.into_std();

@@ -651,6 +651,7 @@ impl Client {
                 .map(|(id, addr)| pb::Member {
                     id: *id,
                     addr: addr.clone(),
+                    incarnation: 0,
                 })
                 .collect(),
         };
@@ -667,12 +668,29 @@ impl Client {
     }
 
     /// Adds node `id` at `addr` as a learner and waits until it has caught up.
+    ///
+    /// The node is asked who it is first: a node at `addr` with another id, or of another
+    /// cluster, is refused; its incarnation goes into the membership. A node that does not
+    /// answer is added with its incarnation unknown, which the leader records once it can
+    /// reach the node.
     pub async fn add_learner(&self, id: u64, addr: &str) -> Result<u64, ClientError> {
+        let (incarnation, cluster_id) = match self.status(addr).await {
+            Ok(status) if status.node_id != id => {
+                return Err(ClientError::InvalidArgument(format!(
+                    "the node at {addr} is node {}, not node {id}",
+                    status.node_id
+                )))
+            }
+            Ok(status) => (status.incarnation, status.cluster_id),
+            Err(_) => (0, 0),
+        };
         let request = pb::AddLearnerRequest {
             member: Some(pb::Member {
                 id,
                 addr: addr.to_string(),
+                incarnation,
             }),
+            cluster_id,
         };
         let reply = self
             .call(Retry::OnlyIfNotApplied, |ch| {

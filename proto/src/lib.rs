@@ -15,8 +15,10 @@
 
 pub mod client;
 pub mod convert;
+pub mod identity;
 pub mod network;
 pub mod node;
+mod pinning;
 pub mod proposer;
 pub mod read_index;
 pub mod status;

@@ -5,6 +5,7 @@
 //! `Result<reply, RaftError>` so a remote refusal arrives as openraft's own error.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::FutureExt;
@@ -16,16 +17,17 @@ use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
 };
-use openraft::{BasicNode, OptionalSend, Snapshot, StorageIOError};
+use openraft::{OptionalSend, Snapshot, StorageIOError};
 use seedkv_core::codec;
 use seedkv_core::runtime::timeout;
 use seedkv_core::storage::snapshot::{SnapshotFrame, SnapshotRefused, SnapshotReply};
 use seedkv_core::storage::SnapshotData;
 use seedkv_core::types::Vote;
-use seedkv_core::{GroupId, NodeId, TypeConfig};
+use seedkv_core::{GroupId, Member, NodeId, TypeConfig};
 use serde::de::DeserializeOwned;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::identity::Identity;
 use crate::pb::raft_client::RaftClient;
 use crate::pb::RaftMessage;
 use crate::trace::{RaftRpc, TraceEvent, Tracer};
@@ -49,17 +51,20 @@ static TRANSFERS: AtomicU64 = AtomicU64::new(0);
 pub struct GrpcNetwork {
     pub(crate) group: GroupId,
     pub(crate) from: NodeId,
+    pub(crate) identity: Arc<Identity>,
     pub(crate) tracer: Tracer,
 }
 
 impl RaftNetworkFactory<TypeConfig> for GrpcNetwork {
     type Network = PeerConnection;
 
-    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerConnection {
+    async fn new_client(&mut self, target: NodeId, node: &Member) -> PeerConnection {
         PeerConnection {
             group: self.group,
             from: self.from,
+            identity: self.identity.clone(),
             target,
+            target_incarnation: node.incarnation,
             addr: node.addr.clone(),
             client: None,
             tracer: self.tracer.clone(),
@@ -71,7 +76,10 @@ impl RaftNetworkFactory<TypeConfig> for GrpcNetwork {
 pub struct PeerConnection {
     group: GroupId,
     from: NodeId,
+    identity: Arc<Identity>,
     target: NodeId,
+    /// The incarnation the membership records for the target (0: not yet known).
+    target_incarnation: u64,
     addr: String,
     client: Option<RaftClient<Channel>>,
     tracer: Tracer,
@@ -96,7 +104,7 @@ impl PeerConnection {
         rpc: RaftRpc,
         payload: Vec<u8>,
         ttl: Duration,
-    ) -> Result<Resp, RPCError<NodeId, BasicNode, E>>
+    ) -> Result<Resp, RPCError<NodeId, Member, E>>
     where
         Result<Resp, E>: DeserializeOwned,
         E: std::error::Error,
@@ -116,7 +124,7 @@ impl PeerConnection {
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(remote)) => Err(RPCError::RemoteError(RemoteError::new_with_node(
                 self.target,
-                BasicNode::new(&self.addr),
+                Member::new(&self.addr, self.target_incarnation),
                 remote,
             ))),
             Err(err) => Err(err),
@@ -128,7 +136,7 @@ impl PeerConnection {
         rpc: RaftRpc,
         payload: Vec<u8>,
         ttl: Duration,
-    ) -> Result<Result<Resp, E>, RPCError<NodeId, BasicNode, E>>
+    ) -> Result<Result<Resp, E>, RPCError<NodeId, Member, E>>
     where
         Result<Resp, E>: DeserializeOwned,
         E: std::error::Error,
@@ -149,6 +157,11 @@ impl PeerConnection {
         let message = RaftMessage {
             group: self.group.0,
             payload,
+            cluster_id: self.identity.cluster_id(),
+            from: self.from,
+            from_incarnation: self.identity.incarnation(),
+            to: self.target,
+            to_incarnation: self.target_incarnation,
         };
         let call = async {
             match rpc {
@@ -182,7 +195,7 @@ impl PeerConnection {
         frame: &SnapshotFrame,
         ttl: Duration,
     ) -> Result<SnapshotReply, StreamingError<TypeConfig, Fatal<NodeId>>> {
-        let result: Result<SnapshotReply, RPCError<NodeId, BasicNode, SnapshotRefused>> = self
+        let result: Result<SnapshotReply, RPCError<NodeId, Member, SnapshotRefused>> = self
             .call(RaftRpc::InstallSnapshot, codec::encode(frame), ttl)
             .await;
         result.map_err(|err| match err {
@@ -211,7 +224,7 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
         let payload = codec::encode(&rpc);
         if payload.len() > MAX_APPEND_BYTES && rpc.entries.len() > 1 {
             // openraft resends at once with at most this many entries (a single entry is
@@ -289,7 +302,7 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         &mut self,
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
-    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
         self.call(RaftRpc::Vote, codec::encode(&rpc), option.hard_ttl())
             .await
     }

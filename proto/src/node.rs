@@ -9,20 +9,21 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use openraft::error::{ClientWriteError, InitializeError, RaftError};
-use openraft::{BasicNode, ChangeMembers, ServerState};
+use openraft::{ChangeMembers, ServerState};
 use seedkv_core::codec;
 use seedkv_core::command::{Command, Response, Versioned};
 use seedkv_core::runtime::timeout;
 use seedkv_core::storage::snapshot::{SnapshotFrame, SnapshotRefused, SnapshotReply, Staging};
 use seedkv_core::storage::{
-    Disk, DiskError, DynDisk, LogStore, SharedState, SnapshotData, StateMachineStore,
+    Disk, DiskError, DynDisk, LogStore, NodeIdentity, SharedState, SnapshotData, StateMachineStore,
 };
-use seedkv_core::{GroupId, Limits, NodeId, Raft};
+use seedkv_core::{GroupId, Limits, Member, NodeId, Raft};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::{Request, Response as GrpcResponse, Status};
 
 use crate::convert;
+use crate::identity::{Identity, Inbound};
 use crate::network::GrpcNetwork;
 use crate::pb;
 use crate::proposer::Proposer;
@@ -77,6 +78,8 @@ pub enum NodeError {
     Storage(String),
     #[error("raft: {0}")]
     Raft(String),
+    #[error("{0}")]
+    Identity(String),
 }
 
 /// One Raft group on this node and the state it applies to.
@@ -93,6 +96,9 @@ struct Group {
 pub struct Node {
     id: NodeId,
     addr: String,
+    /// The cluster name a bootstrap derives the cluster id from.
+    cluster_name: String,
+    identity: Arc<Identity>,
     limits: Limits,
     groups: BTreeMap<GroupId, Group>,
     /// Held across each membership change this node leads, from its compare to its last
@@ -125,6 +131,21 @@ impl Node {
         );
         let group = DEFAULT_GROUP;
         let dyn_disk: Arc<dyn DynDisk> = disk.clone();
+        let (record, created) = NodeIdentity::load_or_create(
+            &*dyn_disk,
+            config.id,
+            seedkv_core::runtime::random_nonzero_u64(),
+        )
+        .await
+        .map_err(|err| NodeError::Identity(err.to_string()))?;
+        if created {
+            tracing::info!(
+                node = config.id,
+                incarnation = format!("{:016x}", record.incarnation),
+                "new data directory"
+            );
+        }
+        let identity = Arc::new(Identity::new(record, dyn_disk.clone()));
         let state_machine = StateMachineStore::open(dyn_disk, group)
             .await
             .map_err(|err| NodeError::Storage(err.to_string()))?;
@@ -133,9 +154,11 @@ impl Node {
         let network = GrpcNetwork {
             group,
             from: config.id,
+            identity: identity.clone(),
             tracer,
         };
         let snapshot_frame_timeout_ms = raft_config.install_snapshot_timeout;
+        let cluster_name = raft_config.cluster_name.clone();
         let raft = Raft::new(config.id, raft_config, network, log, state_machine)
             .await
             .map_err(|err| NodeError::Raft(err.to_string()))?;
@@ -153,14 +176,63 @@ impl Node {
                 staging,
             },
         );
-        Ok(Arc::new(Node {
+        let node = Arc::new(Node {
             id: config.id,
             addr: config.addr,
+            cluster_name,
+            identity,
             limits: config.limits,
             groups,
             membership: Arc::new(tokio::sync::Mutex::new(0)),
             snapshot_frame_timeout_ms,
-        }))
+        });
+        tokio::spawn(crate::pinning::pin_incarnations(Arc::downgrade(&node)));
+        Ok(node)
+    }
+
+    /// This node's data directory incarnation.
+    pub fn incarnation(&self) -> u64 {
+        self.identity.incarnation()
+    }
+
+    /// This node's cluster id (0: none yet).
+    pub fn cluster_id(&self) -> u64 {
+        self.identity.cluster_id()
+    }
+
+    /// Bootstraps a new cluster of `members` (id to address) on this node: fixes the
+    /// cluster id, derived from the cluster name and the members so every initial member
+    /// derives the same one, then initializes Raft. Incarnations are left unknown (each
+    /// initial member knows only its own, and every member must write the same first
+    /// entry); the leader records them once elected.
+    pub async fn initialize(&self, members: BTreeMap<NodeId, String>) -> Result<(), Status> {
+        if members.is_empty() {
+            return Err(Status::invalid_argument("init needs at least one member"));
+        }
+        if members.contains_key(&0) {
+            return Err(Status::invalid_argument("node id 0 is not allowed"));
+        }
+        let cluster_id = seedkv_core::storage::identity::cluster_id(&self.cluster_name, &members);
+        self.identity.settle_cluster(cluster_id).await?;
+        let nodes: BTreeMap<NodeId, Member> = members
+            .into_iter()
+            .map(|(id, addr)| (id, Member::new(addr, 0)))
+            .collect();
+        match self.raft().initialize(nodes).await {
+            Ok(()) => Ok(()),
+            Err(RaftError::APIError(InitializeError::NotAllowed(err))) => Err(
+                Status::already_exists(format!("cluster is already initialized: {err}")),
+            ),
+            Err(err) => Err(membership_error(err)),
+        }
+    }
+
+    /// Takes this node's membership lock (see [`Node::membership_lock`]) for a task of the
+    /// node's own.
+    pub(crate) async fn lock_membership(
+        &self,
+    ) -> Result<tokio::sync::OwnedMutexGuard<u64>, Status> {
+        self.membership_lock().await
     }
 
     /// This node's id.
@@ -308,9 +380,9 @@ impl Node {
 /// as they are. Deliberately wrong.
 #[cfg(madsim)]
 fn without_compare(
-    change: ChangeMembers<NodeId, BasicNode>,
+    change: ChangeMembers<NodeId, Member>,
     mut voters: BTreeSet<NodeId>,
-) -> ChangeMembers<NodeId, BasicNode> {
+) -> ChangeMembers<NodeId, Member> {
     match change {
         ChangeMembers::AddVoterIds(add) => voters.extend(add),
         ChangeMembers::RemoveVoters(remove) => voters.retain(|v| !remove.contains(v)),
@@ -348,7 +420,7 @@ async fn membership_visible(raft: &Raft, index: u64) -> Result<(), Status> {
 
 async fn change_to_completion(
     raft: &Raft,
-    change: ChangeMembers<NodeId, BasicNode>,
+    change: ChangeMembers<NodeId, Member>,
 ) -> Result<u64, Status> {
     let raft = raft.clone();
     tracing::debug!(?change, "membership change: start");
@@ -562,6 +634,7 @@ fn reply<T: Serialize>(group: u32, result: &T) -> GrpcResponse<pb::RaftMessage> 
     GrpcResponse::new(pb::RaftMessage {
         group,
         payload: codec::encode(result),
+        ..Default::default()
     })
 }
 
@@ -573,6 +646,10 @@ impl pb::raft_server::Raft for RaftService {
     ) -> Result<GrpcResponse<pb::RaftMessage>, Status> {
         let message = request.into_inner();
         let group = self.0.group(message.group)?;
+        self.0
+            .identity
+            .admit(&message, Inbound::AppendEntries, None)
+            .await?;
         let rpc = decode_request(&message)?;
         let result = group.raft.append_entries(rpc).await;
         Ok(reply(message.group, &result))
@@ -584,6 +661,18 @@ impl pb::raft_server::Raft for RaftService {
     ) -> Result<GrpcResponse<pb::RaftMessage>, Status> {
         let message = request.into_inner();
         let group = self.0.group(message.group)?;
+        let recorded = group
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .get_node(&message.from)
+            .map(|member| member.incarnation);
+        self.0
+            .identity
+            .admit(&message, Inbound::Vote, recorded)
+            .await?;
         let rpc = decode_request(&message)?;
         let result = group.raft.vote(rpc).await;
         Ok(reply(message.group, &result))
@@ -596,6 +685,10 @@ impl pb::raft_server::Raft for RaftService {
     ) -> Result<GrpcResponse<pb::RaftMessage>, Status> {
         let message = request.into_inner();
         let group = self.0.group(message.group)?;
+        self.0
+            .identity
+            .admit(&message, Inbound::Snapshot, None)
+            .await?;
         let frame: SnapshotFrame = decode_request(&message)?;
         // The sender gives each frame `install_snapshot_timeout`, then drops the call, and
         // a real server then drops this handler: do the same here, so the simulator (whose
@@ -711,7 +804,7 @@ fn membership_error<E: std::error::Error>(err: RaftError<NodeId, E>) -> Status {
     }
 }
 
-fn client_write_error(err: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> Status {
+fn client_write_error(err: RaftError<NodeId, ClientWriteError<NodeId, Member>>) -> Status {
     match err {
         RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => not_leader(&forward),
         RaftError::APIError(ClientWriteError::ChangeMembershipError(err)) => {
@@ -731,9 +824,10 @@ impl pb::admin_server::Admin for AdminService {
         let metrics = group.raft.metrics().borrow().clone();
         let membership = metrics.membership_config.membership();
         let voter_ids: BTreeSet<NodeId> = membership.voter_ids().collect();
-        let member = |(id, node): (&NodeId, &BasicNode)| pb::Member {
+        let member = |(id, node): (&NodeId, &Member)| pb::Member {
             id: *id,
             addr: node.addr.clone(),
+            incarnation: node.incarnation,
         };
         let voters = membership
             .nodes()
@@ -766,6 +860,8 @@ impl pb::admin_server::Admin for AdminService {
             snapshot_index: metrics.snapshot.map_or(0, |id| id.index),
             purged_index: metrics.purged.map_or(0, |id| id.index),
             membership_changing: membership.get_joint_config().len() > 1,
+            incarnation: self.0.incarnation(),
+            cluster_id: self.0.cluster_id(),
         }))
     }
 
@@ -773,44 +869,36 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::InitRequest>,
     ) -> Result<GrpcResponse<pb::InitResponse>, Status> {
-        let members = request.into_inner().members;
-        if members.is_empty() {
-            return Err(Status::invalid_argument("init needs at least one member"));
-        }
         let mut nodes = BTreeMap::new();
-        for member in members {
-            if member.id == 0 {
-                return Err(Status::invalid_argument("node id 0 is not allowed"));
-            }
-            if nodes
-                .insert(member.id, BasicNode::new(member.addr))
-                .is_some()
-            {
+        for member in request.into_inner().members {
+            if nodes.insert(member.id, member.addr).is_some() {
                 return Err(Status::invalid_argument(format!(
                     "node id {} is listed twice",
                     member.id
                 )));
             }
         }
-        match self.0.raft().initialize(nodes).await {
-            Ok(()) => Ok(GrpcResponse::new(pb::InitResponse {})),
-            Err(RaftError::APIError(InitializeError::NotAllowed(err))) => Err(
-                Status::already_exists(format!("cluster is already initialized: {err}")),
-            ),
-            Err(err) => Err(membership_error(err)),
-        }
+        self.0.initialize(nodes).await?;
+        Ok(GrpcResponse::new(pb::InitResponse {}))
     }
 
     async fn add_learner(
         &self,
         request: Request<pb::AddLearnerRequest>,
     ) -> Result<GrpcResponse<pb::AddLearnerResponse>, Status> {
+        let request = request.into_inner();
         let member = request
-            .into_inner()
             .member
             .ok_or_else(|| Status::invalid_argument("add-learner needs a member"))?;
         if member.id == 0 {
             return Err(Status::invalid_argument("node id 0 is not allowed"));
+        }
+        let mine = self.0.cluster_id();
+        if request.cluster_id != 0 && request.cluster_id != mine {
+            return Err(Status::failed_precondition(format!(
+                "node {} belongs to cluster {:016x}, not to this cluster ({mine:016x})",
+                member.id, request.cluster_id
+            )));
         }
         ensure_leader(self.0.raft())?;
         let raft = self.0.raft().clone();
@@ -820,7 +908,10 @@ impl pb::admin_server::Admin for AdminService {
         let task = tokio::spawn(async move {
             let written = {
                 let mut last_change = lock;
-                let add = raft.add_learner(id, BasicNode::new(member.addr), false);
+                membership_visible(&raft, *last_change).await?;
+                let change =
+                    learner_change(&raft, id, Member::new(member.addr, member.incarnation))?;
+                let add = raft.change_membership(change, true);
                 let wait = std::time::Duration::from_millis(MEMBERSHIP_STEP_MS);
                 let written = timeout(wait, add)
                     .await
@@ -910,12 +1001,47 @@ impl pb::admin_server::Admin for AdminService {
     }
 }
 
+/// The change that makes node `id` a learner reached as `new`. A node not in the membership
+/// is added; a learner is updated (a new address, or a new incarnation after it was given a
+/// blank disk); a voter keeps its place, and learns its incarnation if it was unknown, but a
+/// voter's recorded incarnation or address is never replaced: a node that lost its data
+/// must be removed first, so that it never counts as the voter that had it.
+fn learner_change(
+    raft: &Raft,
+    id: NodeId,
+    mut new: Member,
+) -> Result<ChangeMembers<NodeId, Member>, Status> {
+    let metrics = raft.metrics();
+    let metrics = metrics.borrow();
+    let membership = metrics.membership_config.membership();
+    let Some(recorded) = membership.get_node(&id) else {
+        return Ok(ChangeMembers::AddNodes(BTreeMap::from([(id, new)])));
+    };
+    if new.incarnation == 0 && new.addr == recorded.addr {
+        new.incarnation = recorded.incarnation;
+    }
+    if membership.voter_ids().any(|voter| voter == id) {
+        let other_incarnation =
+            recorded.incarnation != 0 && recorded.incarnation != new.incarnation;
+        if other_incarnation || recorded.addr != new.addr {
+            return Err(Status::failed_precondition(format!(
+                "node {id} is a voter recorded as {recorded}, and the node to add is {new}: \
+                 a voter is never replaced in place; remove node {id} first, then add it again"
+            )));
+        }
+    }
+    if *recorded == new {
+        return Ok(ChangeMembers::AddNodes(BTreeMap::new()));
+    }
+    Ok(ChangeMembers::SetNodes(BTreeMap::from([(id, new)])))
+}
+
 /// One membership change on the leader `raft`, with this node's membership lock held;
 /// `last_change` is the log index of the last change this node made.
 async fn change_membership_locked(
     raft: &Raft,
     last_change: u64,
-    change: Option<ChangeMembers<NodeId, BasicNode>>,
+    change: Option<ChangeMembers<NodeId, Member>>,
     expected: BTreeSet<NodeId>,
 ) -> Result<u64, Status> {
     ensure_leader(raft)?;

@@ -121,7 +121,7 @@ impl Proposer {
 }
 
 type Outcome = Result<
-    Result<ClientWriteResponse<TypeConfig>, ClientWriteError<u64, openraft::BasicNode>>,
+    Result<ClientWriteResponse<TypeConfig>, ClientWriteError<u64, seedkv_core::Member>>,
     tokio::sync::oneshot::error::RecvError,
 >;
 

@@ -6,7 +6,7 @@
 //! longer tell whether an earlier copy did; anything else on a write — the outcome is unknown.
 
 use openraft::error::ForwardToLeader;
-use openraft::BasicNode;
+use seedkv_core::Member;
 use seedkv_core::NodeId;
 use tonic::{Code, Status};
 
@@ -75,7 +75,7 @@ pub fn session_refusal(status: &Status) -> Option<SessionRefusal> {
 }
 
 /// A refusal from a node that is not the leader, carrying the leader if known.
-pub fn not_leader(forward: &ForwardToLeader<NodeId, BasicNode>) -> Status {
+pub fn not_leader(forward: &ForwardToLeader<NodeId, Member>) -> Status {
     let leader = match (&forward.leader_id, &forward.leader_node) {
         (Some(id), Some(node)) => format!("node {id} at {}", node.addr),
         (Some(id), None) => format!("node {id}"),
@@ -98,7 +98,7 @@ pub fn not_leader(forward: &ForwardToLeader<NodeId, BasicNode>) -> Status {
 }
 
 /// A not-leader refusal given before anything was proposed (see [`NOT_PROPOSED`]).
-pub fn not_proposed(forward: &ForwardToLeader<NodeId, BasicNode>) -> Status {
+pub fn not_proposed(forward: &ForwardToLeader<NodeId, Member>) -> Status {
     let mut status = not_leader(forward);
     status.metadata_mut().insert(
         NOT_PROPOSED,

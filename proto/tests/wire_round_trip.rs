@@ -27,7 +27,7 @@ proptest! {
         prop_assert_eq!(pb::BatchRequest::decode(batch.encode_to_vec().as_slice()).ok(), Some(batch));
         let scan = pb::ScanRequest { prefix: key.clone(), from: value.clone(), to: vec![], limit, consistency: 1 };
         prop_assert_eq!(pb::ScanRequest::decode(scan.encode_to_vec().as_slice()).ok(), Some(scan));
-        let raft = pb::RaftMessage { group: limit, payload: value };
+        let raft = pb::RaftMessage { group: limit, payload: value, cluster_id: u64::MAX, from: 3, from_incarnation: 1 << 63, to: 1, to_incarnation: 7 };
         prop_assert_eq!(pb::RaftMessage::decode(raft.encode_to_vec().as_slice()).ok(), Some(raft));
     }
 

@@ -36,10 +36,12 @@ use serde::{Deserialize, Serialize};
 use crate::codec;
 use crate::types::{GroupId, StorageError};
 
+pub mod identity;
 pub mod log;
 pub mod machine;
 pub mod snapshot;
 
+pub use identity::{IdentityError, NodeIdentity};
 pub use log::LogStore;
 pub use machine::{AppliedMeta, SharedState, StateMachineStore, StateSummary};
 pub use snapshot::SnapshotData;
@@ -177,6 +179,7 @@ pub type Rows = Vec<(Vec<u8>, Vec<u8>)>;
 /// Where each piece of a group's state lives in the disk's key space.
 ///
 /// ```text
+/// node                                         the node's identity (see [`identity`])
 /// g{group:4}v                                  vote
 /// g{group:4}p                                  last purged log id
 /// g{group:4}l{index:8}                         log entry
