@@ -135,6 +135,20 @@ impl SimDisk {
         medium.crashes += 1;
     }
 
+    /// Swaps the medium for a blank one (a replaced disk, an unmounted volume, a wrong path):
+    /// everything is gone, durable or not, and every open handle is dead. Call it when the
+    /// node is killed, before restarting it.
+    pub fn wipe(&self) {
+        let mut medium = self.lock();
+        medium.file.clear();
+        medium.durable_len = 0;
+        medium.table = Table::new();
+        medium.generation += 1;
+        medium.fault = None;
+        medium.failed = None;
+        medium.stalled_until = None;
+    }
+
     /// Makes the next write or fsync fail.
     pub fn inject(&self, fault: DiskFault) {
         self.lock().fault = Some(fault);

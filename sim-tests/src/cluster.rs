@@ -25,12 +25,37 @@ struct SimNode {
     /// The running incarnation, set by the node itself once started.
     running: Slot,
     alive: bool,
+    /// The incarnation the node last ran, kept while it is down; `None` once its disk is
+    /// wiped (until it runs again).
+    last_incarnation: Option<u64>,
+}
+
+/// One member as a membership records it.
+#[derive(Debug, Clone, Copy)]
+pub struct MemberView {
+    /// The node's index (its id minus one).
+    pub index: usize,
+    /// The incarnation recorded for it (0: not yet known).
+    pub incarnation: u64,
+    pub voter: bool,
+}
+
+/// A membership as some node holds it.
+#[derive(Debug, Clone)]
+pub struct MembershipView {
+    pub members: Vec<MemberView>,
+    /// True while a change is half done (old and new voters both count).
+    pub changing: bool,
 }
 
 /// A simulated cluster of `n` nodes with ids `1..=n`.
 pub struct SimCluster {
     handle: Handle,
     nodes: Vec<SimNode>,
+    /// Membership changes the operator is making right now.
+    pub operator_changes: usize,
+    /// True while the nemesis sets up a node losing its disk.
+    pub amnesia_under_way: bool,
     /// Network fault controller over the nodes, in index order.
     pub net: NetFaults,
 }
@@ -83,10 +108,17 @@ impl SimCluster {
                 disk,
                 running,
                 alive: true,
+                last_incarnation: None,
             });
         }
         let net = NetFaults::new(nodes.iter().map(|n| n.host.id()).collect());
-        SimCluster { handle, nodes, net }
+        SimCluster {
+            handle,
+            nodes,
+            operator_changes: 0,
+            amnesia_under_way: false,
+            net,
+        }
     }
 
     /// Number of nodes.
@@ -150,9 +182,68 @@ impl SimCluster {
             return;
         }
         self.handle.kill(node.host.id());
-        *lock(&node.running) = None;
+        if let Some(running) = lock(&node.running).take() {
+            node.last_incarnation = Some(running.incarnation());
+        }
         node.disk.crash();
         node.alive = false;
+    }
+
+    /// Kills the node at `index`, gives it a blank disk, and starts it again: it comes back
+    /// with a new incarnation and none of its votes or log.
+    pub fn wipe(&mut self, index: usize) {
+        self.kill(index);
+        if let Some(node) = self.nodes.get_mut(index) {
+            node.disk.wipe();
+            node.last_incarnation = None;
+        }
+        self.restart(index);
+    }
+
+    /// The newest membership any running node holds (appended, perhaps not yet committed).
+    pub fn newest_membership(&self) -> Option<MembershipView> {
+        let metrics = (0..self.nodes.len())
+            .filter_map(|i| Some(self.node(i)?.raft().metrics().borrow().clone()))
+            .max_by_key(|m| {
+                m.membership_config
+                    .log_id()
+                    .map(|id| (id.leader_id.term, id.index))
+            })?;
+        let membership = metrics.membership_config.membership();
+        let voters: Vec<u64> = membership.voter_ids().collect();
+        let members = membership
+            .nodes()
+            .map(|(id, member)| MemberView {
+                index: *id as usize - 1,
+                incarnation: member.incarnation,
+                voter: voters.contains(id),
+            })
+            .collect();
+        Some(MembershipView {
+            members,
+            changing: membership.get_joint_config().len() > 1,
+        })
+    }
+
+    /// The incarnation node `index` runs, or last ran if it is down; `None` if its disk was
+    /// wiped and it has not run since.
+    fn incarnation_of(&self, index: usize) -> Option<u64> {
+        match self.node(index) {
+            Some(node) => Some(node.incarnation()),
+            None => self.nodes.get(index)?.last_incarnation,
+        }
+    }
+
+    /// Members whose incarnation is not the one the newest membership records, with
+    /// whether each is a voter: nodes back on a blank disk, refused until replaced.
+    pub fn lost_data(&self) -> Vec<MemberView> {
+        let Some(view) = self.newest_membership() else {
+            return Vec::new();
+        };
+        view.members
+            .into_iter()
+            .filter(|m| m.incarnation != 0 && self.incarnation_of(m.index) != Some(m.incarnation))
+            .collect()
     }
 
     /// Makes the next write or fsync of node `index`'s disk fail.

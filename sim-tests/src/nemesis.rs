@@ -48,7 +48,7 @@ pub async fn run(
         let mut down = Vec::new();
         for _ in 0..count {
             let kind = menu[thread_rng().gen_range(0..menu.len())];
-            down.extend(inject(kind, &cluster, log).await);
+            down.extend(inject(kind, &cluster, deadline, log).await);
             tokio::time::sleep(millis(0..1_000)).await;
         }
         tokio::time::sleep(millis(500..4_000)).await;
@@ -74,6 +74,7 @@ pub async fn run(
 async fn inject(
     kind: FaultKind,
     cluster: &SharedCluster,
+    deadline: Instant,
     log: &mut dyn FnMut(String),
 ) -> Vec<usize> {
     match kind {
@@ -151,6 +152,7 @@ async fn inject(
             log(action);
             Vec::new()
         }
+        FaultKind::Amnesia => amnesia(cluster, deadline, log).await,
         FaultKind::PowerLoss => {
             // Every node at once: only what each disk made durable survives anywhere.
             let n = lock(cluster).len();
@@ -169,6 +171,76 @@ async fn inject(
             Vec::new()
         }
     }
+}
+
+/// A node loses its disk at the worst moment: a follower `cut` is isolated while writes
+/// commit on the leader and the node `blank`, then `blank` comes back on an empty disk and
+/// the leader crashes. If `blank` counted as the member it was, it would elect `cut`, which
+/// lacks the latest acknowledged writes. Returns the crashed leader (restarted at the heal).
+/// Skipped while a member's incarnation is unrecorded (the window right after bootstrap, when
+/// nothing can tell a blank node from the one it replaces), a node already lost its data, the
+/// membership is changing, or the run is about to end.
+async fn amnesia(
+    cluster: &SharedCluster,
+    deadline: Instant,
+    log: &mut dyn FnMut(String),
+) -> Vec<usize> {
+    // The operator replaces lost nodes until the deadline, and restores the cluster after
+    // it: the loss must happen while it is still watching.
+    if Instant::now() + Duration::from_secs(3) > deadline {
+        return Vec::new();
+    }
+    let (leader, voters) = {
+        let mut c = lock(cluster);
+        let Some(leader) = c.leader() else {
+            return Vec::new();
+        };
+        let Some(view) = c.newest_membership() else {
+            return Vec::new();
+        };
+        // A blank voter is lost for good until the operator replaces it: only when the
+        // voters can spare one, and never across a membership change (a new configuration
+        // that needs the lost node could never commit, and nothing could replace it).
+        let voters: Vec<usize> = view
+            .members
+            .iter()
+            .filter(|m| m.voter)
+            .map(|m| m.index)
+            .collect();
+        if view.changing
+            || voters.len() < 3
+            || c.operator_changes > 0
+            || view.members.iter().any(|m| m.incarnation == 0)
+            || !c.lost_data().is_empty()
+        {
+            log(
+                "amnesia skipped: a membership change, too few voters, an unrecorded \
+                 incarnation or a node already lost"
+                    .into(),
+            );
+            return Vec::new();
+        }
+        c.amnesia_under_way = true;
+        (leader, voters)
+    };
+    let others: Vec<usize> = voters.into_iter().filter(|&i| i != leader).collect();
+    let blank = others[thread_rng().gen_range(0..others.len())];
+    let rest: Vec<usize> = others.into_iter().filter(|&i| i != blank).collect();
+    let cut = rest[thread_rng().gen_range(0..rest.len())];
+    lock(cluster).net.isolate(cut);
+    tokio::time::sleep(millis(200..1_500)).await;
+    lock(cluster).wipe(blank);
+    tokio::time::sleep(millis(0..1_000)).await;
+    {
+        let mut c = lock(cluster);
+        c.kill(leader);
+        c.net.heal();
+        c.amnesia_under_way = false;
+    }
+    log(format!(
+        "amnesia: {cut} cut off, {blank} back on a blank disk, leader {leader} killed"
+    ));
+    vec![leader]
 }
 
 /// One step of a fault schedule chosen from outside (by a fuzzer, say) instead of drawn from

@@ -20,6 +20,14 @@ use seedkv_proto::{Client, ClientConfig, ClientError};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
+use crate::nemesis::SharedCluster;
+
+fn lock(cluster: &SharedCluster) -> std::sync::MutexGuard<'_, crate::cluster::SimCluster> {
+    cluster
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// What the operator did and found.
 #[derive(Debug, Default)]
 pub struct OperatorReport {
@@ -51,6 +59,7 @@ fn client(members: &[(u64, String)]) -> Client {
 /// Changes membership until `deadline`, then checks the model and restores every node as a
 /// voter (within `restore_within`). `min_voters` bounds removals.
 pub async fn run(
+    cluster: SharedCluster,
     members: Vec<(u64, String)>,
     deadline: Instant,
     restore_within: Duration,
@@ -70,6 +79,7 @@ pub async fn run(
         for _ in 0..racing {
             changes.push(tokio::spawn(change(
                 client.clone(),
+                cluster.clone(),
                 members.clone(),
                 model.clone(),
                 min_voters,
@@ -98,7 +108,8 @@ pub async fn run(
     }
     if model.report.failure.is_none() {
         let mut restored = Vec::new();
-        if let Err(why) = restore(&client, &members, restore_within, &mut restored).await {
+        if let Err(why) = restore(&client, &cluster, &members, restore_within, &mut restored).await
+        {
             model.report.failure = Some(why);
         }
         model.report.actions.extend(restored);
@@ -106,9 +117,71 @@ pub async fn run(
     std::mem::take(&mut model.report)
 }
 
-/// One change: remove a voter, or add back a node that is not one.
+/// One change: remove a voter, or add back a node that is not one. Sometimes a removed voter
+/// gets a new, blank disk and is added straight back, as the new incarnation it now is (the
+/// procedure for replacing a disk; a disk lost while its node is a member is the nemesis's
+/// `Amnesia`).
 async fn change(
     client: Arc<Client>,
+    cluster: SharedCluster,
+    members: Vec<(u64, String)>,
+    model: Arc<Mutex<Model>>,
+    min_voters: usize,
+) {
+    // As an operator watching `cluster status` would: a node that lost its data is replaced
+    // before anything else changes (removing another voter meanwhile could leave a
+    // configuration that needs the lost node, which then nothing could change).
+    let lost = {
+        let mut c = lock(&cluster);
+        if c.amnesia_under_way {
+            return;
+        }
+        let lost = c.lost_data();
+        if lost.is_empty() {
+            c.operator_changes += 1;
+        }
+        lost
+    };
+    if let Some(lost) = lost.first() {
+        replace_lost(&client, &members, &model, lost.index as u64 + 1, lost.voter).await;
+        return;
+    }
+    change_voters(client, cluster.clone(), members, model, min_voters).await;
+    lock(&cluster).operator_changes -= 1;
+}
+
+/// Replaces node `id`, back on a blank disk: removes it (if a voter), then adds it again as
+/// the incarnation it now runs.
+async fn replace_lost(
+    client: &Client,
+    members: &[(u64, String)],
+    model: &Mutex<Model>,
+    id: u64,
+    voter: bool,
+) {
+    if !model.lock().await.busy.insert(id) {
+        return;
+    }
+    let addr = address(members, id);
+    let removed = if voter {
+        let outcome = client.change_membership(&[], &[id], &[]).await;
+        let removed = outcome.is_ok();
+        record(model, "remove (lost its data)", id, &[], 0, outcome).await;
+        removed
+    } else {
+        true
+    };
+    if removed {
+        let outcome = add(client, id, &addr, &[]).await;
+        record(model, "add (blank disk)", id, &[], 0, outcome).await;
+    }
+    model.lock().await.busy.remove(&id);
+}
+
+/// A change of the voters (see [`change`]).
+async fn change_voters(
+    client: Arc<Client>,
+    cluster: SharedCluster,
     members: Vec<(u64, String)>,
     model: Arc<Mutex<Model>>,
     min_voters: usize,
@@ -134,33 +207,53 @@ async fn change(
         target
     };
     let addr = address(&members, target);
-    let adding = !read.contains(&target);
-    let outcome = if adding {
-        // A learner is not a voter: whatever became of this step, the model holds.
-        if let Err(err) = client.add_learner(target, &addr).await {
-            let mut m = model.lock().await;
-            m.busy.remove(&target);
-            m.report
-                .actions
-                .push(format!("operator: add learner {target}: {err:?}"));
-            return;
-        }
-        client.change_membership(&[target], &[], &read).await
+    if !read.contains(&target) {
+        let outcome = add(&client, target, &addr, &read).await;
+        record(&model, "add", target, &read, *reader, outcome).await;
     } else if read.len() > min_voters {
-        client.change_membership(&[], &[target], &read).await
-    } else {
-        model.lock().await.busy.remove(&target);
-        return;
-    };
+        let outcome = client.change_membership(&[], &[target], &read).await;
+        let removed = outcome.is_ok();
+        record(&model, "remove", target, &read, *reader, outcome).await;
+        if removed && thread_rng().gen_bool(0.3) {
+            // Its disk is replaced, and it joins again, blank, as a new incarnation.
+            lock(&cluster).wipe(target as usize - 1);
+            let basis: Vec<u64> = read.iter().copied().filter(|v| *v != target).collect();
+            let outcome = add(&client, target, &addr, &basis).await;
+            record(&model, "add (blank disk)", target, &basis, *reader, outcome).await;
+        }
+    }
+    model.lock().await.busy.remove(&target);
+}
+
+/// Adds `target` as a learner, then as a voter, based on the voters `read`.
+async fn add(client: &Client, target: u64, addr: &str, read: &[u64]) -> Result<u64, ClientError> {
+    client
+        .add_learner(target, addr)
+        .await
+        .map_err(|err| match err {
+            // A learner is not a voter: whatever became of this step, the voters are as they were.
+            ClientError::Unknown(message) => ClientError::Unavailable(message),
+            other => other,
+        })?;
+    client.change_membership(&[target], &[], read).await
+}
+
+/// Folds the outcome of one change into the model.
+async fn record(
+    model: &Mutex<Model>,
+    verb: &str,
+    target: u64,
+    read: &[u64],
+    reader: u64,
+    outcome: Result<u64, ClientError>,
+) {
     let mut m = model.lock().await;
-    m.busy.remove(&target);
-    let verb = if adding { "add" } else { "remove" };
     let line =
         format!("operator: {verb} {target} based on {read:?} read from {reader}: {outcome:?}");
     m.report.actions.push(line);
     match outcome {
         Ok(_) => {
-            if adding {
+            if verb.starts_with("add") {
                 m.voters.insert(target);
             } else {
                 m.voters.remove(&target);
@@ -236,6 +329,7 @@ async fn leader_voters(
 /// Makes every node a voter again.
 async fn restore(
     client: &Client,
+    cluster: &SharedCluster,
     members: &[(u64, String)],
     within: Duration,
     log: &mut Vec<String>,
@@ -266,6 +360,28 @@ async fn restore(
                 seen.join("; ")
             ));
         };
+        // A voter back on a blank disk is refused by the others until it is removed and
+        // added again as the new incarnation it is (a learner is just added again).
+        let lost = lock(cluster).lost_data();
+        if let Some(lost) = lost.first() {
+            let id = lost.index as u64 + 1;
+            let removed = if lost.voter {
+                client.change_membership(&[], &[id], &[]).await
+            } else {
+                client.add_learner(id, &address(members, id)).await
+            };
+            log.push(format!(
+                "operator: replace {id}, back on a blank disk: {removed:?}"
+            ));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if Instant::now() > until {
+                return Err(format!(
+                    "could not replace node {id}, which lost its data, within {} s",
+                    within.as_secs()
+                ));
+            }
+            continue;
+        }
         let missing: Vec<u64> = all.difference(&voters).copied().collect();
         let Some(&id) = missing.first() else {
             log.push(format!("operator: restored, voters {voters:?}"));

@@ -156,6 +156,7 @@ pub async fn run(config: RunConfig) -> RunReport {
     // Membership changes come from an operator of their own (not with a fuzzer's plan).
     let operator = (config.scenario.changes_membership() && config.plan.is_none()).then(|| {
         extra_host(&handle, "operator", 2).spawn(operator::run(
+            cluster.clone(),
             operator_members,
             deadline,
             Duration::from_secs(60),

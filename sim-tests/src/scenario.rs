@@ -14,7 +14,8 @@ pub enum Scenario {
     CrashRestart,
     /// Packet loss and latency spikes.
     LossyNet,
-    /// All of the above, interleaved, with membership changes and disk faults.
+    /// All of the above, interleaved, with membership changes, disk faults and nodes
+    /// coming back on blank disks.
     Mixed,
     /// Only membership changes (voters removed and added back, sometimes two at once).
     Membership,
@@ -33,6 +34,9 @@ pub enum FaultKind {
     Disk,
     /// Every node loses power at once and restarts.
     PowerLoss,
+    /// A node comes back on a blank disk, with its votes and log gone, while another
+    /// follower is cut off and the leader then crashes.
+    Amnesia,
 }
 
 impl Scenario {
@@ -60,6 +64,7 @@ impl Scenario {
                 FaultKind::Lossy,
                 FaultKind::Disk,
                 FaultKind::PowerLoss,
+                FaultKind::Amnesia,
             ],
             Scenario::Disk => &[FaultKind::Disk, FaultKind::PowerLoss],
         }

@@ -444,12 +444,13 @@ fn sweep(binary: &Path, args: &SimArgs) -> Result<Summary> {
 /// Each deliberate bug, with the cluster size its sweep runs at: a membership change without
 /// its compare can only lose an acknowledged change when a stale read names other voters
 /// that still exist, which takes five nodes.
-const BUGS: [(&str, u64); 5] = [
+const BUGS: [(&str, u64); 6] = [
     ("vote-not-persisted", 3),
     ("ack-before-commit", 3),
     ("stale-linearizable-read", 3),
     ("duplicate-writes", 3),
     ("membership-without-compare", 5),
+    ("blank-disk-votes", 3),
 ];
 
 /// For each deliberate bug: a `mixed` sweep must fail within `max_seeds`, and the failing
