@@ -288,7 +288,7 @@ pub async fn run(args: ServerArgs) -> Result<()> {
         let _ = stop_tx.send(());
         let _ = serving.await;
     };
-    if tokio::time::timeout(Duration::from_millis(1_500), graceful)
+    if tokio::time::timeout(Duration::from_millis(GRACEFUL_STOP_MS), graceful)
         .await
         .is_err()
     {
@@ -400,36 +400,100 @@ async fn join(settings: &Settings, seed: &str) -> Result<()> {
     }
 }
 
-/// If this node leads, asks the most caught-up voter to start an election now, so the
-/// cluster has a new leader before this one goes quiet.
-async fn hand_over_leadership(node: &Arc<Node>) {
+/// How long the whole graceful stop may take (hand-over, Raft shutdown, closing the
+/// listener); past it the node stops anyway.
+const GRACEFUL_STOP_MS: u64 = 4_000;
+
+/// How long the hand-over waits for the chosen node to hold the leader's whole log.
+const HAND_OVER_CATCH_UP_MS: u64 = 1_000;
+
+/// How long the hand-over waits for the chosen node to take over once asked.
+const HAND_OVER_ELECTION_MS: u64 = 700;
+
+/// How many times the chosen node is asked to campaign.
+const HAND_OVER_ELECTIONS: u32 = 3;
+
+/// If this node leads, hands leadership to the most caught-up voter before stopping, so
+/// the cluster does not wait out an election timeout. The order matters: the chosen node
+/// must hold this node's whole log (so this node stops taking writes first), and this node
+/// must still be running when it campaigns, since the other followers refuse any candidate
+/// while the leader's lease holds (openraft's `leader_lease`) and only this node's vote is
+/// free to give. Returns the node that took over, if one did.
+async fn hand_over_leadership(node: &Arc<Node>) -> Option<u64> {
     let metrics = node.raft().metrics().borrow().clone();
     if metrics.current_leader != Some(node.id()) {
-        return;
+        return None;
     }
-    let Some(replication) = metrics.replication else {
-        return;
-    };
+    let replication = metrics.replication.as_ref()?;
     let voters: Vec<u64> = metrics.membership_config.membership().voter_ids().collect();
-    let best = replication
+    let target = replication
         .iter()
         .filter(|(id, _)| **id != node.id() && voters.contains(id))
         .max_by_key(|(_, matched)| matched.map_or(0, |m| m.index))
-        .map(|(id, _)| *id);
-    let Some(target) = best else {
-        return;
-    };
-    let Some(addr) = metrics
+        .map(|(id, _)| *id)?;
+    let addr = metrics
         .membership_config
         .membership()
         .get_node(&target)
-        .map(|n| n.addr.clone())
-    else {
-        return;
-    };
-    let client = Client::new(ClientConfig::new(vec![addr.clone()]));
-    match client.elect(&addr).await {
-        Ok(()) => tracing::info!(to = target, "handed leadership over"),
-        Err(err) => tracing::warn!(to = target, "leadership hand-over failed: {err}"),
+        .map(|n| n.addr.clone())?;
+    // No new writes: the log stops growing, so the target can hold all of it.
+    node.refuse_writes();
+    let caught_up = node
+        .raft()
+        .wait(Some(Duration::from_millis(HAND_OVER_CATCH_UP_MS)))
+        .metrics(
+            |m| {
+                // Writes proposed before the refusal may still land: compare with the log
+                // as it is now, each time.
+                let last_log = m.last_log_index.unwrap_or(0);
+                m.replication
+                    .as_ref()
+                    .and_then(|r| r.get(&target).copied().flatten())
+                    .is_some_and(|matched| matched.index >= last_log)
+            },
+            "the hand-over target caught up",
+        )
+        .await;
+    if let Err(err) = caught_up {
+        tracing::warn!(
+            to = target,
+            "leadership hand-over: the target is behind: {err}"
+        );
+        return None;
     }
+    let mut config = ClientConfig::new(vec![addr.clone()]);
+    config.request_timeout_ms = 500;
+    config.max_attempts = 1;
+    let client = Client::new(config);
+    let me = node.id();
+    // An election can collide with another; ask again, within the budget.
+    for attempt in 1..=HAND_OVER_ELECTIONS {
+        if let Err(err) = client.elect(&addr).await {
+            tracing::warn!(to = target, attempt, "leadership hand-over: {err}");
+            continue;
+        }
+        let taken = node
+            .raft()
+            .wait(Some(Duration::from_millis(HAND_OVER_ELECTION_MS)))
+            .metrics(
+                |m| m.current_leader.is_some_and(|leader| leader != me),
+                "another node leads",
+            )
+            .await;
+        match taken {
+            Ok(m) => {
+                let leader = m.current_leader;
+                tracing::info!(to = target, new_leader = ?leader, "handed leadership over");
+                return leader;
+            }
+            Err(err) => {
+                tracing::warn!(
+                    to = target,
+                    attempt,
+                    "leadership hand-over: no new leader yet: {err}"
+                )
+            }
+        }
+    }
+    None
 }

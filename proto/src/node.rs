@@ -108,6 +108,9 @@ pub struct Node {
     /// How long a sender waits for one snapshot frame (openraft's
     /// `install_snapshot_timeout`); a frame handled longer is abandoned.
     snapshot_frame_timeout_ms: u64,
+    /// Set when the node hands leadership over before stopping: writes are refused
+    /// unproposed, so the leader's log stops growing and the chosen node can match it.
+    handing_over: std::sync::atomic::AtomicBool,
 }
 
 /// The group that holds every key until sharding lands.
@@ -185,9 +188,19 @@ impl Node {
             groups,
             membership: Arc::new(tokio::sync::Mutex::new(0)),
             snapshot_frame_timeout_ms,
+            handing_over: std::sync::atomic::AtomicBool::new(false),
         });
         tokio::spawn(crate::pinning::pin_incarnations(Arc::downgrade(&node)));
         Ok(node)
+    }
+
+    /// Stops taking writes (they are refused as not proposed, and clients retry elsewhere),
+    /// for good: the node is about to stop, and hands leadership over first. A candidate
+    /// wins a leader's vote only with a log at least as long as the leader's, which a
+    /// leader still appending writes never lets a follower have.
+    pub fn refuse_writes(&self) {
+        self.handing_over
+            .store(true, std::sync::atomic::Ordering::Release);
     }
 
     /// This node's data directory incarnation.
@@ -323,6 +336,12 @@ impl Node {
             .check_command(&command)
             .map_err(|err| Status::invalid_argument(err.to_string()))?;
         let group = self.default_group();
+        if self.handing_over.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(not_proposed(&openraft::error::ForwardToLeader {
+                leader_id: None,
+                leader_node: None,
+            }));
+        }
         #[cfg(madsim)]
         if seedkv_core::faults::enabled(seedkv_core::faults::Fault::AckBeforeCommit) {
             return self.write_acked_early(group, command).await;

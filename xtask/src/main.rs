@@ -12,6 +12,8 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context, Result};
+
+mod handover;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
@@ -58,6 +60,13 @@ enum Task {
     /// Time `seedkv check-history` (release) on every reference history in
     /// ../shared/checker-data and on generated hard ones; print a table.
     CheckerTimes,
+    /// Stop a 3-node cluster's leader under load, round after round, with SIGTERM (it hands
+    /// leadership over) and with SIGKILL; print how fast another node leads.
+    Handover {
+        /// Stops of each kind.
+        #[arg(long, default_value_t = 10)]
+        rounds: usize,
+    },
     /// Measure the release server: binary size, idle RSS, and a scale table (one node per key
     /// count: load rate, 64-client puts, RSS, disk, restart to the first linearizable read),
     /// then a fourth node catching up by snapshot with a 3-node cluster.
@@ -138,6 +147,7 @@ fn main() -> ExitCode {
         }
         Task::Server { args } => server(&args),
         Task::CheckerTimes => checker_times(),
+        Task::Handover { rounds } => handover::handover(rounds),
         Task::Measure {
             keys,
             catch_up_keys,
