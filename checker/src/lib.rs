@@ -59,7 +59,7 @@ pub use brute::{check_brute_force, BRUTE_FORCE_MAX_OPS};
 pub use error::{CheckError, Error, ParseError, ParseModelError};
 pub use model::Model;
 pub use parse::{detect_format, parse_history, parse_history_as, Format, JEPSEN_KEY};
-pub use record::{validate_record, Op, OpResult, Record};
+pub use record::{validate_record, Op, OpResult, ReadValue, Record};
 pub use schedule::{Budget, Limit, DEFAULT_MAX_SEARCH_BYTES};
 
 /// The answer for a whole history.

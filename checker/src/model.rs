@@ -183,6 +183,15 @@ pub(crate) enum Step {
         key: u32,
         suffix: String,
     },
+    /// Several reads at one point, each with a known answer.
+    MultiGet {
+        reads: Vec<(u32, Val, u64)>,
+    },
+    /// A delete whose answer said whether the key was there.
+    Delete {
+        key: u32,
+        existed: bool,
+    },
 }
 
 /// Per-partition context the steps need.
@@ -228,6 +237,21 @@ pub(crate) fn apply(ctx: &mut Ctx, state: &[Slot], step: &Step) -> Option<State>
         Step::Write { key, value, rev } => {
             let slot = next.get_mut(*key as usize)?;
             write_slot(slot, *value, *rev, revisions);
+        }
+        Step::MultiGet { reads } => {
+            for (key, value, rev) in reads {
+                let slot = next.get_mut(*key as usize)?;
+                if slot.val != *value || !revision_matches(slot, *rev, revisions) {
+                    return None;
+                }
+            }
+        }
+        Step::Delete { key, existed } => {
+            let slot = next.get_mut(*key as usize)?;
+            if (slot.val != ABSENT) != *existed {
+                return None;
+            }
+            write_slot(slot, ABSENT, 0, revisions);
         }
         Step::Cas {
             key,
@@ -325,17 +349,32 @@ pub(crate) fn compile(
                 Some(r) => return Err(mismatch(r)),
             },
         },
-        (Op::Delete { key }, result) => {
-            if let Some(r) = result {
-                if !matches!(r, OpResult::Delete { .. }) {
-                    return Err(mismatch(r));
-                }
-            }
-            Step::Write {
+        (Op::Delete { key }, result) => match result {
+            Some(OpResult::Delete {
+                existed: Some(existed),
+                ..
+            }) => Step::Delete {
+                key: key_idx(key)?,
+                existed: *existed,
+            },
+            None | Some(OpResult::Delete { existed: None, .. }) => Step::Write {
                 key: key_idx(key)?,
                 value: ABSENT,
                 rev: 0,
+            },
+            Some(r) => return Err(mismatch(r)),
+        },
+        (Op::MultiGet { .. }, None) => return Ok(None),
+        (Op::MultiGet { keys }, Some(OpResult::MultiGet { values })) => {
+            let mut reads = Vec::with_capacity(keys.len());
+            for (key, read) in keys.iter().zip(values) {
+                reads.push((
+                    key_idx(key)?,
+                    interner.intern_opt(read.value.as_deref()),
+                    read.revision,
+                ));
             }
+            Step::MultiGet { reads }
         }
         (Op::Cas { key, expect, new }, result) => Step::Cas {
             key: key_idx(key)?,
@@ -408,7 +447,7 @@ pub(crate) fn compile(
                 suffix: value.clone(),
             }
         }
-        (Op::Get { .. }, Some(r)) => return Err(mismatch(r)),
+        (Op::Get { .. } | Op::MultiGet { .. }, Some(r)) => return Err(mismatch(r)),
     };
     Ok(Some(step))
 }

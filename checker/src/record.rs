@@ -66,6 +66,7 @@ pub struct Record {
 /// {"type":"cas","key":"a","expect":"1","new":"2"}
 /// {"type":"cas","key":"a","expect":null,"new":"1"}
 /// {"type":"batch","ops":[{"type":"put","key":"a","value":"1"},{"type":"cas","key":"b","expect":"0","new":null}]}
+/// {"type":"multi_get","keys":["a","b"]}
 /// {"type":"append","key":"a","value":"x"}
 /// ```
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -99,6 +100,11 @@ pub enum Op {
         /// Value written on success; `None` = delete on success.
         new: Option<String>,
     },
+    /// Read several keys at one point (a multi-get, or a scan reported key by key).
+    MultiGet {
+        /// The keys, each at most once.
+        keys: Vec<String>,
+    },
     /// Atomic multi-key write. Contains only `Put`, `Delete` and `Cas`. All `Cas`
     /// comparisons are evaluated against the state *before* the batch; if all hold,
     /// every op is applied in list order (a later op on the same key wins) and every
@@ -125,10 +131,12 @@ pub enum Op {
 /// {"type":"get","value":null,"revision":0}
 /// {"type":"put","revision":8}
 /// {"type":"delete","revision":9}
+/// {"type":"delete","revision":9,"existed":true}
 /// {"type":"cas","succeeded":true,"revision":10}
 /// {"type":"cas","succeeded":false,"revision":10}
 /// {"type":"batch","succeeded":true,"revision":11}
 /// {"type":"batch","succeeded":false,"revision":0}
+/// {"type":"multi_get","values":[{"value":"1","revision":7},{"value":null,"revision":0}]}
 /// {"type":"append"}
 /// ```
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -151,6 +159,9 @@ pub enum OpResult {
     Delete {
         /// Revision assigned to this delete (not checked).
         revision: u64,
+        /// Whether the key was present just before (checked when given).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        existed: Option<bool>,
     },
     /// Whether the comparison held. On success `revision` is the new revision; on
     /// failure it is the key's current revision (0 if absent).
@@ -168,8 +179,22 @@ pub enum OpResult {
         /// Revision of all written keys on success; 0 on failure (not checked).
         revision: u64,
     },
+    /// What a `MultiGet` read, one entry per key in the op's order.
+    MultiGet {
+        /// Value and revision per key.
+        values: Vec<ReadValue>,
+    },
     /// An append completed.
     Append,
+}
+
+/// One key's answer in a `MultiGet`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReadValue {
+    /// Value read; `None` when the key is absent.
+    pub value: Option<String>,
+    /// Revision of the last write of the key; 0 when absent.
+    pub revision: u64,
 }
 
 impl Op {
@@ -181,6 +206,7 @@ impl Op {
             Op::Delete { .. } => "delete",
             Op::Cas { .. } => "cas",
             Op::Batch { .. } => "batch",
+            Op::MultiGet { .. } => "multi_get",
             Op::Append { .. } => "append",
         }
     }
@@ -198,6 +224,11 @@ impl Op {
                     op.for_each_key(f);
                 }
             }
+            Op::MultiGet { keys } => {
+                for key in keys {
+                    f(key);
+                }
+            }
         }
     }
 }
@@ -211,6 +242,7 @@ impl OpResult {
             OpResult::Delete { .. } => "delete",
             OpResult::Cas { .. } => "cas",
             OpResult::Batch { .. } => "batch",
+            OpResult::MultiGet { .. } => "multi_get",
             OpResult::Append => "append",
         }
     }
@@ -247,6 +279,21 @@ pub fn validate_record(record: &Record) -> Result<(), String> {
                 result.kind(),
                 record.op.kind()
             ));
+        }
+    }
+    if let Op::MultiGet { keys } = &record.op {
+        let mut seen = std::collections::BTreeSet::new();
+        if let Some(key) = keys.iter().find(|key| !seen.insert(key.as_str())) {
+            return Err(format!("multi_get names key {key:?} twice"));
+        }
+        if let Some(OpResult::MultiGet { values }) = &record.result {
+            if values.len() != keys.len() {
+                return Err(format!(
+                    "multi_get of {} keys answered with {} values",
+                    keys.len(),
+                    values.len()
+                ));
+            }
         }
     }
     if let Op::Batch { ops } = &record.op {

@@ -9,7 +9,9 @@
 //! asserted too — and then, half the time, corrupting one result.
 
 use proptest::prelude::*;
-use seedkv_checker::{check_brute_force, check_records, Model, Op, OpResult, Record, Verdict};
+use seedkv_checker::{
+    check_brute_force, check_records, Model, Op, OpResult, ReadValue, Record, Verdict,
+};
 
 const KEYS: [&str; 2] = ["a", "b"];
 
@@ -72,8 +74,15 @@ fn batch_item(v: u8, w: u8, key: &str) -> Op {
 
 fn make_op(raw: &Raw) -> Op {
     let key = KEYS[raw.key].to_string();
-    match raw.kind % 6 {
+    match raw.kind % 7 {
         0 => Op::Get { key },
+        6 => {
+            let mut keys = vec![key];
+            if KEYS[raw.key2] != keys[0] {
+                keys.push(KEYS[raw.key2].to_string());
+            }
+            Op::MultiGet { keys }
+        }
         1 => Op::Put {
             key,
             value: some_value(raw.v1),
@@ -134,11 +143,22 @@ impl Store {
             }
             Op::Delete { key } => {
                 self.revision += 1;
+                let existed = self.current(key).0.is_some();
                 self.write(key, None, 0);
                 OpResult::Delete {
                     revision: self.revision,
+                    existed: Some(existed),
                 }
             }
+            Op::MultiGet { keys } => OpResult::MultiGet {
+                values: keys
+                    .iter()
+                    .map(|key| {
+                        let (value, revision) = self.current(key);
+                        ReadValue { value, revision }
+                    })
+                    .collect(),
+            },
             Op::Cas { key, expect, new } => {
                 let (current, rev) = self.current(key);
                 if current == *expect {
@@ -239,8 +259,20 @@ fn build(raws: &[Raw], mutation: &Mutation) -> Vec<Record> {
                         *revision += 1;
                     }
                 }
-                OpResult::Put { revision } | OpResult::Delete { revision } => {
-                    *revision += u64::from(mutation.how) + 1
+                OpResult::Put { revision } => *revision += u64::from(mutation.how) + 1,
+                OpResult::Delete { existed, .. } => *existed = existed.map(|e| !e),
+                OpResult::MultiGet { values } => {
+                    if let Some(first) = values.first_mut() {
+                        if mutation.how % 2 == 0 {
+                            first.value = match first.value.as_deref() {
+                                None => Some("1".into()),
+                                Some("1") => Some("2".into()),
+                                _ => None,
+                            };
+                        } else {
+                            first.revision += 1;
+                        }
+                    }
                 }
                 OpResult::Cas {
                     succeeded,
@@ -265,7 +297,7 @@ fn build(raws: &[Raw], mutation: &Mutation) -> Vec<Record> {
 
 fn raw_strategy(clients: u64) -> impl Strategy<Value = Raw> {
     (
-        (0..clients, 0u64..16, 0u64..8, 0u8..6, 0usize..2),
+        (0..clients, 0u64..16, 0u64..8, 0u8..7, 0usize..2),
         (0u8..9, 0u8..9, 0usize..2, 0u8..5, 0u64..=100, any::<bool>()),
     )
         .prop_map(

@@ -5,7 +5,7 @@
 //! is also run through the brute-force checker, which must agree.
 
 use seedkv_checker::{
-    check_brute_force, check_records, CheckError, Model, Op, OpResult, Record, Verdict,
+    check_brute_force, check_records, CheckError, Model, Op, OpResult, ReadValue, Record, Verdict,
 };
 
 use Verdict::{Linearizable as LIN, NotLinearizable as NOT};
@@ -69,7 +69,10 @@ fn del(c: u64, call: u64, ret: u64, key: &str, rev: u64) -> Record {
         call,
         Some(ret),
         Op::Delete { key: s(key) },
-        Some(OpResult::Delete { revision: rev }),
+        Some(OpResult::Delete {
+            revision: rev,
+            existed: None,
+        }),
     )
 }
 
@@ -142,6 +145,97 @@ fn verdict(records: &[Record], model: Model) -> Verdict {
 }
 
 // ---------------------------------------------------------------- Kv model
+
+fn del_existed(c: u64, call: u64, ret: u64, key: &str, rev: u64, existed: bool) -> Record {
+    rec(
+        c,
+        call,
+        Some(ret),
+        Op::Delete { key: s(key) },
+        Some(OpResult::Delete {
+            revision: rev,
+            existed: Some(existed),
+        }),
+    )
+}
+
+fn multi_get(c: u64, call: u64, ret: u64, reads: &[(&str, Option<&str>, u64)]) -> Record {
+    rec(
+        c,
+        call,
+        Some(ret),
+        Op::MultiGet {
+            keys: reads.iter().map(|(k, _, _)| s(k)).collect(),
+        },
+        Some(OpResult::MultiGet {
+            values: reads
+                .iter()
+                .map(|(_, v, r)| ReadValue {
+                    value: v.map(s),
+                    revision: *r,
+                })
+                .collect(),
+        }),
+    )
+}
+
+#[test]
+fn delete_says_whether_the_key_was_there() {
+    let h = [
+        put(1, 0, 10, "a", "1", 1),
+        del_existed(1, 20, 30, "a", 2, true),
+        del_existed(1, 40, 50, "a", 3, false),
+    ];
+    assert_eq!(verdict(&h, Model::Kv), LIN);
+    // A delete of a key written before it cannot find it absent, nor a second one find it.
+    let h = [
+        put(1, 0, 10, "a", "1", 1),
+        del_existed(1, 20, 30, "a", 2, false),
+    ];
+    assert_eq!(verdict(&h, Model::Kv), NOT);
+    let h = [del_existed(1, 0, 10, "a", 1, true)];
+    assert_eq!(verdict(&h, Model::Kv), NOT);
+    // Concurrent with the put, either answer fits.
+    for existed in [true, false] {
+        let h = [
+            put(1, 0, 30, "a", "1", 1),
+            del_existed(2, 10, 20, "a", 2, existed),
+        ];
+        assert_eq!(verdict(&h, Model::Kv), LIN);
+    }
+}
+
+#[test]
+fn multi_get_sees_one_point() {
+    let write_both = batch(
+        1,
+        0,
+        Some(30),
+        vec![bput("a", "1"), bput("b", "1")],
+        Some((true, 1)),
+    );
+    // Before or after the batch: fine.
+    for reads in [
+        [("a", None, 0), ("b", None, 0)],
+        [("a", Some("1"), 1), ("b", Some("1"), 1)],
+    ] {
+        let h = [write_both.clone(), multi_get(2, 10, 20, &reads)];
+        assert_eq!(verdict(&h, Model::Kv), LIN);
+    }
+    // Half of it: never.
+    let h = [
+        write_both.clone(),
+        multi_get(2, 10, 20, &[("a", Some("1"), 1), ("b", None, 0)]),
+    ];
+    assert_eq!(verdict(&h, Model::Kv), NOT);
+    // Two writes in order: a read that sees the second must see the first.
+    let h = [
+        put(1, 0, 10, "a", "1", 1),
+        put(1, 20, 30, "b", "2", 2),
+        multi_get(2, 0, 40, &[("a", None, 0), ("b", Some("2"), 2)]),
+    ];
+    assert_eq!(verdict(&h, Model::Kv), NOT);
+}
 
 #[test]
 fn empty_history_is_linearizable() {

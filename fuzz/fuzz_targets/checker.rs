@@ -3,7 +3,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use seedkv_checker::{check_brute_force, check_records, Model, Op, OpResult, Record, Verdict};
+use seedkv_checker::{
+    check_brute_force, check_records, Model, Op, OpResult, ReadValue, Record, Verdict,
+};
 
 const KEYS: [&str; 2] = ["a", "b"];
 const VALUES: [&str; 3] = ["1", "2", "3"];
@@ -25,7 +27,13 @@ fn history(data: &[u8]) -> Vec<Record> {
                 },
             ),
             1 => (Op::Put { key, value }, OpResult::Put { revision }),
-            2 => (Op::Delete { key }, OpResult::Delete { revision }),
+            2 => (
+                Op::Delete { key },
+                OpResult::Delete {
+                    revision,
+                    existed: (kind & 0x20 != 0).then_some(kind & 0x40 != 0),
+                },
+            ),
             3 => (
                 Op::Cas {
                     key,
@@ -52,10 +60,27 @@ fn history(data: &[u8]) -> Vec<Record> {
                     revision,
                 },
             ),
+            5 if kind & 0x20 != 0 => (
+                Op::MultiGet {
+                    keys: vec![key, other],
+                },
+                OpResult::MultiGet {
+                    values: vec![
+                        ReadValue {
+                            value: (revision != 3).then(|| value.clone()),
+                            revision: if revision == 3 { 0 } else { revision },
+                        },
+                        ReadValue {
+                            value: None,
+                            revision: 0,
+                        },
+                    ],
+                },
+            ),
             _ => (Op::Put { key, value }, OpResult::Put { revision }),
         };
         let call_ns = u64::from(call);
-        let unknown = kind & 0x80 != 0 && !matches!(op, Op::Get { .. });
+        let unknown = kind & 0x80 != 0 && !matches!(op, Op::Get { .. } | Op::MultiGet { .. });
         records.push(Record {
             client: records.len() as u64,
             call_ns,

@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use madsim::rand::{thread_rng, Rng};
-use seedkv_checker::{Op, OpResult, Record};
-use seedkv_core::command::WriteOp;
+use seedkv_checker::{Op, OpResult, ReadValue, Record};
+use seedkv_core::command::{ScanRange, Versioned, WriteOp};
 use seedkv_proto::{Client, ClientConfig, ClientError, Consistency};
 use tokio::time::Instant;
 
@@ -120,13 +120,15 @@ pub async fn run_client(
                     result: Some(result),
                 })
             }
-            Err(ClientError::Unknown(_)) if !matches!(op, Op::Get { .. }) => Some(Record {
-                client: client_id,
-                call_ns: ns(call),
-                return_ns: None,
-                op,
-                result: None,
-            }),
+            Err(ClientError::Unknown(_)) if !matches!(op, Op::Get { .. } | Op::MultiGet { .. }) => {
+                Some(Record {
+                    client: client_id,
+                    call_ns: ns(call),
+                    return_ns: None,
+                    op,
+                    result: None,
+                })
+            }
             // Certainly no effect (or a read): nothing to check.
             Err(_) => None,
         };
@@ -147,8 +149,19 @@ fn random_op(keys: usize, value: &str, seen: &[Option<String>]) -> Op {
     let k = rng.gen_range(0..keys);
     let key = key_name(k);
     let roll = rng.gen_range(0..100);
+    // Multi-key operations join keys in fixed pairs (k0+k1, k2+k3, ...): atomicity across
+    // keys is checked, while the history still splits into small independent partitions.
+    let pair = || {
+        let second = if (k ^ 1) < keys { k ^ 1 } else { k };
+        let mut pair = vec![key_name(k.min(second))];
+        if second != k {
+            pair.push(key_name(k.max(second)));
+        }
+        pair
+    };
     match roll {
-        0..=34 => Op::Get { key },
+        0..=24 => Op::Get { key },
+        25..=34 => Op::MultiGet { keys: pair() },
         35..=59 => Op::Put {
             key,
             value: if rng.gen_range(0..LARGE_PUT_ONE_IN) == 0 {
@@ -169,8 +182,6 @@ fn random_op(keys: usize, value: &str, seen: &[Option<String>]) -> Op {
             },
         },
         _ => {
-            // Batches join keys in fixed pairs (k0+k1, k2+k3, ...): atomicity across keys is
-            // checked, while the history still splits into small independent partitions.
             let first = k;
             let second = if (k ^ 1) < keys { k ^ 1 } else { k };
             let mut ops = vec![Op::Put {
@@ -201,6 +212,13 @@ fn remember(seen: &mut [Option<String>], op: &Op, result: &OpResult) {
         (Op::Get { key }, OpResult::Get { value, .. }) => {
             if let Some(i) = index(key) {
                 seen[i] = value.clone();
+            }
+        }
+        (Op::MultiGet { keys }, OpResult::MultiGet { values }) => {
+            for (key, read) in keys.iter().zip(values) {
+                if let Some(i) = index(key) {
+                    seen[i] = read.value.clone();
+                }
             }
         }
         (Op::Put { key, value }, _) => {
@@ -236,7 +254,7 @@ fn write_op(op: &Op) -> Option<WriteOp> {
             expect: expect.clone().map(String::into_bytes),
             new: new.clone().map(String::into_bytes),
         },
-        Op::Get { .. } | Op::Batch { .. } | Op::Append { .. } => return None,
+        Op::Get { .. } | Op::MultiGet { .. } | Op::Batch { .. } | Op::Append { .. } => return None,
     })
 }
 
@@ -266,8 +284,54 @@ async fn execute(client: &Client, op: &Op) -> Result<OpResult, ClientError> {
             Ok(OpResult::Put { revision })
         }
         Op::Delete { key } => {
-            let (revision, _existed) = client.delete(key.as_bytes()).await?;
-            Ok(OpResult::Delete { revision })
+            let (revision, existed) = client.delete(key.as_bytes()).await?;
+            Ok(OpResult::Delete {
+                revision,
+                existed: Some(existed),
+            })
+        }
+        Op::MultiGet { keys } => {
+            // Half by multi-get, half by a scan of the range the keys span: both read one
+            // point of the state.
+            let rows: Vec<Option<Versioned>> = if thread_rng().gen_bool(0.5) {
+                let wire: Vec<Vec<u8>> = keys.iter().map(|k| k.clone().into_bytes()).collect();
+                client.multi_get(&wire, Consistency::Linearizable).await?
+            } else {
+                let (Some(first), Some(last)) = (keys.first(), keys.last()) else {
+                    return Ok(OpResult::MultiGet { values: Vec::new() });
+                };
+                let mut to = last.clone().into_bytes();
+                to.push(0);
+                let range = ScanRange {
+                    prefix: Vec::new(),
+                    from: first.clone().into_bytes(),
+                    to,
+                };
+                let (found, _more) = client.scan(&range, 0, Consistency::Linearizable).await?;
+                keys.iter()
+                    .map(|key| {
+                        found
+                            .iter()
+                            .find(|(k, _)| k.as_slice() == key.as_bytes())
+                            .map(|(_, v)| v.clone())
+                    })
+                    .collect()
+            };
+            Ok(OpResult::MultiGet {
+                values: rows
+                    .into_iter()
+                    .map(|row| match row {
+                        Some(v) => ReadValue {
+                            value: Some(text(v.value)),
+                            revision: v.revision,
+                        },
+                        None => ReadValue {
+                            value: None,
+                            revision: 0,
+                        },
+                    })
+                    .collect(),
+            })
         }
         Op::Cas { key, expect, new } => {
             let (succeeded, revision) = client

@@ -220,7 +220,10 @@ impl Events {
                 )
             });
         let result = match result {
-            OpResult::Put { revision } if is_delete => OpResult::Delete { revision },
+            OpResult::Put { revision } if is_delete => OpResult::Delete {
+                revision,
+                existed: None,
+            },
             other => other,
         };
         self.complete(process, line, f, Completion::Done(result))
