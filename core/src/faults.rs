@@ -22,11 +22,15 @@ pub enum Fault {
     /// A node ignores the incarnation a Raft request names: back on a blank disk, it votes
     /// and acknowledges as the member that had its log.
     BlankDiskVotes,
+    /// A write refused after its log entry was truncated is marked as never proposed, and
+    /// the client resends it as a new write (a new sequence number), so the session cannot
+    /// recognise it: if the truncated copy commits elsewhere, the write applies twice.
+    TruncatedWriteResentAsNew,
 }
 
 impl Fault {
     /// Every switch, with its command-line name.
-    pub const ALL: [(Fault, &'static str); 6] = [
+    pub const ALL: [(Fault, &'static str); 7] = [
         (Fault::VoteNotPersisted, "vote-not-persisted"),
         (Fault::AckBeforeCommit, "ack-before-commit"),
         (Fault::StaleLinearizableRead, "stale-linearizable-read"),
@@ -36,6 +40,10 @@ impl Fault {
             "membership-without-compare",
         ),
         (Fault::BlankDiskVotes, "blank-disk-votes"),
+        (
+            Fault::TruncatedWriteResentAsNew,
+            "truncated-write-resent-as-new",
+        ),
     ];
 
     /// The switch named `name`.
@@ -51,6 +59,7 @@ impl Fault {
             Fault::DuplicateWrites => 8,
             Fault::MembershipWithoutCompare => 16,
             Fault::BlankDiskVotes => 32,
+            Fault::TruncatedWriteResentAsNew => 64,
         }
     }
 }

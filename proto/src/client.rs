@@ -168,6 +168,9 @@ enum Failure {
     Client(ClientError),
     /// The session was refused as expired before any attempt could have applied the write.
     SessionExpired,
+    /// The `TruncatedWriteResentAsNew` fault: resend the write under a new number.
+    #[cfg(madsim)]
+    Renumber,
 }
 
 impl Client {
@@ -245,6 +248,8 @@ impl Client {
                 Failure::SessionExpired => {
                     ClientError::Server("the client session does not exist".to_string())
                 }
+                #[cfg(madsim)]
+                Failure::Renumber => ClientError::Unavailable("renumbered".to_string()),
             })
     }
 
@@ -299,6 +304,18 @@ impl Client {
                         Retry::Resend => maybe_applied = true,
                         Retry::OnlyIfNotApplied => return Err(unknown(last_error)),
                     }
+                }
+                // Deliberately wrong: a write no attempt of which was proposed could take a
+                // new number, but one refused after its entry was truncated may still commit.
+                #[cfg(madsim)]
+                if retry == Retry::Resend
+                    && !maybe_applied
+                    && never_proposed(&status)
+                    && seedkv_core::faults::enabled(
+                        seedkv_core::faults::Fault::TruncatedWriteResentAsNew,
+                    )
+                {
+                    return Err(Failure::Renumber);
                 }
                 match hint {
                     Some(leader) if leader != addr => {
@@ -397,7 +414,10 @@ impl Client {
         Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
     {
         // A session that expired before this write was first sent costs one new session.
-        for _ in 0..2 {
+        #[cfg(madsim)]
+        let mut renumbered = 0;
+        let mut expired = 0;
+        while expired < 2 {
             let client_id = self.session().await?;
             let in_flight = InFlight::start(&self.sequence);
             let tag = pb::Session {
@@ -411,9 +431,17 @@ impl Client {
                 Ok(reply) => return Ok(reply),
                 Err(Failure::Client(err)) => return Err(err),
                 Err(Failure::SessionExpired) => {
+                    expired += 1;
                     let mut session = self.session.lock().await;
                     if *session == Some(client_id) {
                         *session = None;
+                    }
+                }
+                #[cfg(madsim)]
+                Err(Failure::Renumber) => {
+                    renumbered += 1;
+                    if renumbered > self.config.max_attempts {
+                        return Err(ClientError::Unavailable("renumbered too often".into()));
                     }
                 }
             }

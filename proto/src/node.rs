@@ -912,6 +912,8 @@ impl pb::admin_server::Admin for AdminService {
         if member.id == 0 {
             return Err(Status::invalid_argument("node id 0 is not allowed"));
         }
+        // Only the leader speaks for the cluster (a blank follower knows no cluster id yet).
+        ensure_leader(self.0.raft())?;
         let mine = self.0.cluster_id();
         if request.cluster_id != 0 && request.cluster_id != mine {
             return Err(Status::failed_precondition(format!(
@@ -919,7 +921,6 @@ impl pb::admin_server::Admin for AdminService {
                 member.id, request.cluster_id
             )));
         }
-        ensure_leader(self.0.raft())?;
         let raft = self.0.raft().clone();
         let lock = self.0.membership_lock().await?;
         // In a task of its own, so a caller that leaves does not cut it short.

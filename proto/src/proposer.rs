@@ -147,6 +147,15 @@ fn answer(replies: Vec<Reply>, outcome: Outcome) {
             }
         },
         Ok(Err(ClientWriteError::ForwardToLeader(forward))) => {
+            // Proposed, then refused: the entry was truncated here, and a copy elsewhere
+            // may still commit. Never "not proposed".
+            #[cfg(madsim)]
+            if seedkv_core::faults::enabled(seedkv_core::faults::Fault::TruncatedWriteResentAsNew) {
+                for reply in replies {
+                    let _ = reply.send(Err(crate::status::not_proposed(&forward)));
+                }
+                return;
+            }
             for reply in replies {
                 let _ = reply.send(Err(not_leader(&forward)));
             }

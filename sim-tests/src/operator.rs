@@ -388,9 +388,27 @@ async fn restore(
             return Ok(());
         };
         if Instant::now() > until {
+            let mut seen = Vec::new();
+            for (id, addr) in members {
+                seen.push(match client.status(addr).await {
+                    Ok(s) => format!(
+                        "{id}: {} term {} cluster {:x} incarnation {:x} voters {:?}",
+                        s.role,
+                        s.term,
+                        s.cluster_id,
+                        s.incarnation,
+                        s.voters
+                            .iter()
+                            .map(|m| (m.id, m.incarnation))
+                            .collect::<Vec<_>>()
+                    ),
+                    Err(err) => format!("{id}: {err}"),
+                });
+            }
             return Err(format!(
-                "could not restore the membership within {} s: voters {voters:?}",
-                within.as_secs()
+                "could not restore the membership within {} s: voters {voters:?}; {}",
+                within.as_secs(),
+                seen.join("; ")
             ));
         }
         let addr = address(members, id);
