@@ -307,19 +307,27 @@ async fn leader_voters(
     while Instant::now() < until {
         // Ask every node: a node that was removed, or restarted, may still call itself the
         // leader of an older term (seed 244 read a removed node's stale voters this way).
-        let mut newest: Option<(u64, BTreeSet<u64>, bool)> = None;
-        for (_, addr) in members {
+        // A leader cut off from the rest keeps its role until it hears a higher term: trust
+        // only a leader none of whose voters reports a higher term. (A removed node may
+        // campaign on at ever higher terms; it is not a voter, so it does not count.)
+        let mut statuses = Vec::new();
+        for (id, addr) in members {
             if let Ok(status) = client.status(addr).await {
-                if status.role == "leader"
-                    && newest.as_ref().is_none_or(|(t, _, _)| status.term > *t)
-                {
-                    let voters = status.voters.iter().map(|m| m.id).collect();
-                    newest = Some((status.term, voters, status.membership_changing));
-                }
+                statuses.push((*id, status));
             }
         }
-        if let Some((_, voters, changing)) = newest {
-            return Some((voters, changing));
+        let trusted = statuses
+            .iter()
+            .filter(|(_, s)| s.role == "leader")
+            .filter(|(_, leader)| {
+                statuses.iter().all(|(id, other)| {
+                    other.term <= leader.term || !leader.voters.iter().any(|m| m.id == *id)
+                })
+            })
+            .max_by_key(|(_, leader)| leader.term);
+        if let Some((_, leader)) = trusted {
+            let voters = leader.voters.iter().map(|m| m.id).collect();
+            return Some((voters, leader.membership_changing));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
