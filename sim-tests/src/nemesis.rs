@@ -153,6 +153,7 @@ async fn inject(
             Vec::new()
         }
         FaultKind::Amnesia => amnesia(cluster, deadline, log).await,
+        FaultKind::Figure8 => figure8(cluster, log).await,
         FaultKind::PowerLoss => {
             // Every node at once: only what each disk made durable survives anywhere.
             let n = lock(cluster).len();
@@ -241,6 +242,71 @@ async fn amnesia(
         "amnesia: {cut} cut off, {blank} back on a blank disk, leader {leader} killed"
     ));
     vec![leader]
+}
+
+/// Raft's figure 8, aimed at the writes in flight: the leader `old` keeps appending writes
+/// that reach one follower `keeper` only (its links to the rest are cut one way), the rest
+/// elect a leader `brief` of their own, whose first entries reach only `old` and truncate
+/// the writes there (each is then refused to its client), then `brief` crashes and `old` is
+/// cut off, so that `keeper`, which still holds the truncated writes, may win the next
+/// election and commit them. A client told its write was refused must not then count it as
+/// never done. Needs 5 nodes; returns the crashed node (restarted at the heal).
+async fn figure8(cluster: &SharedCluster, log: &mut dyn FnMut(String)) -> Vec<usize> {
+    let (old, n) = {
+        let c = lock(cluster);
+        match c.leader() {
+            Some(old) if c.len() >= 5 => (old, c.len()),
+            _ => return Vec::new(),
+        }
+    };
+    let others: Vec<usize> = (0..n).filter(|&i| i != old).collect();
+    let keeper = others[thread_rng().gen_range(0..others.len())];
+    let rest: Vec<usize> = others.into_iter().filter(|&i| i != keeper).collect();
+    {
+        let mut c = lock(cluster);
+        for &to in &rest {
+            c.net.cut_one_way(old, to);
+        }
+    }
+    // The rest stop hearing the leader and elect one of their own (which may take a few
+    // rounds: only the most up-to-date of them can win).
+    let until = Instant::now() + Duration::from_secs(8);
+    let brief = loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let leader = lock(cluster).leader();
+        if let Some(brief) = leader.filter(|l| rest.contains(l)) {
+            break Some(brief);
+        }
+        if Instant::now() > until {
+            break None;
+        }
+    };
+    let Some(brief) = brief else {
+        lock(cluster).net.heal();
+        log(format!(
+            "figure 8: the nodes cut from {old} elected no leader"
+        ));
+        return Vec::new();
+    };
+    {
+        let mut c = lock(cluster);
+        for to in (0..n).filter(|&to| to != brief && to != old) {
+            c.net.cut_one_way(brief, to);
+        }
+    }
+    tokio::time::sleep(millis(200..600)).await;
+    {
+        let mut c = lock(cluster);
+        c.kill(brief);
+        c.net.heal();
+        c.net.isolate(old);
+    }
+    tokio::time::sleep(millis(500..1_500)).await;
+    lock(cluster).net.heal();
+    log(format!(
+        "figure 8: {old}'s writes reached only {keeper}; {brief} led briefly, truncated them on {old}, and was killed"
+    ));
+    vec![brief]
 }
 
 /// One step of a fault schedule chosen from outside (by a fuzzer, say) instead of drawn from

@@ -37,6 +37,9 @@ pub enum FaultKind {
     /// A node comes back on a blank disk, with its votes and log gone, while another
     /// follower is cut off and the leader then crashes.
     Amnesia,
+    /// Raft's figure 8 (5 nodes or more): the leader's latest entries are truncated on the
+    /// leader itself while a copy on a follower can still commit.
+    Figure8,
 }
 
 impl Scenario {
@@ -65,6 +68,7 @@ impl Scenario {
                 FaultKind::Disk,
                 FaultKind::PowerLoss,
                 FaultKind::Amnesia,
+                FaultKind::Figure8,
             ],
             Scenario::Disk => &[FaultKind::Disk, FaultKind::PowerLoss],
         }
