@@ -147,6 +147,7 @@ fn answer(replies: Vec<Reply>, outcome: Outcome) {
             }
         },
         Ok(Err(ClientWriteError::ForwardToLeader(forward))) => {
+            tracing::debug!(writes = replies.len(), leader = ?forward.leader_id, "proposed writes refused: not the leader");
             // Proposed, then refused: the entry was truncated here, and a copy elsewhere
             // may still commit. Never "not proposed".
             #[cfg(madsim)]
@@ -167,6 +168,7 @@ fn answer(replies: Vec<Reply>, outcome: Outcome) {
         }
         // The entry may or may not commit: the outcome is unknown to the client.
         Err(_) => {
+            tracing::debug!(writes = replies.len(), "proposed writes dropped by raft");
             for reply in replies {
                 let _ = reply.send(Err(Status::unavailable(
                     "the write's outcome is unknown: raft dropped it",
