@@ -64,6 +64,10 @@ fn get(c: u64, call: u64, ret: u64, key: &str, value: Option<&str>, rev: u64) ->
 }
 
 fn del(c: u64, call: u64, ret: u64, key: &str, rev: u64) -> Record {
+    delete(c, call, ret, key, rev, None)
+}
+
+fn delete(c: u64, call: u64, ret: u64, key: &str, rev: u64, existed: Option<bool>) -> Record {
     rec(
         c,
         call,
@@ -71,7 +75,7 @@ fn del(c: u64, call: u64, ret: u64, key: &str, rev: u64) -> Record {
         Op::Delete { key: s(key) },
         Some(OpResult::Delete {
             revision: rev,
-            existed: None,
+            existed,
         }),
     )
 }
@@ -147,16 +151,7 @@ fn verdict(records: &[Record], model: Model) -> Verdict {
 // ---------------------------------------------------------------- Kv model
 
 fn del_existed(c: u64, call: u64, ret: u64, key: &str, rev: u64, existed: bool) -> Record {
-    rec(
-        c,
-        call,
-        Some(ret),
-        Op::Delete { key: s(key) },
-        Some(OpResult::Delete {
-            revision: rev,
-            existed: Some(existed),
-        }),
-    )
+    delete(c, call, ret, key, rev, Some(existed))
 }
 
 fn multi_get(c: u64, call: u64, ret: u64, reads: &[(&str, Option<&str>, u64)]) -> Record {

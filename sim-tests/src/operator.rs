@@ -334,6 +334,30 @@ async fn leader_voters(
     None
 }
 
+/// One line per node: its role, term, identity and membership, as its status reports them.
+async fn describe_nodes(client: &Client, members: &[(u64, String)]) -> Vec<String> {
+    let mut seen = Vec::new();
+    for (id, addr) in members {
+        seen.push(match client.status(addr).await {
+            Ok(s) => format!(
+                "{id}: {} term {} leader {} cluster {:x} incarnation {:x} voters {:?} learners {:?} changing {} last {} applied {}",
+                s.role,
+                s.term,
+                s.leader_id,
+                s.cluster_id,
+                s.incarnation,
+                s.voters.iter().map(|m| (m.id, m.incarnation)).collect::<Vec<_>>(),
+                s.learners.iter().map(|m| m.id).collect::<Vec<_>>(),
+                s.membership_changing,
+                s.last_log_index,
+                s.applied_index
+            ),
+            Err(err) => format!("{id}: {err}"),
+        });
+    }
+    seen
+}
+
 /// Makes every node a voter again.
 async fn restore(
     client: &Client,
@@ -346,23 +370,7 @@ async fn restore(
     let until = Instant::now() + within;
     loop {
         let Some(voters) = settled_voters(client, members, within).await else {
-            let mut seen = Vec::new();
-            for (id, addr) in members {
-                seen.push(match client.status(addr).await {
-                    Ok(s) => format!(
-                        "{id}: {} term {} leader {} voters {:?} learners {:?} changing {} last {} applied {}",
-                        s.role,
-                        s.term,
-                        s.leader_id,
-                        s.voters.iter().map(|m| m.id).collect::<Vec<_>>(),
-                        s.learners.iter().map(|m| m.id).collect::<Vec<_>>(),
-                        s.membership_changing,
-                        s.last_log_index,
-                        s.applied_index
-                    ),
-                    Err(err) => format!("{id}: {err}"),
-                });
-            }
+            let seen = describe_nodes(client, members).await;
             return Err(format!(
                 "no leader without a change half done while restoring the membership: {}",
                 seen.join("; ")
@@ -396,23 +404,7 @@ async fn restore(
             return Ok(());
         };
         if Instant::now() > until {
-            let mut seen = Vec::new();
-            for (id, addr) in members {
-                seen.push(match client.status(addr).await {
-                    Ok(s) => format!(
-                        "{id}: {} term {} cluster {:x} incarnation {:x} voters {:?}",
-                        s.role,
-                        s.term,
-                        s.cluster_id,
-                        s.incarnation,
-                        s.voters
-                            .iter()
-                            .map(|m| (m.id, m.incarnation))
-                            .collect::<Vec<_>>()
-                    ),
-                    Err(err) => format!("{id}: {err}"),
-                });
-            }
+            let seen = describe_nodes(client, members).await;
             return Err(format!(
                 "could not restore the membership within {} s: voters {voters:?}; {}",
                 within.as_secs(),
