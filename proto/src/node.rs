@@ -240,14 +240,6 @@ impl Node {
         }
     }
 
-    /// Takes this node's membership lock (see [`Node::membership_lock`]) for a task of the
-    /// node's own.
-    pub(crate) async fn lock_membership(
-        &self,
-    ) -> Result<tokio::sync::OwnedMutexGuard<u64>, Status> {
-        self.membership_lock().await
-    }
-
     /// This node's id.
     pub fn id(&self) -> NodeId {
         self.id
@@ -265,7 +257,9 @@ impl Node {
 
     /// This node's membership lock, if it comes free within [`MEMBERSHIP_LOCK_WAIT_MS`];
     /// otherwise a refusal (nothing was done: another change is still running here).
-    async fn membership_lock(&self) -> Result<tokio::sync::OwnedMutexGuard<u64>, Status> {
+    pub(crate) async fn membership_lock(
+        &self,
+    ) -> Result<tokio::sync::OwnedMutexGuard<u64>, Status> {
         let wait = std::time::Duration::from_millis(MEMBERSHIP_LOCK_WAIT_MS);
         timeout(wait, self.membership.clone().lock_owned())
             .await

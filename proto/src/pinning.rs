@@ -99,7 +99,7 @@ async fn pin_once(node: &Node) -> Result<(), Status> {
     if learned.is_empty() {
         return Ok(());
     }
-    let mut last_change = node.lock_membership().await?;
+    let mut last_change = node.membership_lock().await?;
     // The membership may have moved while the members were asked: record only what is
     // still unknown at the same address.
     let still_unknown: BTreeMap<NodeId, String> = unknown_members(node).into_iter().collect();
