@@ -305,18 +305,6 @@ impl Client {
                         Retry::OnlyIfNotApplied => return Err(unknown(last_error)),
                     }
                 }
-                // Deliberately wrong: a write no attempt of which was proposed could take a
-                // new number, but one refused after its entry was truncated may still commit.
-                #[cfg(madsim)]
-                if retry == Retry::Resend
-                    && !maybe_applied
-                    && never_proposed(&status)
-                    && seedkv_core::faults::enabled(
-                        seedkv_core::faults::Fault::TruncatedWriteResentAsNew,
-                    )
-                {
-                    return Err(Failure::Renumber);
-                }
                 match hint {
                     Some(leader) if leader != addr => {
                         // A hint naming a node this call could not reach (a leader that
@@ -332,6 +320,19 @@ impl Client {
                         self.rotate(&addr);
                         tokio::time::sleep(backoff).await;
                     }
+                }
+                // Deliberately wrong: a write no attempt of which was proposed could take a
+                // new number, but one refused after its entry was truncated may still commit.
+                #[cfg(madsim)]
+                if retry == Retry::Resend
+                    && !maybe_applied
+                    && never_proposed(&status)
+                    && seedkv_core::faults::enabled(
+                        seedkv_core::faults::Fault::TruncatedWriteResentAsNew,
+                    )
+                {
+                    // Only after following the hint, as the honest path does.
+                    return Err(Failure::Renumber);
                 }
                 continue;
             }
@@ -426,6 +427,8 @@ impl Client {
                 acked_below: in_flight.acked_below,
             };
             let outcome = self.attempts(Retry::Resend, |ch| send(ch, tag)).await;
+            #[cfg(madsim)]
+            let in_flight_seq = in_flight.seq;
             drop(in_flight);
             match outcome {
                 Ok(reply) => return Ok(reply),
@@ -439,6 +442,7 @@ impl Client {
                 }
                 #[cfg(madsim)]
                 Err(Failure::Renumber) => {
+                    tracing::debug!(client_id, seq = in_flight_seq, "write renumbered");
                     renumbered += 1;
                     if renumbered > self.config.max_attempts {
                         return Err(ClientError::Unavailable("renumbered too often".into()));

@@ -54,8 +54,12 @@ pub struct SimCluster {
     nodes: Vec<SimNode>,
     /// Membership changes the operator is making right now.
     pub operator_changes: usize,
-    /// True while the nemesis sets up a node losing its disk.
-    pub amnesia_under_way: bool,
+    /// True while the nemesis stages a fault that needs the membership to stay put (a
+    /// node losing its disk, figure 8).
+    pub staged_fault_under_way: bool,
+    /// True while the nemesis waits for every node to be a voter (figure 8 needs five): the
+    /// operator then adds voters and removes none.
+    pub wants_every_voter: bool,
     /// Network fault controller over the nodes, in index order.
     pub net: NetFaults,
 }
@@ -116,7 +120,8 @@ impl SimCluster {
             handle,
             nodes,
             operator_changes: 0,
-            amnesia_under_way: false,
+            staged_fault_under_way: false,
+            wants_every_voter: false,
             net,
         }
     }

@@ -33,8 +33,8 @@ struct Args {
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=3600))]
     duration_s: u64,
     /// Turn on a deliberate safety bug: vote-not-persisted, ack-before-commit,
-    /// stale-linearizable-read, duplicate-writes, membership-without-compare or
-    /// blank-disk-votes. Repeatable.
+    /// stale-linearizable-read, duplicate-writes, membership-without-compare,
+    /// blank-disk-votes or truncated-write-resent-as-new. Repeatable.
     #[arg(long = "fault")]
     faults: Vec<String>,
     /// Write the recorded history here (seedkv history format).

@@ -153,7 +153,7 @@ async fn inject(
             Vec::new()
         }
         FaultKind::Amnesia => amnesia(cluster, deadline, log).await,
-        FaultKind::Figure8 => figure8(cluster, log).await,
+        FaultKind::Figure8 => figure8(cluster, deadline, log).await,
         FaultKind::PowerLoss => {
             // Every node at once: only what each disk made durable survives anywhere.
             let n = lock(cluster).len();
@@ -221,7 +221,7 @@ async fn amnesia(
             );
             return Vec::new();
         }
-        c.amnesia_under_way = true;
+        c.staged_fault_under_way = true;
         (leader, voters)
     };
     let others: Vec<usize> = voters.into_iter().filter(|&i| i != leader).collect();
@@ -236,7 +236,7 @@ async fn amnesia(
         let mut c = lock(cluster);
         c.kill(leader);
         c.net.heal();
-        c.amnesia_under_way = false;
+        c.staged_fault_under_way = false;
     }
     log(format!(
         "amnesia: {cut} cut off, {blank} back on a blank disk, leader {leader} killed"
@@ -246,54 +246,103 @@ async fn amnesia(
 
 /// Raft's figure 8, aimed at the writes in flight: the leader `old` keeps appending writes
 /// that reach one follower `keeper` only (its links to the rest are cut one way), the rest
-/// elect a leader `brief` of their own, whose first entries reach only `old` and truncate
-/// the writes there (each is then refused to its client), then `brief` crashes and `old` is
-/// cut off, so that `keeper`, which still holds the truncated writes, may win the next
-/// election and commit them. A client told its write was refused must not then count it as
-/// never done. Needs 5 nodes; returns the crashed node (restarted at the heal).
-async fn figure8(cluster: &SharedCluster, log: &mut dyn FnMut(String)) -> Vec<usize> {
-    let (old, n) = {
-        let c = lock(cluster);
-        match c.leader() {
-            Some(old) if c.len() >= 5 => (old, c.len()),
-            _ => return Vec::new(),
-        }
-    };
-    let others: Vec<usize> = (0..n).filter(|&i| i != old).collect();
-    let keeper = others[thread_rng().gen_range(0..others.len())];
-    let rest: Vec<usize> = others.into_iter().filter(|&i| i != keeper).collect();
-    {
-        let mut c = lock(cluster);
-        for &to in &rest {
-            c.net.cut_one_way(old, to);
-        }
-    }
-    // The rest stop hearing the leader and elect one of their own (which may take a few
-    // rounds: only the most up-to-date of them can win).
+/// elect a leader `brief` of their own, whose entries reach only `old` and truncate the
+/// writes there (each is then refused to its client), then `brief` crashes and `old` is cut
+/// off, so that `keeper`, which still holds the truncated writes, wins the next election and
+/// commits them. A client told its write was refused must not then count it as never done.
+///
+/// The cuts follow the votes as they are cast: once a node of the rest votes for a candidate,
+/// that candidate's messages to it are dropped, so the vote's answer still arrives but the
+/// new leader's first entry (sent the moment it wins) never does. Needs 5 voters or more, all
+/// running, and a membership that stays put; returns the crashed node (restarted at the heal).
+async fn figure8(
+    cluster: &SharedCluster,
+    deadline: Instant,
+    log: &mut dyn FnMut(String),
+) -> Vec<usize> {
+    // Ask the operator to make every node a voter, wait for a steady membership with every
+    // voter running, then hold the operator off (checked and set under one lock, so no change
+    // can start in between). The staging takes a few seconds and needs writes in flight: not
+    // when the load is about to stop.
+    lock(cluster).wants_every_voter = true;
     let until = Instant::now() + Duration::from_secs(8);
-    let brief = loop {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let leader = lock(cluster).leader();
-        if let Some(brief) = leader.filter(|l| rest.contains(l)) {
-            break Some(brief);
+    let mut missing = "the end of the load near";
+    let staged = loop {
+        if Instant::now() + Duration::from_secs(4) > deadline {
+            break None;
+        }
+        {
+            let mut c = lock(cluster);
+            match figure8_roles(&c) {
+                Ok(staged) => {
+                    c.staged_fault_under_way = true;
+                    break Some(staged);
+                }
+                Err(why) => missing = why,
+            }
         }
         if Instant::now() > until {
             break None;
         }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    lock(cluster).wants_every_voter = false;
+    let Some((old, old_term, voters)) = staged else {
+        log(format!("figure 8 skipped: {missing}"));
+        return Vec::new();
+    };
+    let others: Vec<usize> = voters.into_iter().filter(|&i| i != old).collect();
+    let keeper = others[thread_rng().gen_range(0..others.len())];
+    let rest: Vec<usize> = others.into_iter().filter(|&i| i != keeper).collect();
+    {
+        let mut c = lock(cluster);
+        for &r in &rest {
+            c.net.cut_one_way(old, r);
+            c.net.cut_one_way(r, keeper);
+        }
+    }
+    // Poll faster than a message crosses the network (1 ms at the least), so that a cut made
+    // on seeing a vote lands before the winner's first entry leaves.
+    let poll = Duration::from_micros(250);
+    let until = Instant::now() + Duration::from_secs(8);
+    let brief = loop {
+        tokio::time::sleep(poll).await;
+        let mut c = lock(cluster);
+        let mut leader = None;
+        for &voter in &rest {
+            let Some(node) = c.node(voter) else {
+                continue;
+            };
+            let metrics = node.raft().metrics().borrow().clone();
+            if metrics.current_term <= old_term {
+                continue;
+            }
+            if metrics.state == openraft::ServerState::Leader {
+                leader = Some(voter);
+            }
+            let candidate = metrics
+                .vote
+                .leader_id()
+                .voted_for()
+                .map(|id| id as usize - 1)
+                .filter(|candidate| *candidate != voter && rest.contains(candidate));
+            if let Some(candidate) = candidate {
+                c.net.cut_one_way(candidate, voter);
+            }
+        }
+        if leader.is_some() || Instant::now() > until {
+            break leader;
+        }
     };
     let Some(brief) = brief else {
-        lock(cluster).net.heal();
+        let mut c = lock(cluster);
+        c.net.heal();
+        c.staged_fault_under_way = false;
         log(format!(
             "figure 8: the nodes cut from {old} elected no leader"
         ));
         return Vec::new();
     };
-    {
-        let mut c = lock(cluster);
-        for to in (0..n).filter(|&to| to != brief && to != old) {
-            c.net.cut_one_way(brief, to);
-        }
-    }
     tokio::time::sleep(millis(200..600)).await;
     {
         let mut c = lock(cluster);
@@ -302,11 +351,45 @@ async fn figure8(cluster: &SharedCluster, log: &mut dyn FnMut(String)) -> Vec<us
         c.net.isolate(old);
     }
     tokio::time::sleep(millis(500..1_500)).await;
-    lock(cluster).net.heal();
+    {
+        let mut c = lock(cluster);
+        c.net.heal();
+        c.staged_fault_under_way = false;
+    }
     log(format!(
         "figure 8: {old}'s writes reached only {keeper}; {brief} led briefly, truncated them on {old}, and was killed"
     ));
     vec![brief]
+}
+
+/// The leader, its term and the voters, when figure 8 can be staged: 5 voters or more, all
+/// running, and no membership change under way; otherwise what is missing.
+fn figure8_roles(c: &SimCluster) -> Result<(usize, u64, Vec<usize>), &'static str> {
+    let old = c.leader().ok_or("no leader")?;
+    let view = c.newest_membership().ok_or("no membership")?;
+    let voters: Vec<usize> = view
+        .members
+        .iter()
+        .filter(|m| m.voter)
+        .map(|m| m.index)
+        .collect();
+    if view.changing || c.operator_changes > 0 {
+        return Err("a membership change under way");
+    }
+    if voters.len() < 5 || !voters.contains(&old) {
+        return Err("fewer than 5 voters");
+    }
+    if !voters.iter().all(|&i| c.is_alive(i)) {
+        return Err("a voter down");
+    }
+    let old_term = c
+        .node(old)
+        .ok_or("no leader")?
+        .raft()
+        .metrics()
+        .borrow()
+        .current_term;
+    Ok((old, old_term, voters))
 }
 
 /// One step of a fault schedule chosen from outside (by a fuzzer, say) instead of drawn from

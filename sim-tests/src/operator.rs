@@ -133,7 +133,7 @@ async fn change(
     // configuration that needs the lost node, which then nothing could change).
     let lost = {
         let mut c = lock(&cluster);
-        if c.amnesia_under_way {
+        if c.staged_fault_under_way {
             return;
         }
         let lost = c.lost_data();
@@ -194,10 +194,13 @@ async fn change_voters(
     let read: Vec<u64> = status.voters.iter().map(|m| m.id).collect();
     let target = {
         let mut m = model.lock().await;
+        // While the nemesis wants every node a voter, only the others are worth a change.
+        let adding_only = lock(&cluster).wants_every_voter;
         let candidates: Vec<u64> = members
             .iter()
             .map(|(id, _)| *id)
             .filter(|id| !m.busy.contains(id))
+            .filter(|id| !adding_only || !read.contains(id))
             .collect();
         if candidates.is_empty() {
             return;
@@ -210,7 +213,7 @@ async fn change_voters(
     if !read.contains(&target) {
         let outcome = add(&client, target, &addr, &read).await;
         record(&model, "add", target, &read, *reader, outcome).await;
-    } else if read.len() > min_voters {
+    } else if read.len() > min_voters && !lock(&cluster).wants_every_voter {
         let outcome = client.change_membership(&[], &[target], &read).await;
         let removed = outcome.is_ok();
         record(&model, "remove", target, &read, *reader, outcome).await;

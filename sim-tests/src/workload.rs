@@ -41,7 +41,7 @@ pub fn client(endpoints: Vec<String>) -> Arc<Client> {
     // Longer than a typical fault: a write stuck behind a partition usually resolves (applied,
     // or refused after truncation) instead of ending with an unknown outcome.
     client_config.request_timeout_ms = 5_000;
-    client_config.max_attempts = 6;
+    client_config.max_attempts = 10;
     client_config.retry_backoff_ms = 50;
     Arc::new(Client::new(client_config))
 }
@@ -94,11 +94,18 @@ pub async fn run_client(
     // The last value this client saw per key: CAS expectations come from here, so some
     // succeed and many race.
     let mut seen: Vec<Option<String>> = vec![None; config.keys];
+    // A refused compare-and-set is followed at once by a read of what it compared, as a
+    // read-modify-write loop does: a write applied twice (once as the success nobody heard of,
+    // once as the refusal reported) is then seen in the act.
+    let mut reread: Option<Op> = None;
     let ns = |at: Instant| at.duration_since(start).as_nanos() as u64;
     while Instant::now() < deadline {
         seq += 1;
         let value = format!("c{client_id}-{seq}");
-        let op = random_op(config.keys, &value, &seen);
+        let rereading = reread.is_some();
+        let op = reread
+            .take()
+            .unwrap_or_else(|| random_op(config.keys, &value, &seen));
         let call = Instant::now();
         let patience_ms = (thread_rng().gen_range(0..ABANDON_ONE_IN) == 0)
             .then(|| thread_rng().gen_range(1..500));
@@ -112,6 +119,7 @@ pub async fn run_client(
         let record = match outcome {
             Ok(result) => {
                 remember(&mut seen, &op, &result);
+                reread = reread_after(&op, &result);
                 Some(Record {
                     client: client_id,
                     call_ns: ns(call),
@@ -120,7 +128,10 @@ pub async fn run_client(
                     result: Some(result),
                 })
             }
-            Err(ClientError::Unknown(_)) if !matches!(op, Op::Get { .. } | Op::MultiGet { .. }) => {
+            Err(ClientError::Unknown(why))
+                if !matches!(op, Op::Get { .. } | Op::MultiGet { .. }) =>
+            {
+                tracing::debug!(client_id, ?op, %why, "outcome unknown");
                 Some(Record {
                     client: client_id,
                     call_ns: ns(call),
@@ -137,6 +148,9 @@ pub async fn run_client(
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
                 .push(record);
+        }
+        if reread.is_some() && !rereading {
+            continue;
         }
         // A little think time keeps the clients from moving in lockstep.
         let pause_us = thread_rng().gen_range(0..=config.think_ms * 1_000);
@@ -203,6 +217,34 @@ fn random_op(keys: usize, value: &str, seen: &[Option<String>]) -> Op {
             }
             Op::Batch { ops }
         }
+    }
+}
+
+/// The read a client makes right after `op` answered `result`: the keys of a refused
+/// compare-and-set (alone or in a batch).
+fn reread_after(op: &Op, result: &OpResult) -> Option<Op> {
+    match (op, result) {
+        (
+            Op::Cas { key, .. },
+            OpResult::Cas {
+                succeeded: false, ..
+            },
+        ) => Some(Op::Get { key: key.clone() }),
+        (
+            Op::Batch { ops },
+            OpResult::Batch {
+                succeeded: false, ..
+            },
+        ) => {
+            let mut keys = Vec::new();
+            for op in ops {
+                op.for_each_key(&mut |key| keys.push(key.to_string()));
+            }
+            keys.sort();
+            keys.dedup();
+            Some(Op::MultiGet { keys })
+        }
+        _ => None,
     }
 }
 

@@ -454,13 +454,15 @@ fn sweep(binary: &Path, args: &SimArgs) -> Result<Summary> {
 /// Each deliberate bug, with the cluster size its sweep runs at: a membership change without
 /// its compare can only lose an acknowledged change when a stale read names other voters
 /// that still exist, which takes five nodes.
-const BUGS: [(&str, u64); 6] = [
+const BUGS: [(&str, u64); 7] = [
     ("vote-not-persisted", 3),
     ("ack-before-commit", 3),
     ("stale-linearizable-read", 3),
     ("duplicate-writes", 3),
     ("membership-without-compare", 5),
     ("blank-disk-votes", 3),
+    // Raft's figure 8, which the truncation needs, takes five voters.
+    ("truncated-write-resent-as-new", 5),
 ];
 
 /// For each deliberate bug: a `mixed` sweep must fail within `max_seeds`, and the failing
