@@ -1,4 +1,4 @@
-//! The client commands: `put`, `get`, `del`, `scan`, `mget`, `cas` and `cluster …`.
+//! The client commands: `put`, `get`, `del`, `scan`, `mget`, `cas`, `batch` and `cluster …`.
 //!
 //! Each prints a readable line (or JSON with `--output json`) and exits non-zero on any
 //! failure, with one line on stderr saying why.
@@ -107,6 +107,54 @@ pub enum KvCommand {
         expect_absent: bool,
         new: String,
     },
+    /// Apply several writes atomically, all or none: any sequence of `put KEY VALUE`,
+    /// `del KEY`, `cas KEY OLD NEW` and `cas-absent KEY NEW` (NEW only if KEY is absent).
+    /// The keys must share a hash slot: give them one `{hash tag}`, as in `{user1}.name` and
+    /// `{user1}.mail`. Exits 1 if a comparison fails, and then nothing is written.
+    Batch {
+        #[arg(required = true, num_args = 1.., allow_hyphen_values = true, value_name = "OP")]
+        ops: Vec<String>,
+    },
+}
+
+/// Parses `seedkv batch`'s words into writes.
+fn parse_batch(words: &[String]) -> Result<Vec<seedkv_core::WriteOp>> {
+    use seedkv_core::WriteOp;
+    let mut ops = Vec::new();
+    let mut rest = words.iter().map(|w| w.as_bytes().to_vec());
+    while let Some(word) = rest.next() {
+        let mut arg = |what: &str| {
+            rest.next().ok_or_else(|| {
+                anyhow::anyhow!(
+                    "batch: `{}` needs {what} (ops: put KEY VALUE, del KEY, cas KEY OLD NEW, cas-absent KEY NEW)",
+                    text(&word)
+                )
+            })
+        };
+        let op = match word.as_slice() {
+            b"put" => WriteOp::Put {
+                key: arg("a key")?,
+                value: arg("a value")?,
+            },
+            b"del" => WriteOp::Delete { key: arg("a key")? },
+            b"cas" => WriteOp::Cas {
+                key: arg("a key")?,
+                expect: Some(arg("the old value")?),
+                new: Some(arg("the new value")?),
+            },
+            b"cas-absent" => WriteOp::Cas {
+                key: arg("a key")?,
+                expect: None,
+                new: Some(arg("the new value")?),
+            },
+            _ => bail!(
+                "batch: unknown operation `{}` (ops: put KEY VALUE, del KEY, cas KEY OLD NEW, cas-absent KEY NEW)",
+                text(&word)
+            ),
+        };
+        ops.push(op);
+    }
+    Ok(ops)
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -247,6 +295,21 @@ pub async fn run(conn: &Connection, command: KvCommand) -> Result<bool> {
             }
             Ok(succeeded)
         }
+        KvCommand::Batch { ops } => {
+            let ops = parse_batch(&ops)?;
+            let (succeeded, revision) = client.batch(&ops).await.map_err(fail)?;
+            if json {
+                println!(
+                    "{}",
+                    json!({ "ops": ops.len(), "succeeded": succeeded, "revision": revision })
+                );
+            } else if succeeded {
+                println!("OK, {} writes (revision {revision})", ops.len());
+            } else {
+                eprintln!("compare failed: nothing was written");
+            }
+            Ok(succeeded)
+        }
     }
 }
 
@@ -281,8 +344,9 @@ fn print_rows<'a>(
     }
 }
 
-/// Writes `keys` keys `PREFIX00000000…` with values of `value_size` bytes, `batch` keys per
-/// atomic batch, `concurrency` batches in flight. For loading test data.
+/// Writes `keys` keys `PREFIX0000000000…` with values of `value_size` bytes, `batch` keys per
+/// atomic batch, `concurrency` batches in flight. A batch must stay in one hash slot, so keys
+/// are gathered per slot and a slot's keys go out together. For loading test data.
 pub async fn load(conn: &Connection, args: LoadArgs) -> Result<bool> {
     if args.batch == 0 || args.concurrency == 0 {
         bail!("--batch and --concurrency must be 1 or more");
@@ -290,36 +354,33 @@ pub async fn load(conn: &Connection, args: LoadArgs) -> Result<bool> {
     let client = std::sync::Arc::new(client(conn));
     let started = std::time::Instant::now();
     let value = vec![b'v'; args.value_size];
-    let batches: Vec<(u64, u64)> = (0..args.keys)
-        .step_by(args.batch)
-        .map(|start| (start, (start + args.batch as u64).min(args.keys)))
-        .collect();
-    let mut pending = batches.into_iter();
+    let key = |prefix: &str, i: u64| format!("{prefix}{i:010}").into_bytes();
+    let mut pending = batches_by_slot(args.keys, args.batch, |i| key(&args.prefix, i));
     let mut tasks = tokio::task::JoinSet::new();
-    let spawn = |tasks: &mut tokio::task::JoinSet<Result<(), ClientError>>,
-                 (from, to): (u64, u64)| {
+    let spawn = |tasks: &mut tokio::task::JoinSet<Result<(), ClientError>>, batch: Vec<u64>| {
         let client = client.clone();
         let prefix = args.prefix.clone();
         let value = value.clone();
         tasks.spawn(async move {
-            let ops: Vec<_> = (from..to)
+            let ops: Vec<_> = batch
+                .into_iter()
                 .map(|i| seedkv_core::WriteOp::Put {
-                    key: format!("{prefix}{i:010}").into_bytes(),
+                    key: key(&prefix, i),
                     value: value.clone(),
                 })
                 .collect();
             client.batch(&ops).await.map(|_| ())
         });
     };
-    for range in pending.by_ref().take(args.concurrency) {
-        spawn(&mut tasks, range);
+    for batch in pending.by_ref().take(args.concurrency) {
+        spawn(&mut tasks, batch);
     }
     while let Some(joined) = tasks.join_next().await {
         joined
             .map_err(|err| anyhow::anyhow!("load task failed: {err}"))?
             .map_err(fail)?;
-        if let Some(range) = pending.next() {
-            spawn(&mut tasks, range);
+        if let Some(batch) = pending.next() {
+            spawn(&mut tasks, batch);
         }
     }
     let seconds = started.elapsed().as_secs_f64();
@@ -336,6 +397,38 @@ pub async fn load(conn: &Connection, args: LoadArgs) -> Result<bool> {
     Ok(true)
 }
 
+/// The numbers `0..keys` in batches of at most `batch` whose keys (`key(i)`) share a hash
+/// slot: a slot's batch goes out when full, the partial ones at the end. Holds at most
+/// `batch` numbers per slot, never a value.
+fn batches_by_slot(
+    keys: u64,
+    batch: usize,
+    key: impl Fn(u64) -> Vec<u8>,
+) -> impl Iterator<Item = Vec<u64>> {
+    let mut buckets: Vec<Vec<u64>> = vec![Vec::new(); usize::from(seedkv_core::slot::SLOT_COUNT)];
+    let mut next = 0u64;
+    let mut flushing = 0usize;
+    std::iter::from_fn(move || {
+        while next < keys {
+            let i = next;
+            next += 1;
+            let bucket = &mut buckets[usize::from(seedkv_core::slot::Slot::of(&key(i)).get())];
+            bucket.push(i);
+            if bucket.len() >= batch {
+                return Some(std::mem::take(bucket));
+            }
+        }
+        while flushing < buckets.len() {
+            let bucket = std::mem::take(&mut buckets[flushing]);
+            flushing += 1;
+            if !bucket.is_empty() {
+                return Some(bucket);
+            }
+        }
+        None
+    })
+}
+
 /// Options of `seedkv load`.
 #[derive(Args, Debug)]
 pub struct LoadArgs {
@@ -345,7 +438,7 @@ pub struct LoadArgs {
     /// Bytes per value.
     #[arg(long, default_value_t = 16)]
     pub value_size: usize,
-    /// Keys per atomic batch (at most 1,024).
+    /// Keys per atomic batch (at most 1,024); a batch holds keys of one hash slot.
     #[arg(long, default_value_t = 1_000)]
     pub batch: usize,
     /// Batches in flight.
@@ -500,4 +593,56 @@ async fn current_voters(client: &Client, conn: &Connection) -> Result<Vec<u64>> 
         }
     }
     bail!("no endpoint answered: {}", conn.endpoints.join(", "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_words_parse_into_writes() {
+        use seedkv_core::WriteOp;
+        let words = |s: &str| s.split(' ').map(String::from).collect::<Vec<_>>();
+        let ops = parse_batch(&words("put a 1 del b cas c 2 3 cas-absent d 4")).expect("ops");
+        assert_eq!(
+            ops,
+            vec![
+                WriteOp::Put {
+                    key: b"a".to_vec(),
+                    value: b"1".to_vec()
+                },
+                WriteOp::Delete { key: b"b".to_vec() },
+                WriteOp::Cas {
+                    key: b"c".to_vec(),
+                    expect: Some(b"2".to_vec()),
+                    new: Some(b"3".to_vec())
+                },
+                WriteOp::Cas {
+                    key: b"d".to_vec(),
+                    expect: None,
+                    new: Some(b"4".to_vec())
+                },
+            ]
+        );
+        let err = parse_batch(&words("put a")).expect_err("missing value");
+        assert!(err.to_string().contains("`put` needs a value"), "{err}");
+        let err = parse_batch(&words("get a")).expect_err("not a write");
+        assert!(err.to_string().contains("unknown operation `get`"), "{err}");
+    }
+
+    #[test]
+    fn load_batches_stay_in_one_slot_and_cover_every_key() {
+        let key = |i: u64| format!("load/{i:010}").into_bytes();
+        let mut seen = Vec::new();
+        for batch in batches_by_slot(5_000, 7, key) {
+            assert!(!batch.is_empty() && batch.len() <= 7);
+            let slot = seedkv_core::slot::Slot::of(&key(batch[0]));
+            assert!(batch
+                .iter()
+                .all(|&i| seedkv_core::slot::Slot::of(&key(i)) == slot));
+            seen.extend(batch);
+        }
+        seen.sort_unstable();
+        assert_eq!(seen, (0..5_000).collect::<Vec<_>>());
+    }
 }

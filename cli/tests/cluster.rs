@@ -132,6 +132,75 @@ async fn kill_the_leader_during_writes_then_join_and_remove() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("key is empty"));
 
+    // An atomic batch from the shell: keys sharing a hash tag, all or nothing.
+    let out = cli(
+        &endpoints,
+        &[
+            "batch",
+            "put",
+            "{u1}.name",
+            "ann",
+            "cas-absent",
+            "{u1}.mail",
+            "a@x",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "batch: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let refused = [
+        "batch",
+        "put",
+        "{u1}.name",
+        "bob",
+        "cas",
+        "{u1}.mail",
+        "b@x",
+        "c@x",
+    ];
+    let out = cli(&endpoints, &refused);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "compare failed: nothing was written\n"
+    );
+    let out = cli(&endpoints, &["mget", "{u1}.name", "{u1}.mail"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "{u1}.name => ann\n{u1}.mail => a@x\n"
+    );
+    // Keys of two slots in one batch: refused by the CLI, and by the node whatever the client.
+    let out = cli(&endpoints, &["batch", "put", "a", "1", "put", "b", "2"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("CROSS_SLOT"));
+    let mut kv = seedkv_proto::pb::kv_client::KvClient::connect(format!("http://{}", voters[0]))
+        .await
+        .expect("connect");
+    let put = |key: &str| seedkv_proto::pb::WriteOp {
+        op: Some(seedkv_proto::pb::write_op::Op::Put(
+            seedkv_proto::pb::PutRequest {
+                key: key.as_bytes().to_vec(),
+                value: b"1".to_vec(),
+                ..Default::default()
+            },
+        )),
+    };
+    let request = seedkv_proto::pb::BatchRequest {
+        ops: vec![put("a"), put("b")],
+        session: None,
+    };
+    let status = kv.batch(request).await.expect_err("cross-slot batch");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(
+        status.message().contains("CROSS_SLOT"),
+        "{}",
+        status.message()
+    );
+    let out = cli(&endpoints, &["get", "a"]);
+    assert_eq!(out.status.code(), Some(1), "nothing was written");
+
     // A fourth node joins through node 1 and becomes a voter.
     let join = ["--join", &addrs[0], "--snapshot-every", "200"].map(String::from);
     servers.start(4, &addrs[3], &join);

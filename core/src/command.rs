@@ -7,6 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::session::SessionTag;
+use crate::slot::Slot;
 
 /// A key's revision: the Raft log index of the entry that last wrote it. `0` means absent.
 pub type Revision = u64;
@@ -205,6 +206,8 @@ pub enum InvalidRequest {
     InvertedRange,
     #[error("a group of commands is assembled by the node, not sent by clients")]
     NotAClientCommand,
+    #[error("CROSS_SLOT: the keys of one batch must share a hash slot, and these fall in slots {first} and {other}; give keys written together one {{hash tag}}")]
+    CrossSlot { first: u16, other: u16 },
     #[error("session sequence numbers start at 1 and seq ({seq}) must not be below acked_below ({acked_below})")]
     BadSequence { seq: u64, acked_below: u64 },
 }
@@ -277,7 +280,8 @@ impl Limits {
             }
             total_bytes = total_bytes.saturating_add(op.payload_bytes());
         }
-        self.check_request_bytes(total_bytes)
+        self.check_request_bytes(total_bytes)?;
+        one_slot(ops).map(|_| ())
     }
 
     /// Checks the keys of a multi-get.
@@ -327,6 +331,22 @@ impl Limits {
             });
         }
         Ok(())
+    }
+}
+
+/// The one hash slot every key of `ops` falls in: a batch is applied by one group, so its
+/// keys must share a slot (keys with the same `{hash tag}` do). `None` for no ops.
+pub fn one_slot(ops: &[WriteOp]) -> Result<Option<Slot>, InvalidRequest> {
+    let mut slots = ops.iter().map(|op| Slot::of(op.key()));
+    let Some(first) = slots.next() else {
+        return Ok(None);
+    };
+    match slots.find(|&slot| slot != first) {
+        Some(other) => Err(InvalidRequest::CrossSlot {
+            first: first.get(),
+            other: other.get(),
+        }),
+        None => Ok(Some(first)),
     }
 }
 
@@ -400,6 +420,31 @@ mod tests {
             limits.check_command(&Command::Batch(ops)),
             Err(InvalidRequest::RequestTooLarge { .. })
         ));
+    }
+
+    #[test]
+    fn a_batch_stays_in_one_slot() {
+        let limits = Limits::default();
+        let put = |key: &str| WriteOp::Put {
+            key: key.as_bytes().to_vec(),
+            value: b"v".to_vec(),
+        };
+        let tagged = Command::Batch(vec![put("{u1}.a"), put("{u1}.b"), put("u1")]);
+        assert_eq!(limits.check_command(&tagged), Ok(()));
+        let (a, b) = (Slot::of(b"a"), Slot::of(b"b"));
+        assert_ne!(a, b);
+        let spread = Command::Batch(vec![put("a"), put("a"), put("b")]);
+        assert_eq!(
+            limits.check_command(&spread),
+            Err(InvalidRequest::CrossSlot {
+                first: a.get(),
+                other: b.get()
+            })
+        );
+        let message = InvalidRequest::CrossSlot { first: 1, other: 2 }.to_string();
+        assert!(message.starts_with("CROSS_SLOT:"), "{message}");
+        assert!(message.contains("{hash tag}"), "{message}");
+        assert_eq!(one_slot(&[]), Ok(None));
     }
 
     #[test]

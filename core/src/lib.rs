@@ -3,7 +3,8 @@
 //! - [`command`]: the writes clients ask for, and the limits they must respect;
 //! - [`state`]: the key-value state every replica applies the log to;
 //! - [`session`]: client sessions, which make a resent write apply once;
-//! - [`slot`]: the 1,024 hash slots keys are stored and, later, sharded by;
+//! - [`slot`]: the 1,024 hash slots keys are stored and sharded by;
+//! - [`slot_map`]: which group owns each slot, how a cluster starts, where a key goes;
 //! - [`storage`]: the [`storage::Disk`] contract, and the Raft log and state machine on it;
 //! - [`types`]: the openraft type config, node and group ids;
 //! - [`runtime`]: the async runtime binding that runs the same code on tokio and on madsim;
@@ -23,6 +24,7 @@ pub mod faults;
 pub mod runtime;
 pub mod session;
 pub mod slot;
+pub mod slot_map;
 pub mod state;
 pub mod storage;
 pub mod types;

@@ -536,6 +536,9 @@ impl Client {
     /// Applies `ops` atomically. Returns whether every comparison held (and so everything
     /// applied) and the revision.
     pub async fn batch(&self, ops: &[WriteOp]) -> Result<(bool, Revision), ClientError> {
+        // Refused here too, without a round trip: the node would refuse it the same way.
+        seedkv_core::command::one_slot(ops)
+            .map_err(|err| ClientError::InvalidArgument(err.to_string()))?;
         let request = pb::BatchRequest {
             ops: ops.iter().map(write_op).collect(),
             session: None,

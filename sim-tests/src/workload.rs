@@ -19,7 +19,7 @@ use tokio::time::Instant;
 pub struct WorkloadConfig {
     /// Concurrent clients.
     pub clients: usize,
-    /// Keys `k0..k{keys-1}`.
+    /// Keys `{p0}k0`, `{p0}k1`, `{p1}k2`, ... (see [`key_name`]).
     pub keys: usize,
     /// How long the clients run (virtual time).
     pub duration: Duration,
@@ -30,8 +30,15 @@ pub struct WorkloadConfig {
 /// The shared history the clients append to.
 pub type History = Arc<Mutex<Vec<Record>>>;
 
+/// Key `i` of the workload. Keys come in pairs (`2j`, `2j+1`) that share the hash tag
+/// `{pj}`, so the multi-key operations, which join a pair, stay in one slot.
 fn key_name(i: usize) -> String {
-    format!("k{i}")
+    format!("{{p{}}}k{i}", i / 2)
+}
+
+/// The number of a key [`key_name`] made.
+fn key_index(key: &str) -> Option<usize> {
+    key.split_once("}k").and_then(|(_, n)| n.parse().ok())
 }
 
 /// A client library instance for the workload: shared by two workload clients, so one session
@@ -249,7 +256,7 @@ fn reread_after(op: &Op, result: &OpResult) -> Option<Op> {
 }
 
 fn remember(seen: &mut [Option<String>], op: &Op, result: &OpResult) {
-    let index = |key: &str| key.strip_prefix('k').and_then(|n| n.parse::<usize>().ok());
+    let index = key_index;
     match (op, result) {
         (Op::Get { key }, OpResult::Get { value, .. }) => {
             if let Some(i) = index(key) {
