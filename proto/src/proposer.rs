@@ -30,6 +30,13 @@ pub const MAX_WRITES_PER_ENTRY: usize = 256;
 /// into the next entry: this is what makes entries carry many writes under load.
 pub const MAX_ENTRIES_IN_FLIGHT: usize = 2;
 
+/// How long a proposed entry's answer may take before its writes are answered "outcome
+/// unknown" and its place in the pipeline is freed. openraft answers an entry when it is
+/// applied or truncated, but never one that a snapshot install covered on this node (the
+/// entry is skipped, not applied): without a bound such an entry would hold its place for
+/// good, and with every place held, no write on this node would ever be proposed again.
+pub const MAX_ANSWER_WAIT_MS: u64 = 10_000;
+
 type Reply = oneshot::Sender<Result<Response, Status>>;
 
 /// The proposal queue of one Raft group.
@@ -92,9 +99,13 @@ impl Proposer {
                 match raft.client_write_ff(entry).await {
                     Ok(receiver) => {
                         tokio::spawn(async move {
-                            let outcome = receiver.await;
+                            let wait = std::time::Duration::from_millis(MAX_ANSWER_WAIT_MS);
+                            let outcome = seedkv_core::runtime::timeout(wait, receiver).await;
                             drop(permit);
-                            answer(replies, outcome);
+                            match outcome {
+                                Ok(outcome) => answer(replies, outcome),
+                                Err(_) => unanswered(replies),
+                            }
                         });
                     }
                     Err(fatal) => {
@@ -124,6 +135,19 @@ type Outcome = Result<
     Result<ClientWriteResponse<TypeConfig>, ClientWriteError<u64, seedkv_core::Member>>,
     tokio::sync::oneshot::error::RecvError,
 >;
+
+/// Writes whose entry was never answered: it may have committed or not.
+fn unanswered(replies: Vec<Reply>) {
+    tracing::warn!(
+        writes = replies.len(),
+        "a proposed entry was not answered within {MAX_ANSWER_WAIT_MS} ms; its outcome is unknown"
+    );
+    for reply in replies {
+        let _ = reply.send(Err(Status::unavailable(format!(
+            "the write's outcome is unknown: its entry was not answered within {MAX_ANSWER_WAIT_MS} ms"
+        ))));
+    }
+}
 
 fn answer(replies: Vec<Reply>, outcome: Outcome) {
     match outcome {

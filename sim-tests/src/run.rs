@@ -221,6 +221,13 @@ pub async fn run(config: RunConfig) -> RunReport {
             );
         }
         note("read every key".into());
+        if let Err(why) = every_voter_leads(&cluster, &client_host).await {
+            let history = std::mem::take(&mut *history.lock().unwrap_or_else(|p| p.into_inner()));
+            let mut report = finish(start, &trace, history);
+            report.failure = Some(why);
+            return report;
+        }
+        note("every voter led and wrote".into());
     }
     let history = std::mem::take(&mut *history.lock().unwrap_or_else(|p| p.into_inner()));
     let mut report = finish(start, &trace, history);
@@ -315,6 +322,116 @@ async fn converge(
         "replicas did not converge within {} s: (node, applied, digest) = {last:?}",
         bound.as_secs()
     ))
+}
+
+/// How long one voter may take to win an election it was asked to start.
+const ELECT_WAIT: Duration = Duration::from_secs(3);
+/// How long a voter may take to catch up with the leader before it stands.
+const CATCH_UP_WAIT: Duration = Duration::from_secs(10);
+/// Elections one voter is asked to start before it is judged unable to lead.
+const ELECT_TRIES: usize = 5;
+/// How long the write through a new leader may take.
+const LEADER_WRITE_WAIT: Duration = Duration::from_secs(30);
+
+/// Liveness once the faults are over: every voter in turn is made leader and must commit a
+/// write through its own `Kv` service. A node whose write path the faults left wedged (a
+/// proposal never answered, a queue never drained) fails the run here, where a workload that
+/// happened to find another leader would never notice.
+async fn every_voter_leads(
+    cluster: &SharedCluster,
+    client_host: &madsim::runtime::NodeHandle,
+) -> Result<(), String> {
+    let (voters, addrs) = {
+        let c = cluster.lock().unwrap_or_else(|p| p.into_inner());
+        let view = c
+            .newest_membership()
+            .ok_or_else(|| "no node holds a membership".to_string())?;
+        let voters: Vec<usize> = view
+            .members
+            .iter()
+            .filter(|m| m.voter)
+            .map(|m| m.index)
+            .collect();
+        (voters, c.addrs())
+    };
+    let running = |cluster: &SharedCluster| -> Vec<Arc<seedkv_proto::node::Node>> {
+        let c = cluster.lock().unwrap_or_else(|p| p.into_inner());
+        (0..c.len()).filter_map(|i| c.node(i)).collect()
+    };
+    for index in voters {
+        let node = {
+            let c = cluster.lock().unwrap_or_else(|p| p.into_inner());
+            c.node(index)
+        }
+        .ok_or_else(|| format!("voter {} is not running after the heal", index + 1))?;
+        // A candidate needs a log as long as a majority's: let it catch up with the leader
+        // (the previous write went through another node) before it stands.
+        let caught_up = Instant::now() + CATCH_UP_WAIT;
+        while Instant::now() < caught_up {
+            let target = {
+                let c = cluster.lock().unwrap_or_else(|p| p.into_inner());
+                c.leader_last_log()
+            };
+            let last = node.raft().metrics().borrow().last_log_index;
+            if target.is_some() && last >= target {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Followers refuse votes while their leader's lease lasts: quiet every other node
+        // (no heartbeats, no elections of their own) until the chosen one has won.
+        for other in running(cluster) {
+            let quiet = other.id() != node.id();
+            other.raft().runtime_config().heartbeat(!quiet);
+            other.raft().runtime_config().elect(!quiet);
+        }
+        for _ in 0..ELECT_TRIES {
+            if node.raft().metrics().borrow().state == openraft::ServerState::Leader {
+                break;
+            }
+            if let Err(err) = node.raft().trigger().elect().await {
+                return Err(format!("node {}: raft stopped: {err}", index + 1));
+            }
+            let _ = node
+                .raft()
+                .wait(Some(ELECT_WAIT))
+                .state(openraft::ServerState::Leader, "elected")
+                .await;
+        }
+        for other in running(cluster) {
+            other.raft().runtime_config().heartbeat(true);
+            other.raft().runtime_config().elect(true);
+        }
+        if node.raft().metrics().borrow().state != openraft::ServerState::Leader {
+            return Err(format!(
+                "node {} did not win any of {ELECT_TRIES} elections it started after the heal",
+                index + 1
+            ));
+        }
+        let addr = addrs[index].clone();
+        let key = format!("{{liveness}}n{}", index + 1);
+        let write = client_host.spawn(async move {
+            let client = workload::client(vec![addr]);
+            client.put(key.as_bytes(), b"led").await
+        });
+        match tokio::time::timeout(LEADER_WRITE_WAIT, write).await {
+            Ok(Ok(Ok(_))) => {}
+            Ok(Ok(Err(err))) => {
+                return Err(format!(
+                    "a write through node {} as leader after the heal failed: {err}",
+                    index + 1
+                ))
+            }
+            _ => {
+                return Err(format!(
+                    "a write through node {} as leader after the heal did not finish within {} s",
+                    index + 1,
+                    LEADER_WRITE_WAIT.as_secs()
+                ))
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A simulated host beside the nodes (clients, operator), at 10.0.1.`last`.
