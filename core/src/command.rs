@@ -6,8 +6,10 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::ownership::OwnedRange;
 use crate::session::SessionTag;
 use crate::slot::Slot;
+use crate::slot_map::SlotMap;
 
 /// A key's revision: the Raft log index of the entry that last wrote it. `0` means absent.
 pub type Revision = u64;
@@ -79,6 +81,15 @@ pub enum Command {
         session: SessionTag,
         command: Box<Command>,
     },
+    /// A data group takes these slots (see [`crate::ownership`]); proposed by nodes, never
+    /// by clients.
+    Own(Vec<OwnedRange>),
+    /// The meta group's slot map becomes `map` if the one held has `expect_version` (0:
+    /// none) and `map` is newer and valid; proposed by nodes, never by clients.
+    SetMap {
+        expect_version: u64,
+        map: Box<SlotMap>,
+    },
 }
 
 impl Command {
@@ -87,7 +98,7 @@ impl Command {
         match self {
             Command::Single(op) => std::slice::from_ref(op),
             Command::Batch(ops) => ops,
-            Command::Multi(_) | Command::Register => &[],
+            Command::Multi(_) | Command::Register | Command::Own(_) | Command::SetMap { .. } => &[],
             Command::Tagged { command, .. } => command.ops(),
         }
     }
@@ -98,7 +109,7 @@ impl Command {
     pub fn payload_bytes(&self) -> usize {
         match self {
             Command::Multi(commands) => commands.iter().map(Command::payload_bytes).sum(),
-            Command::Register => 0,
+            Command::Register | Command::Own(_) | Command::SetMap { .. } => 0,
             Command::Tagged { command, .. } => command.payload_bytes(),
             Command::Single(_) | Command::Batch(_) => {
                 self.ops().iter().map(WriteOp::payload_bytes).sum()
@@ -118,6 +129,15 @@ impl std::fmt::Display for Command {
                 f,
                 "{command} (client {} seq {})",
                 session.client_id, session.seq
+            ),
+            Command::Own(ranges) => write!(f, "own {} slot ranges", ranges.len()),
+            Command::SetMap {
+                expect_version,
+                map,
+            } => write!(
+                f,
+                "set slot map version {} over {expect_version}",
+                map.version()
             ),
         }
     }
@@ -146,6 +166,12 @@ pub enum Response {
     SessionExpired,
     /// A tagged write below its client's acknowledged mark: nothing was applied.
     StaleWrite { acked_below: u64 },
+    /// A write to `slot`, which the group does not own: nothing was applied.
+    NotOwned { slot: Slot },
+    /// `Own` applied: `changed` slots were taken (0: every one was already held).
+    Owned { changed: u32 },
+    /// `SetMap` applied (`succeeded`) or refused; `version` is the map's version after it.
+    MapSet { succeeded: bool, version: u64 },
 }
 
 /// A key and its value, as stored and as read.
@@ -241,7 +267,9 @@ impl Limits {
     /// Checks a write command: keys, values, batch size and total size.
     pub fn check_command(&self, command: &Command) -> Result<(), InvalidRequest> {
         match command {
-            Command::Multi(_) => return Err(InvalidRequest::NotAClientCommand),
+            Command::Multi(_) | Command::Own(_) | Command::SetMap { .. } => {
+                return Err(InvalidRequest::NotAClientCommand)
+            }
             Command::Register => return Ok(()),
             Command::Tagged { session, command } => {
                 if !matches!(**command, Command::Single(_) | Command::Batch(_)) {

@@ -5,6 +5,7 @@
 //! - [`session`]: client sessions, which make a resent write apply once;
 //! - [`slot`]: the 1,024 hash slots keys are stored and sharded by;
 //! - [`slot_map`]: which group owns each slot, how a cluster starts, where a key goes;
+//! - [`ownership`]: the slots a data group owns, as its own log decided;
 //! - [`storage`]: the [`storage::Disk`] contract, and the Raft log and state machine on it;
 //! - [`types`]: the openraft type config, node and group ids;
 //! - [`runtime`]: the async runtime binding that runs the same code on tokio and on madsim;
@@ -21,6 +22,7 @@ pub mod command;
 pub mod conformance;
 #[cfg(madsim)]
 pub mod faults;
+pub mod ownership;
 pub mod runtime;
 pub mod session;
 pub mod slot;
@@ -32,5 +34,5 @@ pub mod types;
 pub use command::{
     Command, InvalidRequest, Limits, Response, Revision, ScanRange, Versioned, WriteOp,
 };
-pub use state::KvState;
+pub use state::{KvState, ShardState};
 pub use types::{GroupId, Member, NodeId, Raft, TypeConfig};

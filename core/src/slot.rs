@@ -22,6 +22,11 @@ pub struct Slot(u16);
 const CRC16: crc::Crc<u16> = crc::Crc::<u16>::new(&crc::CRC_16_XMODEM);
 
 impl Slot {
+    /// The first slot.
+    pub const FIRST: Slot = Slot(0);
+    /// The last slot.
+    pub const LAST: Slot = Slot(SLOT_COUNT - 1);
+
     /// The slot numbered `n`, if `n < SLOT_COUNT`.
     pub fn new(n: u16) -> Option<Slot> {
         (n < SLOT_COUNT).then_some(Slot(n))

@@ -166,6 +166,30 @@ impl SlotMap {
         }
     }
 
+    /// Every slot with its owner, in slot order.
+    pub fn owners(&self) -> impl Iterator<Item = (Slot, SlotOwner)> + '_ {
+        Slot::all().zip(self.owners.iter().copied())
+    }
+
+    /// What `group` owns, as ranges of one epoch each: what the group takes
+    /// (`Command::Own`) to serve what this map gives it.
+    pub fn grants_of(&self, group: GroupId) -> Vec<crate::ownership::OwnedRange> {
+        let mut ranges: Vec<crate::ownership::OwnedRange> = Vec::new();
+        for (slot, owner) in self.owners().filter(|(_, owner)| owner.group == group) {
+            match ranges.last_mut() {
+                Some(last) if last.epoch == owner.epoch && last.last.get() + 1 == slot.get() => {
+                    last.last = slot;
+                }
+                _ => ranges.push(crate::ownership::OwnedRange {
+                    first: slot,
+                    last: slot,
+                    epoch: owner.epoch,
+                }),
+            }
+        }
+        ranges
+    }
+
     /// The data groups, by id.
     pub fn groups(&self) -> &BTreeMap<GroupId, GroupInfo> {
         &self.groups

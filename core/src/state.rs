@@ -11,8 +11,60 @@ use std::ops::Bound;
 use serde::{Deserialize, Serialize};
 
 use crate::command::{Command, Response, Revision, ScanRange, Versioned, WriteOp};
+use crate::ownership::{OwnedRange, Ownership};
 use crate::session::{SessionCheck, Sessions};
 use crate::slot::Slot;
+use crate::slot_map::SlotMap;
+
+/// What a group knows about sharding, decided by its own log: the slots it owns (a data
+/// group) and the slot map (the meta group). Small, so it travels with the applied meta.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardState {
+    /// The slots this group serves; a write to any other slot applies nothing.
+    pub owned: Ownership,
+    /// The cluster's slot map, in the meta group; `None` until the first one is set.
+    pub map: Option<SlotMap>,
+}
+
+impl ShardState {
+    /// The version of the map held (0: none).
+    pub fn map_version(&self) -> u64 {
+        self.map.as_ref().map_or(0, SlotMap::version)
+    }
+
+    /// The invariants of both parts.
+    pub fn check(&self) -> Result<(), String> {
+        self.owned.check()?;
+        match &self.map {
+            Some(map) => map.check(),
+            None => Ok(()),
+        }
+    }
+
+    /// Mixes the state into a digest, the same way wherever it is held.
+    pub fn digest_into(&self, hash: &mut Fnv64) {
+        for range in self.owned.ranges() {
+            hash.write(&range.first.get().to_le_bytes());
+            hash.write(&range.last.get().to_le_bytes());
+            hash.write(&range.epoch.to_le_bytes());
+        }
+        hash.write(&self.map_version().to_le_bytes());
+        if let Some(map) = &self.map {
+            for (slot, owner) in map.owners() {
+                hash.write(&slot.get().to_le_bytes());
+                hash.write(&owner.group.0.to_le_bytes());
+                hash.write(&owner.epoch.to_le_bytes());
+            }
+            for (group, info) in map.groups() {
+                hash.write(&group.0.to_le_bytes());
+                hash.write(&info.weight.to_le_bytes());
+                for replica in &info.replicas {
+                    hash.write(&replica.to_le_bytes());
+                }
+            }
+        }
+    }
+}
 
 /// Where [`apply`] reads and writes rows: the map of a [`KvState`] in memory, or writes
 /// pending over a disk in the state machine (`storage::machine`).
@@ -27,13 +79,29 @@ pub trait RowStore {
 
 /// Applies `command`, committed at log index `revision`, to `rows` and `sessions`, and says
 /// what happened. Deterministic: every replica applying the same log reaches the same rows.
+///
+/// A client write to a slot the group does not own applies nothing and answers
+/// `NotOwned`. Sessions are checked before ownership: a resent write that applied while the
+/// group owned its slot still gets its first answer, so a client never writes it again
+/// elsewhere.
 pub fn apply<S: RowStore>(
     rows: &mut S,
     sessions: &mut Sessions,
+    shard: &mut ShardState,
     revision: Revision,
     command: &Command,
 ) -> Result<Response, S::Error> {
     assert!(revision > 0, "log indexes used as revisions start at 1");
+    if let Command::Single(_) | Command::Batch(_) = command {
+        if let Some(slot) = command
+            .ops()
+            .iter()
+            .map(|op| Slot::of(op.key()))
+            .find(|&slot| !shard.owned.owns(slot))
+        {
+            return Ok(Response::NotOwned { slot });
+        }
+    }
     let write = |rows: &mut S, key: &[u8], value: Option<&Vec<u8>>| {
         let row = value.map(|value| Versioned {
             value: value.clone(),
@@ -95,7 +163,7 @@ pub fn apply<S: RowStore>(
         Command::Multi(commands) => {
             let mut responses = Vec::with_capacity(commands.len());
             for command in commands {
-                responses.push(apply(rows, sessions, revision, command)?);
+                responses.push(apply(rows, sessions, shard, revision, command)?);
             }
             Response::Multi(responses)
         }
@@ -115,13 +183,34 @@ pub fn apply<S: RowStore>(
             };
             match check {
                 SessionCheck::Fresh => {
-                    let response = apply(rows, sessions, revision, command)?;
+                    let response = apply(rows, sessions, shard, revision, command)?;
                     sessions.record(session, response.clone());
                     response
                 }
                 SessionCheck::Duplicate(response) => response,
                 SessionCheck::Stale { acked_below } => Response::StaleWrite { acked_below },
                 SessionCheck::Expired => Response::SessionExpired,
+            }
+        }
+        Command::Own(ranges) => {
+            let changed = shard.owned.take(ranges);
+            Response::Owned {
+                changed: u32::try_from(changed).unwrap_or(u32::MAX),
+            }
+        }
+        Command::SetMap {
+            expect_version,
+            map,
+        } => {
+            let current = shard.map_version();
+            let succeeded =
+                current == *expect_version && map.version() > current && map.check().is_ok();
+            if succeeded {
+                shard.map = Some((**map).clone());
+            }
+            Response::MapSet {
+                succeeded,
+                version: shard.map_version(),
             }
         }
     })
@@ -161,18 +250,37 @@ impl RowStore for MemRows {
 pub struct KvState {
     data: MemRows,
     sessions: Sessions,
+    shard: ShardState,
 }
 
 impl KvState {
     /// Applies `command`, committed at log index `revision`, and says what happened.
     pub fn apply(&mut self, revision: Revision, command: &Command) -> Response {
-        let response = match apply(&mut self.data, &mut self.sessions, revision, command) {
+        let response = match apply(
+            &mut self.data,
+            &mut self.sessions,
+            &mut self.shard,
+            revision,
+            command,
+        ) {
             Ok(response) => response,
             Err(never) => match never {},
         };
         // In memory there is nothing to write the sessions' changes to.
         self.sessions.take_effects();
         response
+    }
+
+    /// A state that owns every slot at epoch 1, as a group given the whole key space.
+    pub fn owning_every_slot() -> KvState {
+        let mut state = KvState::default();
+        state.shard.owned.take(&[OwnedRange::EVERY_SLOT]);
+        state
+    }
+
+    /// What the state knows about sharding.
+    pub fn shard(&self) -> &ShardState {
+        &self.shard
     }
 
     /// The client sessions (see [`crate::session`]).
@@ -227,6 +335,7 @@ impl KvState {
             digest_row(&mut hash, key, value);
         }
         self.sessions.digest_into(&mut hash);
+        self.shard.digest_into(&mut hash);
         hash.finish()
     }
 }
@@ -279,7 +388,7 @@ mod tests {
 
     #[test]
     fn put_get_delete_with_revisions() {
-        let mut state = KvState::default();
+        let mut state = KvState::owning_every_slot();
         assert_eq!(
             state.apply(3, &put("a", "1")),
             Response::Put { revision: 3 }
@@ -305,7 +414,7 @@ mod tests {
 
     #[test]
     fn cas_compares_value_or_absence() {
-        let mut state = KvState::default();
+        let mut state = KvState::owning_every_slot();
         let cas = |expect: Option<&str>, new: Option<&str>| {
             Command::Single(WriteOp::Cas {
                 key: "k".into(),
@@ -346,7 +455,7 @@ mod tests {
 
     #[test]
     fn batch_is_all_or_nothing() {
-        let mut state = KvState::default();
+        let mut state = KvState::owning_every_slot();
         state.apply(1, &put("a", "1"));
         let failing = Command::Batch(vec![
             WriteOp::Put {
@@ -391,7 +500,7 @@ mod tests {
 
     #[test]
     fn a_group_applies_each_command_in_order_at_one_revision() {
-        let mut state = KvState::default();
+        let mut state = KvState::owning_every_slot();
         let group = Command::Multi(vec![
             put("a", "1"),
             Command::Single(WriteOp::Cas {
@@ -421,7 +530,7 @@ mod tests {
     #[test]
     fn a_batch_may_write_one_key_twice() {
         // Found by the model property test: this tripped a debug assertion.
-        let mut state = KvState::default();
+        let mut state = KvState::owning_every_slot();
         let batch = Command::Batch(vec![
             WriteOp::Put {
                 key: "a".into(),
@@ -447,7 +556,7 @@ mod tests {
 
     #[test]
     fn scan_prefix_range_and_limit() {
-        let mut state = KvState::default();
+        let mut state = KvState::owning_every_slot();
         for (i, key) in ["a", "b1", "b2", "b3", "c"].iter().enumerate() {
             state.apply(i as u64 + 1, &put(key, "v"));
         }
@@ -478,12 +587,104 @@ mod tests {
 
     #[test]
     fn digest_tells_states_apart() {
-        let mut a = KvState::default();
-        let mut b = KvState::default();
+        let mut a = KvState::owning_every_slot();
+        let mut b = KvState::owning_every_slot();
         a.apply(1, &put("k", "v"));
         b.apply(1, &put("k", "v"));
         assert_eq!(a.digest(), b.digest());
         b.apply(2, &put("k", "v"));
         assert_ne!(a.digest(), b.digest());
+    }
+
+    #[test]
+    fn a_write_outside_the_owned_slots_applies_nothing() {
+        let mut state = KvState::default();
+        let slot = Slot::of(b"k");
+        assert_eq!(state.apply(1, &put("k", "v")), Response::NotOwned { slot });
+        assert!(state.get(b"k").is_none());
+        let grant = OwnedRange {
+            first: slot,
+            last: slot,
+            epoch: 1,
+        };
+        assert_eq!(
+            state.apply(2, &Command::Own(vec![grant])),
+            Response::Owned { changed: 1 }
+        );
+        assert_eq!(
+            state.apply(3, &put("k", "v")),
+            Response::Put { revision: 3 }
+        );
+        // A batch touching any slot not owned applies none of it.
+        let batch = Command::Batch(vec![
+            WriteOp::Put {
+                key: "k".into(),
+                value: "w".into(),
+            },
+            WriteOp::Put {
+                key: "other".into(),
+                value: "w".into(),
+            },
+        ]);
+        assert_eq!(
+            state.apply(4, &batch),
+            Response::NotOwned {
+                slot: Slot::of(b"other")
+            }
+        );
+        assert_eq!(state.get(b"k").map(|v| v.revision), Some(3));
+    }
+
+    #[test]
+    fn a_resent_write_keeps_its_first_answer_after_the_slot_is_gone() {
+        use crate::session::SessionTag;
+        let mut state = KvState::owning_every_slot();
+        let Response::Registered { client_id } = state.apply(1, &Command::Register) else {
+            panic!("register")
+        };
+        let tagged = Command::Tagged {
+            session: SessionTag {
+                client_id,
+                seq: 1,
+                acked_below: 1,
+            },
+            command: Box::new(put("k", "v")),
+        };
+        assert_eq!(state.apply(2, &tagged), Response::Put { revision: 2 });
+        state.shard.owned = Ownership::default();
+        assert_eq!(state.apply(3, &tagged), Response::Put { revision: 2 });
+    }
+
+    #[test]
+    fn the_map_changes_only_by_compare_and_set_to_a_newer_valid_version() {
+        let mut state = KvState::default();
+        let first = SlotMap::initial(&[1, 2, 3], 3, 3).expect("map");
+        let set = |expect_version, map: &SlotMap| Command::SetMap {
+            expect_version,
+            map: Box::new(map.clone()),
+        };
+        assert_eq!(
+            state.apply(1, &set(1, &first)),
+            Response::MapSet {
+                succeeded: false,
+                version: 0
+            }
+        );
+        assert_eq!(
+            state.apply(2, &set(0, &first)),
+            Response::MapSet {
+                succeeded: true,
+                version: 1
+            }
+        );
+        assert_eq!(
+            state.apply(3, &set(1, &first)),
+            Response::MapSet {
+                succeeded: false,
+                version: 1
+            },
+            "the same version again is not newer"
+        );
+        assert_eq!(state.shard().map.as_ref(), Some(&first));
     }
 }

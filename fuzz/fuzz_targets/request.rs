@@ -88,7 +88,7 @@ fuzz_target!(|data: &[u8]| {
         max_request_bytes: 2048,
         max_scan_limit: 100,
     };
-    let mut state = KvState::default();
+    let mut state = KvState::owning_every_slot();
     // Something to compare against and overwrite.
     state.apply(
         1,

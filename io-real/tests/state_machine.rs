@@ -7,6 +7,7 @@ use openraft::storage::RaftStateMachine;
 use openraft::{CommittedLeaderId, EntryPayload};
 use proptest::prelude::*;
 use seedkv_core::command::{Command, ScanRange, WriteOp};
+use seedkv_core::ownership::OwnedRange;
 use seedkv_core::session::SessionTag;
 use seedkv_core::storage::snapshot::Staging;
 use seedkv_core::storage::{DynDisk, SnapshotData, StateMachineStore};
@@ -161,7 +162,11 @@ proptest! {
             let mut disk = open_disk(&dir_a);
             let mut machine = open_machine(&disk).await;
             let mut reference = KvState::default();
-            let mut index = 0;
+            // The group first takes every slot, as a group given the whole key space does.
+            let own = Command::Own(vec![OwnedRange::EVERY_SLOT]);
+            reference.apply(1, &own);
+            machine.apply(vec![entry(1, own)]).await.expect("own");
+            let mut index = 1;
             let mut follower: Option<(Arc<RocksDisk>, StateMachineStore)> = None;
             for (run_no, run) in runs.iter().enumerate() {
                 let mut entries = Vec::new();
@@ -230,9 +235,9 @@ fn scans_merge_every_slot_in_key_order() {
         let tmp = tempfile::tempdir().expect("temp dir");
         let disk = open_disk(&tmp.path().join("a"));
         let mut machine = open_machine(&disk).await;
-        let mut reference = KvState::default();
-        let mut entries = Vec::new();
-        for i in 0..3_000u64 {
+        let mut reference = KvState::owning_every_slot();
+        let mut entries = vec![entry(1, Command::Own(vec![OwnedRange::EVERY_SLOT]))];
+        for i in 1..3_000u64 {
             let command = Command::Single(WriteOp::Put {
                 key: format!("k{i:05}").into_bytes(),
                 value: vec![1; 10],
@@ -282,15 +287,15 @@ fn damaged_rows_are_refused_never_served() {
         let dir = tmp.path().join("a");
         let disk = open_disk(&dir);
         let mut machine = open_machine(&disk).await;
-        let mut entries = Vec::new();
+        let mut entries = vec![entry(1, Command::Own(vec![OwnedRange::EVERY_SLOT]))];
         for (i, key) in ["good", "bad"].iter().enumerate() {
             let command = Command::Single(WriteOp::Put {
                 key: key.as_bytes().to_vec(),
                 value: b"value".to_vec(),
             });
-            entries.push(entry(i as u64 + 1, command));
+            entries.push(entry(i as u64 + 2, command));
         }
-        entries.push(entry(3, Command::Register));
+        entries.push(entry(4, Command::Register));
         machine.apply(entries).await.expect("apply");
         let generation = machine.state().meta().generation;
         // Flip one bit of the stored row of "bad".
@@ -319,7 +324,7 @@ fn damaged_rows_are_refused_never_served() {
             expect: Some(b"value".to_vec()),
             new: None,
         });
-        assert!(machine.apply(vec![entry(4, cas)]).await.is_err());
+        assert!(machine.apply(vec![entry(5, cas)]).await.is_err());
 
         // Damage the applied meta: the next open refuses, naming it, and writes nothing.
         drop(machine);

@@ -31,7 +31,7 @@ use crate::network::connect;
 use crate::pb;
 use crate::pb::admin_client::AdminClient;
 use crate::pb::kv_client::KvClient;
-use crate::status::{leader_hint, never_proposed, session_refusal, SessionRefusal};
+use crate::status::{leader_hint, moved_slot, never_proposed, session_refusal, SessionRefusal};
 
 pub use crate::pb::Consistency;
 
@@ -168,6 +168,9 @@ enum Failure {
     Client(ClientError),
     /// The session was refused as expired before any attempt could have applied the write.
     SessionExpired,
+    /// The key's slot is not served where the write went (`MOVED`), and nothing was
+    /// applied by any attempt: send it again, under a new number, once the slot is served.
+    Moved,
     /// The `TruncatedWriteResentAsNew` fault: resend the write under a new number.
     #[cfg(madsim)]
     Renumber,
@@ -248,6 +251,9 @@ impl Client {
                 Failure::SessionExpired => {
                     ClientError::Server("the client session does not exist".to_string())
                 }
+                Failure::Moved => ClientError::Server(
+                    "MOVED: the key's slot is not served where the request went".to_string(),
+                ),
                 #[cfg(madsim)]
                 Failure::Renumber => ClientError::Unavailable("renumbered".to_string()),
             })
@@ -353,6 +359,17 @@ impl Client {
                     "{last_error} (an earlier attempt may have applied the write)"
                 )));
             }
+            if moved_slot(&status).is_some() {
+                match retry {
+                    // A read applies nothing: ask again once the slot is served.
+                    Retry::Always => {
+                        tokio::time::sleep(backoff).await;
+                        continue;
+                    }
+                    Retry::Resend => return Err(Failure::Moved),
+                    Retry::OnlyIfNotApplied => {}
+                }
+            }
             match status.code() {
                 Code::InvalidArgument | Code::OutOfRange => {
                     return Err(Failure::Client(ClientError::InvalidArgument(
@@ -418,6 +435,7 @@ impl Client {
         #[cfg(madsim)]
         let mut renumbered = 0;
         let mut expired = 0;
+        let mut moved = 0;
         while expired < 2 {
             let client_id = self.session().await?;
             let in_flight = InFlight::start(&self.sequence);
@@ -433,6 +451,16 @@ impl Client {
             match outcome {
                 Ok(reply) => return Ok(reply),
                 Err(Failure::Client(err)) => return Err(err),
+                Err(Failure::Moved) => {
+                    // The number was answered (nothing applied); the next try takes a new one.
+                    moved += 1;
+                    if moved >= self.config.max_attempts {
+                        return Err(ClientError::Unavailable(
+                            "the key's slot was not served by any group the client reached".into(),
+                        ));
+                    }
+                    tokio::time::sleep(Duration::from_millis(self.config.retry_backoff_ms)).await;
+                }
                 Err(Failure::SessionExpired) => {
                     expired += 1;
                     let mut session = self.session.lock().await;

@@ -16,6 +16,7 @@
 pub mod client;
 pub mod convert;
 pub mod identity;
+mod keeper;
 pub mod network;
 pub mod node;
 mod pinning;

@@ -259,7 +259,7 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
             transfer,
             vote,
             meta: snapshot.meta.clone(),
-            header: view.header(),
+            header: Box::new(view.header()),
         };
         if let SnapshotReply::Done(response) = self.send_frame(&begin, ttl).await? {
             return Ok(response);

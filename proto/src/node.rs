@@ -28,7 +28,7 @@ use crate::network::GrpcNetwork;
 use crate::pb;
 use crate::proposer::Proposer;
 use crate::read_index::ReadIndex;
-use crate::status::{not_leader, not_proposed, session_expired, stale_write};
+use crate::status::{moved, not_leader, not_proposed, session_expired, stale_write};
 use crate::trace::Tracer;
 
 /// What a node needs to start.
@@ -191,6 +191,7 @@ impl Node {
             handing_over: std::sync::atomic::AtomicBool::new(false),
         });
         tokio::spawn(crate::pinning::pin_incarnations(Arc::downgrade(&node)));
+        tokio::spawn(crate::keeper::keep_grants(Arc::downgrade(&node)));
         Ok(node)
     }
 
@@ -248,6 +249,11 @@ impl Node {
     /// The Raft handle of the default group.
     pub fn raft(&self) -> &Raft {
         &self.default_group().raft
+    }
+
+    /// The slots the default group is given: every one, until sharding starts data groups.
+    pub(crate) fn grant(&self) -> Vec<seedkv_core::ownership::OwnedRange> {
+        vec![seedkv_core::ownership::OwnedRange::EVERY_SLOT]
     }
 
     /// The applied state of the default group (for tests and status).
@@ -344,6 +350,7 @@ impl Node {
         match group.proposer.propose(command).await? {
             Response::SessionExpired => Err(session_expired()),
             Response::StaleWrite { acked_below } => Err(stale_write(acked_below)),
+            Response::NotOwned { slot } => Err(moved(slot)),
             response => Ok(response),
         }
     }
@@ -481,6 +488,17 @@ fn ensure_leader(raft: &Raft) -> Result<(), Status> {
     }))
 }
 
+/// Refuses a read of `key` unless the group owns its slot (checked after reading: slots are
+/// only ever taken, so a slot owned after the read was owned when it ran).
+fn owned(group: &Group, key: &[u8]) -> Result<(), Status> {
+    let slot = seedkv_core::slot::Slot::of(key);
+    if group.state.owns(slot) {
+        Ok(())
+    } else {
+        Err(moved(slot))
+    }
+}
+
 fn get_response(found: Option<&Versioned>) -> pb::GetResponse {
     match found {
         Some(v) => pb::GetResponse {
@@ -525,6 +543,7 @@ impl pb::kv_server::Kv for KvService {
             .map_err(|err| Status::invalid_argument(err.to_string()))?;
         let group = self.0.read_barrier(req.consistency).await?;
         let row = group.state.get(&req.key).map_err(disk_error)?;
+        owned(group, &req.key)?;
         tracing::debug!(
             node = self.0.id,
             key = %String::from_utf8_lossy(&req.key),
@@ -584,6 +603,9 @@ impl pb::kv_server::Kv for KvService {
             .map_err(|err| Status::invalid_argument(err.to_string()))?;
         let group = self.0.read_barrier(req.consistency).await?;
         let rows = group.state.multi_get(&req.keys).map_err(disk_error)?;
+        for key in &req.keys {
+            owned(group, key)?;
+        }
         let values = rows.iter().map(|row| get_response(row.as_ref())).collect();
         Ok(GrpcResponse::new(pb::MultiGetResponse { values }))
     }
@@ -740,7 +762,7 @@ impl RaftService {
                 } else {
                     tracing::info!(node = self.0.id, snapshot = ?meta.last_log_id, from = vote.leader_id().node_id, "receiving a snapshot");
                     staging
-                        .begin(transfer, vote, meta, header)
+                        .begin(transfer, vote, meta, *header)
                         .await
                         .map(|()| SnapshotReply::Continue)
                         .map_err(SnapshotRefused::from)

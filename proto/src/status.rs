@@ -2,10 +2,12 @@
 //!
 //! The code says what a client may do next: `INVALID_ARGUMENT` — fix the request;
 //! `FAILED_PRECONDITION` with a leader hint — nothing was done, retry at the leader;
-//! `ABORTED` with a session mark — this request applied nothing, but its session can no
+//! `FAILED_PRECONDITION` with a `MOVED` slot — nothing was done, the key's slot is served
+//! elsewhere; `ABORTED` with a session mark — this request applied nothing, but its session can no
 //! longer tell whether an earlier copy did; anything else on a write — the outcome is unknown.
 
 use openraft::error::ForwardToLeader;
+use seedkv_core::slot::Slot;
 use seedkv_core::Member;
 use seedkv_core::NodeId;
 use tonic::{Code, Status};
@@ -24,6 +26,30 @@ pub const NOT_PROPOSED: &str = "seedkv-not-proposed";
 pub const SESSION_EXPIRED: &str = "seedkv-session-expired";
 /// Metadata key marking a write refused as below its client's acknowledged mark.
 pub const STALE_WRITE: &str = "seedkv-stale-write";
+
+/// Metadata key of a `MOVED` refusal: the slot the request's key belongs to.
+pub const MOVED_SLOT: &str = "seedkv-moved-slot";
+
+/// The refusal of a request for a slot that no group on this node serves (yet, or any
+/// more): nothing was done. The client refreshes its slot map and goes to the owner.
+pub fn moved(slot: Slot) -> Status {
+    let mut status = Status::failed_precondition(format!(
+        "MOVED: {slot} is not served here (its group does not own it at this node's applied          state); nothing was done; refresh the slot map and retry at the owner"
+    ));
+    if let Ok(value) = slot.get().to_string().parse() {
+        status.metadata_mut().insert(MOVED_SLOT, value);
+    }
+    status
+}
+
+/// If `status` is a `MOVED` refusal: the slot it names.
+pub fn moved_slot(status: &Status) -> Option<Slot> {
+    if status.code() != Code::FailedPrecondition {
+        return None;
+    }
+    let value = status.metadata().get(MOVED_SLOT)?.to_str().ok()?;
+    Slot::new(value.parse().ok()?)
+}
 
 /// Why a session write was refused (see [`session_refusal`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -31,13 +31,13 @@ use crate::session::{
     SessionEffect, SessionHeader, Sessions, MAX_ANSWERS, MAX_ANSWERS_PER_SESSION, MAX_SESSIONS,
 };
 use crate::slot::Slot;
-use crate::state::{self, digest_row, Fnv64, RowStore};
+use crate::state::{self, digest_row, Fnv64, RowStore, ShardState};
 use crate::types::{
     Entry, GroupId, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
 
 /// The layout version of the applied state; a directory of another version is refused.
-pub const STATE_FORMAT: u32 = 1;
+pub const STATE_FORMAT: u32 = 2;
 
 /// What the applied meta row holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,6 +52,8 @@ pub struct AppliedMeta {
     pub membership: StoredMembership,
     /// The id the next session registration gets.
     pub next_client_id: u64,
+    /// The slots the group owns, and the slot map (meta group).
+    pub shard: ShardState,
 }
 
 impl Default for AppliedMeta {
@@ -62,6 +64,7 @@ impl Default for AppliedMeta {
             last_applied: None,
             membership: StoredMembership::default(),
             next_client_id: 0,
+            shard: ShardState::default(),
         }
     }
 }
@@ -83,6 +86,7 @@ impl AppliedMeta {
                 ),
             ));
         }
+        meta.shard.check().map_err(|reason| corrupt(&key, reason))?;
         Ok(meta)
     }
 
@@ -187,6 +191,21 @@ impl SharedState {
         self.read().meta.last_applied
     }
 
+    /// Whether the group owns `slot` at the applied state.
+    pub fn owns(&self, slot: Slot) -> bool {
+        self.read().meta.shard.owned.owns(slot)
+    }
+
+    /// The slots the group owns at the applied state.
+    pub fn ownership(&self) -> crate::ownership::Ownership {
+        self.read().meta.shard.owned.clone()
+    }
+
+    /// The slot map the group holds (the meta group), if any.
+    pub fn slot_map(&self) -> Option<crate::slot_map::SlotMap> {
+        self.read().meta.shard.map.clone()
+    }
+
     /// Sessions held.
     pub fn session_count(&self) -> usize {
         self.read().sessions.len()
@@ -213,14 +232,16 @@ impl SharedState {
     }
 
     /// Up to `limit` rows of `range` in key order (`limit` 0: no limit), all at one applied
-    /// point. Rows are stored by slot, so this walks every slot's part of the range and keeps
-    /// the smallest keys: memory stays within about `limit` rows, whatever the data size.
+    /// point, from the slots the group owns. Rows are stored by slot, so this walks every
+    /// owned slot's part of the range and keeps the smallest keys: memory stays within about
+    /// `limit` rows, whatever the data size.
     pub fn scan(
         &self,
         range: &ScanRange,
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, Versioned)>, DiskError> {
         let limit = if limit == 0 { usize::MAX } else { limit };
+        let owned = self.ownership();
         let (view, generation) = self.view()?;
         let start = range.start().to_vec();
         let mut end = prefix_end(&range.prefix);
@@ -228,7 +249,7 @@ impl SharedState {
             end = Some(range.to.clone());
         }
         let mut best: BTreeMap<Vec<u8>, Versioned> = BTreeMap::new();
-        for slot in Slot::all() {
+        for slot in Slot::all().filter(|&slot| owned.owns(slot)) {
             let slot_start = keys::slot_start(self.group, generation, slot);
             let mut from = slot_start.clone();
             from.extend_from_slice(&start);
@@ -297,6 +318,7 @@ impl SharedState {
             from = next;
         }
         sessions.digest_into(&mut hash);
+        meta.shard.digest_into(&mut hash);
         Ok(StateSummary {
             applied_index: meta.last_applied.map_or(0, |id| id.index),
             digest: hash.finish(),
@@ -310,7 +332,8 @@ impl SharedState {
         let applied = self.read();
         let mut rows = PendingRows::new(&*self.disk, self.group, applied.meta.generation);
         let mut sessions = applied.sessions.clone();
-        state::apply(&mut rows, &mut sessions, revision, command)
+        let mut shard = applied.meta.shard.clone();
+        state::apply(&mut rows, &mut sessions, &mut shard, revision, command)
     }
 }
 
@@ -547,6 +570,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     EntryPayload::Normal(command) => state::apply(
                         &mut rows,
                         &mut applied.sessions,
+                        &mut applied.meta.shard,
                         entry.log_id.index,
                         &command,
                     )
@@ -636,6 +660,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             last_applied: meta.last_log_id,
             membership: meta.last_membership.clone(),
             next_client_id: staged.header.next_client_id,
+            shard: staged.header.shard.clone(),
         };
         tracing::debug!(group = %group, snapshot = ?meta.last_log_id, previous = ?self.shared.read().meta.last_applied, generation = staged.generation, "installing snapshot");
         // Readers switch first (the staged rows are complete), then the disk: a crash before

@@ -18,6 +18,7 @@ use crate::codec;
 use crate::command::{Response, Versioned};
 use crate::session::SessionHeader;
 use crate::slot::Slot;
+use crate::state::ShardState;
 use crate::types::{GroupId, NodeId, SnapshotMeta, Vote};
 
 /// Most bytes of rows in one snapshot chunk (one row larger than this travels alone).
@@ -43,12 +44,14 @@ impl std::fmt::Debug for SnapshotData {
 }
 
 /// What a receiver needs besides the rows and Raft's snapshot metadata.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SnapshotHeader {
     /// The sender's [`STATE_FORMAT`].
     pub format: u32,
     /// The id the next session registration gets.
     pub next_client_id: u64,
+    /// The slots the group owns, and the slot map (meta group).
+    pub shard: ShardState,
 }
 
 /// One row of a snapshot: its key inside the generation (without the generation prefix)
@@ -69,7 +72,7 @@ pub enum SnapshotFrame {
         transfer: u64,
         vote: Vote,
         meta: SnapshotMeta,
-        header: SnapshotHeader,
+        header: Box<SnapshotHeader>,
     },
     /// The chunk numbered `seq` (from 0).
     Rows {
@@ -124,6 +127,7 @@ impl SnapshotView {
         SnapshotHeader {
             format: STATE_FORMAT,
             next_client_id: self.meta.next_client_id,
+            shard: self.meta.shard.clone(),
         }
     }
 
@@ -218,6 +222,8 @@ pub enum SnapshotError {
     OutOfOrder { expected: u64, got: u64 },
     #[error("snapshot format {0} (this build reads {STATE_FORMAT})")]
     Format(u32),
+    #[error("snapshot sharding state: {0}")]
+    Shard(String),
     #[error("snapshot row {index}: {reason}")]
     BadRow { index: u64, reason: String },
     #[error("snapshot ended with {got} rows and {keys} keys, expected {expected} rows and {expected_keys} keys")]
@@ -276,6 +282,7 @@ impl Staging {
         if header.format != STATE_FORMAT {
             return Err(SnapshotError::Format(header.format));
         }
+        header.shard.check().map_err(SnapshotError::Shard)?;
         let group = self.shared.group();
         let generation = self.shared.meta().generation.wrapping_add(1);
         let mut clear = WriteBatch::default();
