@@ -214,11 +214,14 @@ impl Node {
         self.identity.cluster_id()
     }
 
-    /// Bootstraps a new cluster of `members` (id to address) on this node: fixes the
-    /// cluster id, derived from the cluster name and the members so every initial member
-    /// derives the same one, then initializes Raft. Incarnations are left unknown (each
-    /// initial member knows only its own, and every member must write the same first
-    /// entry); the leader records them once elected.
+    /// Bootstraps a new cluster of `members` (id to address) on this node: asks every member
+    /// who it is, fixes the cluster id (derived from the cluster name and the members, so
+    /// every initial member derives the same one), then initializes Raft with each member's
+    /// incarnation recorded from the first entry. A member back on a blank disk is then never
+    /// taken for the one that had the data, not even by a member that saw nothing since the
+    /// bootstrap. Every member must answer: until then nothing is done and the caller
+    /// retries. Initial members that bootstrap side by side learn the same incarnations, so
+    /// they write the same first entry.
     pub async fn initialize(&self, members: BTreeMap<NodeId, String>) -> Result<(), Status> {
         if members.is_empty() {
             return Err(Status::invalid_argument("init needs at least one member"));
@@ -227,11 +230,37 @@ impl Node {
             return Err(Status::invalid_argument("node id 0 is not allowed"));
         }
         let cluster_id = seedkv_core::storage::identity::cluster_id(&self.cluster_name, &members);
+        let mut nodes: BTreeMap<NodeId, Member> = BTreeMap::new();
+        for (&id, addr) in &members {
+            let incarnation = if id == self.id {
+                self.incarnation()
+            } else {
+                match crate::pinning::ask(addr).await {
+                    Some((said_id, incarnation, said_cluster))
+                        if said_id == id
+                            && incarnation != 0
+                            && (said_cluster == 0 || said_cluster == cluster_id) =>
+                    {
+                        incarnation
+                    }
+                    Some((said_id, _, said_cluster)) => {
+                        return Err(Status::failed_precondition(format!(
+                            "member {id} at {addr} answers as node {said_id} of cluster \
+                             {said_cluster:016x}, not as node {id} of cluster {cluster_id:016x}; \
+                             nothing was done"
+                        )))
+                    }
+                    None => {
+                        return Err(Status::unavailable(format!(
+                            "member {id} at {addr} did not answer; every initial member must \
+                             be running to bootstrap the cluster; nothing was done"
+                        )))
+                    }
+                }
+            };
+            nodes.insert(id, Member::new(addr.clone(), incarnation));
+        }
         self.identity.settle_cluster(cluster_id).await?;
-        let nodes: BTreeMap<NodeId, Member> = members
-            .into_iter()
-            .map(|(id, addr)| (id, Member::new(addr, 0)))
-            .collect();
         match self.raft().initialize(nodes).await {
             Ok(()) => Ok(()),
             Err(RaftError::APIError(InitializeError::NotAllowed(err))) => Err(

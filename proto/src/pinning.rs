@@ -1,8 +1,8 @@
 //! The leader records each member's incarnation as soon as it can learn it.
 //!
-//! A bootstrap writes the initial members with their incarnations unknown (each initial
-//! member knows only its own, and all must write the same first entry), and a node added
-//! while it was down is added the same way. Until its incarnation is recorded, a member that
+//! A bootstrap records every initial member's incarnation in the first entry (see
+//! `Node::initialize`), but a node added while it was down is added with its incarnation
+//! unknown. Until its incarnation is recorded, a member that
 //! comes back on a blank disk cannot be told from the one that had the data, so the leader
 //! asks every such member who it is and records the answer through a membership entry that
 //! changes nothing else. A member that answers with another node id or cluster is left
@@ -120,7 +120,7 @@ async fn pin_once(node: &Node) -> Result<(), Status> {
 }
 
 /// `(node id, incarnation, cluster id)` of the node at `addr`, if it answers.
-async fn ask(addr: &str) -> Option<(NodeId, u64, u64)> {
+pub(crate) async fn ask(addr: &str) -> Option<(NodeId, u64, u64)> {
     let mut config = ClientConfig::new(vec![addr.to_string()]);
     config.request_timeout_ms = ASK_TIMEOUT_MS;
     config.max_attempts = 1;

@@ -41,6 +41,15 @@ pub async fn run(
     if menu.is_empty() {
         return;
     }
+    if menu.contains(&FaultKind::Amnesia) && thread_rng().gen_bool(0.3) {
+        let down = amnesia_from_bootstrap(&cluster, deadline, log).await;
+        let mut c = lock(&cluster);
+        c.net.heal();
+        for index in &down {
+            c.restart(*index);
+        }
+        log(format!("heal, restart {down:?}"));
+    }
     while Instant::now() < deadline {
         tokio::time::sleep(millis(500..2_500)).await;
         let overlap = scenario == Scenario::Mixed && thread_rng().gen_bool(0.5);
@@ -240,6 +249,90 @@ async fn amnesia(
     }
     log(format!(
         "amnesia: {cut} cut off, {blank} back on a blank disk, leader {leader} killed"
+    ));
+    vec![leader]
+}
+
+/// How long the first leader may take to be elected, for a fault that starts with it.
+const FIRST_LEADER_WAIT: Duration = Duration::from_secs(5);
+
+/// Amnesia from the first moment: a follower `cut` is isolated as soon as the cluster has
+/// its first leader, holding the membership the cluster was bootstrapped with; writes
+/// commit on the leader and `blank` meanwhile (and the leader records whatever it did not
+/// know of the members), then `blank` comes back on an empty disk and the leader crashes.
+/// If `cut`'s bootstrap membership could not tell `blank` from the node it replaces, `cut`
+/// wins with `blank`'s vote, without the acknowledged writes. Returns the crashed leader.
+async fn amnesia_from_bootstrap(
+    cluster: &SharedCluster,
+    deadline: Instant,
+    log: &mut dyn FnMut(String),
+) -> Vec<usize> {
+    let elected_by = Instant::now() + FIRST_LEADER_WAIT;
+    let leader = loop {
+        if let Some(leader) = lock(cluster).leader() {
+            break leader;
+        }
+        if Instant::now() >= elected_by {
+            log("amnesia from bootstrap skipped: no leader yet".into());
+            return Vec::new();
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let n = lock(cluster).len();
+    if n < 3 || Instant::now() + Duration::from_secs(5) > deadline {
+        return Vec::new();
+    }
+    let others: Vec<usize> = (0..n).filter(|&i| i != leader).collect();
+    let cut = others[thread_rng().gen_range(0..others.len())];
+    let rest: Vec<usize> = others.into_iter().filter(|&i| i != cut).collect();
+    let blank = rest[thread_rng().gen_range(0..rest.len())];
+    {
+        let mut c = lock(cluster);
+        c.net.isolate(cut);
+        c.staged_fault_under_way = true;
+    }
+    tokio::time::sleep(millis(1_500..3_000)).await;
+    {
+        let mut c = lock(cluster);
+        // The harness's own rule for a disk loss: only once the newest membership knows
+        // `blank`'s incarnation (the operator can then tell the loss), never across a
+        // membership change.
+        let settled = c.newest_membership().is_some_and(|view| {
+            !view.changing
+                && view
+                    .members
+                    .iter()
+                    .any(|m| m.index == blank && m.incarnation != 0)
+        });
+        let why_not = if !settled {
+            Some("its incarnation is not recorded")
+        } else if c.operator_changes > 0 {
+            Some("the operator is changing the membership")
+        } else if !c.lost_data().is_empty() {
+            Some("a node already lost its data")
+        } else if c.leader() != Some(leader) {
+            Some("the leader changed")
+        } else {
+            None
+        };
+        if let Some(why_not) = why_not {
+            c.staged_fault_under_way = false;
+            log(format!(
+                "amnesia from bootstrap: {cut} cut off; {blank} keeps its disk: {why_not}"
+            ));
+            return Vec::new();
+        }
+        c.wipe(blank);
+    }
+    tokio::time::sleep(millis(0..1_000)).await;
+    {
+        let mut c = lock(cluster);
+        c.kill(leader);
+        c.net.heal();
+        c.staged_fault_under_way = false;
+    }
+    log(format!(
+        "amnesia from bootstrap: {cut} cut off from the first election, {blank} back on a blank disk, leader {leader} killed"
     ));
     vec![leader]
 }
