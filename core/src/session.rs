@@ -152,14 +152,23 @@ impl Sessions {
             },
         });
         while self.by_client.len() > MAX_SESSIONS {
-            self.expire_least_recently_used();
+            self.expire_least_recently_used(client_id);
         }
         self.check_invariants();
         client_id
     }
 
-    fn expire_least_recently_used(&mut self) {
-        if let Some((_, oldest)) = self.by_use.pop_first() {
+    /// Expires the least recently used session other than `keep` (the one being used now:
+    /// sessions used in the same entry tie, and the tie must not fall on it).
+    fn expire_least_recently_used(&mut self, keep: u64) {
+        let victim = self
+            .by_use
+            .iter()
+            .copied()
+            .find(|&(_, client_id)| client_id != keep);
+        if let Some(entry) = victim {
+            self.by_use.remove(&entry);
+            let oldest = entry.1;
             let answers = match self.by_client.remove(&oldest) {
                 Some(session) => {
                     self.answers -= session.answers.len();
@@ -244,9 +253,9 @@ impl Sessions {
                 header: session.header(),
             });
         }
-        // This session was just used: the least recently used is another one.
+        // Never the session just used, even when others were used in the same entry.
         while self.answers > MAX_ANSWERS && self.by_client.len() > 1 {
-            self.expire_least_recently_used();
+            self.expire_least_recently_used(tag.client_id);
         }
         self.check_invariants();
     }
@@ -556,5 +565,36 @@ mod tests {
             sessions.check(&tag(client, 6, 1), count + 3),
             SessionCheck::Duplicate(Response::Put { revision: 7 })
         );
+    }
+
+    #[test]
+    fn the_session_just_used_is_never_the_one_expired() {
+        let mut sessions = Sessions::default();
+        let clients = MAX_ANSWERS / MAX_ANSWERS_PER_SESSION + 1;
+        let ids: Vec<u64> = (0..clients).map(|_| sessions.register(1)).collect();
+        // Every session answers in the same entry (index 2), the smallest id last: it ties
+        // with all the others when the total passes the bound.
+        for &client_id in ids.iter().rev() {
+            for seq in 1..=MAX_ANSWERS_PER_SESSION as u64 {
+                let tag = SessionTag {
+                    client_id,
+                    seq,
+                    acked_below: 1,
+                };
+                assert_eq!(sessions.check(&tag, 2), SessionCheck::Fresh);
+                sessions.record(&tag, Response::Put { revision: 2 });
+            }
+        }
+        let last = SessionTag {
+            client_id: ids[0],
+            seq: MAX_ANSWERS_PER_SESSION as u64,
+            acked_below: 1,
+        };
+        assert_eq!(
+            sessions.check(&last, 3),
+            SessionCheck::Duplicate(Response::Put { revision: 2 }),
+            "the answer just recorded is kept"
+        );
+        assert_eq!(sessions.len(), clients - 1);
     }
 }

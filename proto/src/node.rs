@@ -1046,6 +1046,9 @@ impl pb::admin_server::Admin for AdminService {
             }
         };
         ensure_leader(self.0.raft())?;
+        if let Some(ChangeMembers::AddVoterIds(add)) = &change {
+            unrecorded_incarnation(self.0.raft(), add)?;
+        }
         let raft = self.0.raft().clone();
         let lock = self.0.membership_lock().await?;
         // The whole change runs in a task of its own, holding the lock: a caller that leaves
@@ -1064,6 +1067,25 @@ impl pb::admin_server::Admin for AdminService {
             log_index,
         }))
     }
+}
+
+/// Refuses to promote a member whose incarnation the membership does not record (a node
+/// added while it was down): as a voter it could not be told from a blank disk taking its
+/// place. The leader records the incarnation once the node answers (see `pinning`).
+fn unrecorded_incarnation(raft: &Raft, add: &BTreeSet<NodeId>) -> Result<(), Status> {
+    let metrics = raft.metrics();
+    let metrics = metrics.borrow();
+    let membership = metrics.membership_config.membership();
+    for id in add {
+        if membership.get_node(id).is_some_and(|m| m.incarnation == 0) {
+            return Err(Status::failed_precondition(format!(
+                "node {id} cannot become a voter yet: its incarnation is not recorded (it was \
+                 added while it was down); the leader records it once the node answers; \
+                 nothing was changed, retry"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The change that makes node `id` a learner reached as `new`. A node not in the membership
@@ -1162,7 +1184,8 @@ async fn change_membership_locked(
             if voters != expected {
                 return Err(Status::aborted(format!(
                     "the membership changed: the voters are {voters:?}, the change was \
-                     based on {expected:?}; nothing was changed"
+                     based on {expected:?}; this change was not made (a change an earlier \
+                     leader left half done may have been finished first)"
                 )));
             }
             if membership.get_joint_config().len() > 1 {
