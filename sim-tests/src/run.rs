@@ -334,7 +334,7 @@ const ELECT_TRIES: usize = 5;
 const LEADER_WRITE_WAIT: Duration = Duration::from_secs(30);
 
 /// Liveness once the faults are over: every voter in turn is made leader and must commit a
-/// write through its own `Kv` service. A node whose write path the faults left wedged (a
+/// write through its own `Kv` service, then serve a linearizable read of it. A node whose write path the faults left wedged (a
 /// proposal never answered, a queue never drained) fails the run here, where a workload that
 /// happened to find another leader would never notice.
 async fn every_voter_leads(
@@ -412,7 +412,17 @@ async fn every_voter_leads(
         let key = format!("{{liveness}}n{}", index + 1);
         let write = client_host.spawn(async move {
             let client = workload::client(vec![addr]);
-            client.put(key.as_bytes(), b"led").await
+            let revision = client.put(key.as_bytes(), b"led").await?;
+            // And a linearizable read through the same leader sees it.
+            match client
+                .get(key.as_bytes(), seedkv_proto::Consistency::Linearizable)
+                .await?
+            {
+                Some(found) if found.revision == revision => Ok(revision),
+                other => Err(seedkv_proto::ClientError::Server(format!(
+                    "a linearizable read after the write at revision {revision} found {other:?}"
+                ))),
+            }
         });
         match tokio::time::timeout(LEADER_WRITE_WAIT, write).await {
             Ok(Ok(Ok(_))) => {}
