@@ -47,12 +47,56 @@ pub const MAX_ENTRY_BYTES: usize = 4 << 20;
 /// Snapshot transfers started by this process: with the sender's id, a transfer's name.
 static TRANSFERS: AtomicU64 = AtomicU64::new(0);
 
+/// The channels from one node to its peers, shared by every group it hosts: groups on the
+/// same pair of nodes share one connection (gRPC multiplexes their calls). A channel that
+/// failed a call is dropped, and the next call to that peer, from any group, connects again.
+#[derive(Default)]
+pub struct Peers {
+    /// By peer address: the channel and the generation it was opened at.
+    channels: std::sync::Mutex<std::collections::HashMap<String, (u64, Channel)>>,
+    opened: AtomicU64,
+}
+
+impl Peers {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, (u64, Channel)>> {
+        self.channels
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The channel to `addr` and its generation, connecting if there is none.
+    async fn channel(&self, addr: &str) -> Result<(u64, Channel), String> {
+        if let Some(found) = self.lock().get(addr) {
+            return Ok(found.clone());
+        }
+        let channel = connect(addr, Duration::from_millis(CONNECT_TIMEOUT_MS)).await?;
+        let generation = self.opened.fetch_add(1, Ordering::Relaxed) + 1;
+        // Two groups may have connected at once: keep the first, drop the other.
+        let mut channels = self.lock();
+        let kept = channels
+            .entry(addr.to_string())
+            .or_insert((generation, channel));
+        Ok(kept.clone())
+    }
+
+    /// Drops the channel to `addr` of `generation` after it failed a call (a newer one,
+    /// opened since by another group, stays).
+    fn forget(&self, addr: &str, generation: u64) {
+        let mut channels = self.lock();
+        if channels.get(addr).is_some_and(|(g, _)| *g == generation) {
+            channels.remove(addr);
+        }
+    }
+}
+
 /// Opens [`PeerConnection`]s for one group of one node.
 pub struct GrpcNetwork {
     pub(crate) group: GroupId,
     pub(crate) from: NodeId,
     pub(crate) identity: Arc<Identity>,
     pub(crate) tracer: Tracer,
+    /// The node's channels, shared with its other groups.
+    pub(crate) peers: Arc<Peers>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for GrpcNetwork {
@@ -67,6 +111,7 @@ impl RaftNetworkFactory<TypeConfig> for GrpcNetwork {
             target_incarnation: node.incarnation,
             addr: node.addr.clone(),
             client: None,
+            peers: self.peers.clone(),
             tracer: self.tracer.clone(),
         }
     }
@@ -81,7 +126,9 @@ pub struct PeerConnection {
     /// The incarnation the membership records for the target (0: not yet known).
     target_incarnation: u64,
     addr: String,
-    client: Option<RaftClient<Channel>>,
+    /// The client over the shared channel, and that channel's generation.
+    client: Option<(u64, RaftClient<Channel>)>,
+    peers: Arc<Peers>,
     tracer: Tracer,
 }
 
@@ -118,7 +165,9 @@ impl PeerConnection {
             delivered: result.is_ok(),
         });
         if result.is_err() {
-            self.client = None;
+            if let Some((generation, _)) = self.client.take() {
+                self.peers.forget(&self.addr, generation);
+            }
         }
         match result {
             Ok(Ok(resp)) => Ok(resp),
@@ -142,15 +191,16 @@ impl PeerConnection {
         E: std::error::Error,
     {
         let mut client = match &self.client {
-            Some(client) => client.clone(),
+            Some((_, client)) => client.clone(),
             None => {
-                let channel = connect(&self.addr, Duration::from_millis(CONNECT_TIMEOUT_MS))
-                    .await
-                    .map_err(|err| RPCError::Unreachable(Unreachable::new(&StringError(err))))?;
+                let (generation, channel) =
+                    self.peers.channel(&self.addr).await.map_err(|err| {
+                        RPCError::Unreachable(Unreachable::new(&StringError(err)))
+                    })?;
                 let client = RaftClient::new(channel)
                     .max_decoding_message_size(usize::MAX)
                     .max_encoding_message_size(usize::MAX);
-                self.client = Some(client.clone());
+                self.client = Some((generation, client.clone()));
                 client
             }
         };

@@ -18,16 +18,52 @@ use crate::types::{Entry, GroupId, LogId, StorageError, TypeConfig, Vote};
 /// Appends waiting for the fsync that makes them durable; more wait behind the queue.
 pub const MAX_APPENDS_AWAITING_SYNC: usize = 4_096;
 
+/// The fsyncs of one disk, shared by the logs of every group on it: appends are written at
+/// once and queued here, and one task runs fsyncs back to back, each covering every append
+/// queued before it began, whatever its group (group commit across groups). One fsync on a
+/// node then serves every group that appended meanwhile.
+#[derive(Clone)]
+pub struct LogSyncer {
+    queue: tokio::sync::mpsc::Sender<LogFlushed<TypeConfig>>,
+}
+
+impl LogSyncer {
+    /// Starts the syncing task for `disk` on the current runtime; it ends when every handle
+    /// is dropped.
+    pub fn start<D: Disk>(disk: Arc<D>) -> LogSyncer {
+        let (queue, mut waiting) =
+            tokio::sync::mpsc::channel::<LogFlushed<TypeConfig>>(MAX_APPENDS_AWAITING_SYNC);
+        tokio::spawn(async move {
+            while let Some(first) = waiting.recv().await {
+                let mut flushed = vec![first];
+                // Bounded by the channel's capacity.
+                while let Ok(next) = waiting.try_recv() {
+                    flushed.push(next);
+                }
+                let result = disk.sync().await;
+                // In append order: each group's flushed position only moves forward.
+                for callback in flushed {
+                    callback.log_io_completed(
+                        result
+                            .clone()
+                            .map_err(|err| std::io::Error::other(err.to_string())),
+                    );
+                }
+            }
+        });
+        LogSyncer { queue }
+    }
+}
+
 /// The Raft log and vote of one group, on a [`Disk`].
 ///
 /// Appends are written at once (visible to reads, in order) and acknowledged to openraft only
-/// after an fsync that started after them. One syncer task runs those fsyncs back to back, each
-/// covering every append queued before it — group commit — so Raft keeps working while the disk
-/// syncs and one fsync serves many entries.
+/// after an fsync that started after them, run by the disk's [`LogSyncer`]: Raft keeps
+/// working while the disk syncs, and one fsync serves many entries of many groups.
 pub struct LogStore<D> {
     disk: Arc<D>,
     group: GroupId,
-    syncer: tokio::sync::mpsc::Sender<LogFlushed<TypeConfig>>,
+    syncer: LogSyncer,
     /// The applied index the state machine has made durable: a purge waits for it.
     durable_applied: tokio::sync::watch::Receiver<u64>,
 }
@@ -48,34 +84,14 @@ impl<D> Clone for LogStore<D> {
 }
 
 impl<D: Disk> LogStore<D> {
-    /// The log of `group` on `disk`; starts its syncer task on the current runtime.
-    /// `durable_applied` is the state machine's [`super::StateMachineStore::durable_applied`].
+    /// The log of `group` on `disk`, synced by the disk's `syncer`. `durable_applied` is the
+    /// state machine's [`super::StateMachineStore::durable_applied`].
     pub fn new(
         disk: Arc<D>,
         group: GroupId,
         durable_applied: tokio::sync::watch::Receiver<u64>,
+        syncer: LogSyncer,
     ) -> Self {
-        let (syncer, mut waiting) =
-            tokio::sync::mpsc::channel::<LogFlushed<TypeConfig>>(MAX_APPENDS_AWAITING_SYNC);
-        let sync_disk = disk.clone();
-        tokio::spawn(async move {
-            while let Some(first) = waiting.recv().await {
-                let mut flushed = vec![first];
-                // Bounded by the channel's capacity.
-                while let Ok(next) = waiting.try_recv() {
-                    flushed.push(next);
-                }
-                let result = sync_disk.sync().await;
-                // In append order: openraft's flushed position only moves forward.
-                for callback in flushed {
-                    callback.log_io_completed(
-                        result
-                            .clone()
-                            .map_err(|err| std::io::Error::other(err.to_string())),
-                    );
-                }
-            }
-        });
         LogStore {
             disk,
             group,
@@ -201,7 +217,7 @@ impl<D: Disk> RaftLogStorage<TypeConfig> for LogStore<D> {
             callback.log_io_completed(Err(std::io::Error::other(err.to_string())));
             return Err(io_err(StorageIOError::write_logs, &err));
         }
-        if self.syncer.send(callback).await.is_err() {
+        if self.syncer.queue.send(callback).await.is_err() {
             return Err(io_err(
                 StorageIOError::write_logs,
                 &DiskError::Io("the log syncer has stopped".into()),
