@@ -324,38 +324,12 @@ async fn bootstrap(node: &Arc<Node>, settings: &Settings) -> Result<()> {
         Some(members) => members.iter().cloned().collect(),
         None => BTreeMap::from([(settings.node_id, settings.advertise.clone())]),
     };
-    // Every member initializes with the same membership, each member's incarnation asked
-    // from it first, so the bootstrap waits until every member is up; whoever is second is
-    // refused, which is fine: the log already holds it. In the background: the server
-    // answers (and stops on a signal) meanwhile.
-    let node = node.clone();
-    tokio::spawn(async move {
-        let mut logged = false;
-        loop {
-            if node.raft().is_initialized().await.unwrap_or(false) {
-                return;
-            }
-            match node.initialize(members.clone()).await {
-                Ok(()) => {
-                    tracing::info!("bootstrapped the cluster");
-                    return;
-                }
-                Err(err) if err.code() == tonic::Code::AlreadyExists => return,
-                Err(err) => {
-                    if !logged {
-                        tracing::info!("bootstrap waits: {}", err.message());
-                        logged = true;
-                    }
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(BOOTSTRAP_RETRY_MS)).await;
-        }
-    });
+    // Every member bootstraps with the same membership, each member's incarnation asked
+    // from it first, so the bootstrap waits until every member is up; in the background,
+    // so the server answers (and stops on a signal) meanwhile.
+    node.bootstrap_in_background(members);
     Ok(())
 }
-
-/// How often a bootstrap waiting for the other initial members tries again.
-const BOOTSTRAP_RETRY_MS: u64 = 500;
 
 /// On an empty data directory, refuses to bootstrap as an initial member that already ran:
 /// a peer's membership records this node's incarnation once the node has answered as a

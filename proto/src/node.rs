@@ -15,7 +15,8 @@ use seedkv_core::command::{Command, Response, Versioned};
 use seedkv_core::runtime::timeout;
 use seedkv_core::storage::snapshot::{SnapshotFrame, SnapshotRefused, SnapshotReply, Staging};
 use seedkv_core::storage::{
-    Disk, DiskError, DynDisk, LogStore, NodeIdentity, SharedState, SnapshotData, StateMachineStore,
+    Disk, DiskError, DynDisk, LogStore, LogSyncer, NodeIdentity, SharedState, SnapshotData,
+    StateMachineStore,
 };
 use seedkv_core::{GroupId, Limits, Member, NodeId, Raft};
 use serde::de::DeserializeOwned;
@@ -113,6 +114,9 @@ pub struct Node {
     handing_over: std::sync::atomic::AtomicBool,
 }
 
+/// How often a bootstrap waiting for the other initial members tries again.
+pub const BOOTSTRAP_RETRY_MS: u64 = 500;
+
 /// The group that holds every key until sharding lands.
 const DEFAULT_GROUP: GroupId = GroupId(0);
 
@@ -152,13 +156,16 @@ impl Node {
         let state_machine = StateMachineStore::open(dyn_disk, group)
             .await
             .map_err(|err| NodeError::Storage(err.to_string()))?;
-        let log = LogStore::new(disk, group, state_machine.durable_applied());
+        // One syncer per disk: every group's appends share its fsyncs.
+        let syncer = LogSyncer::start(disk.clone());
+        let log = LogStore::new(disk, group, state_machine.durable_applied(), syncer);
         let state = state_machine.state();
         let network = GrpcNetwork {
             group,
             from: config.id,
             identity: identity.clone(),
             tracer,
+            peers: Arc::new(crate::network::Peers::default()),
         };
         let snapshot_frame_timeout_ms = raft_config.install_snapshot_timeout;
         let cluster_name = raft_config.cluster_name.clone();
@@ -236,12 +243,21 @@ impl Node {
                 self.incarnation()
             } else {
                 match crate::pinning::ask(addr).await {
-                    Some((said_id, incarnation, said_cluster))
-                        if said_id == id
-                            && incarnation != 0
-                            && (said_cluster == 0 || said_cluster == cluster_id) =>
-                    {
+                    Some((said_id, incarnation, 0)) if said_id == id && incarnation != 0 => {
                         incarnation
+                    }
+                    // A member already in the cluster: it was bootstrapped without this node,
+                    // whose first entry could now differ from the one the cluster holds
+                    // (another incarnation of a member that lost its disk since). Wait to be
+                    // reached by the leader instead.
+                    Some((said_id, _, said_cluster))
+                        if said_id == id && said_cluster == cluster_id =>
+                    {
+                        return Err(Status::already_exists(format!(
+                            "member {id} at {addr} already belongs to the cluster: it was \
+                             bootstrapped without this node, which waits for the leader to \
+                             reach it; nothing was done"
+                        )))
                     }
                     Some((said_id, _, said_cluster)) => {
                         return Err(Status::failed_precondition(format!(
@@ -268,6 +284,46 @@ impl Node {
             ),
             Err(err) => Err(membership_error(err)),
         }
+    }
+
+    /// Bootstraps `members` in the background, as every initial member does at each start:
+    /// until this node holds a membership, it tries [`Node::initialize`] every
+    /// [`BOOTSTRAP_RETRY_MS`] (it waits for every member to answer), and stops once it has
+    /// bootstrapped, once a member says the cluster exists without it (the leader will reach
+    /// it), or once the node stops.
+    pub fn bootstrap_in_background(self: &Arc<Self>, members: BTreeMap<NodeId, String>) {
+        let node = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut logged = false;
+            loop {
+                let Some(node) = node.upgrade() else {
+                    return;
+                };
+                if node.raft().metrics().borrow().state == ServerState::Shutdown
+                    || node.raft().is_initialized().await.unwrap_or(true)
+                {
+                    return;
+                }
+                match node.initialize(members.clone()).await {
+                    Ok(()) => {
+                        tracing::info!(node = node.id, "bootstrapped the cluster");
+                        return;
+                    }
+                    Err(err) if err.code() == tonic::Code::AlreadyExists => {
+                        tracing::info!(node = node.id, "not bootstrapping: {}", err.message());
+                        return;
+                    }
+                    Err(err) => {
+                        if !logged {
+                            tracing::info!(node = node.id, "bootstrap waits: {}", err.message());
+                            logged = true;
+                        }
+                    }
+                }
+                drop(node);
+                tokio::time::sleep(std::time::Duration::from_millis(BOOTSTRAP_RETRY_MS)).await;
+            }
+        });
     }
 
     /// This node's id.
@@ -517,8 +573,10 @@ fn ensure_leader(raft: &Raft) -> Result<(), Status> {
     }))
 }
 
-/// Refuses a read of `key` unless the group owns its slot (checked after reading: slots are
-/// only ever taken, so a slot owned after the read was owned when it ran).
+/// Refuses a read of `key` unless the group owns its slot now. Checked after the read; sound
+/// only while slots are never given away: a slot taken since the read had no row written
+/// yet, so the read's answer was the true one. Once slots move, ownership must come from
+/// the same applied point as the rows (see docs/SHARDING.md).
 fn owned(group: &Group, key: &[u8]) -> Result<(), Status> {
     let slot = seedkv_core::slot::Slot::of(key);
     if group.state.owns(slot) {
@@ -1046,9 +1104,6 @@ impl pb::admin_server::Admin for AdminService {
             }
         };
         ensure_leader(self.0.raft())?;
-        if let Some(ChangeMembers::AddVoterIds(add)) = &change {
-            unrecorded_incarnation(self.0.raft(), add)?;
-        }
         let raft = self.0.raft().clone();
         let lock = self.0.membership_lock().await?;
         // The whole change runs in a task of its own, holding the lock: a caller that leaves
@@ -1163,6 +1218,10 @@ async fn change_membership_locked(
         };
         return Ok(log_index);
     };
+    if let ChangeMembers::AddVoterIds(add) = &change {
+        // Under the lock: no add-learner can reset an incarnation between this and the entry.
+        unrecorded_incarnation(raft, add)?;
+    }
     {
         let metrics = raft.metrics();
         let metrics = metrics.borrow();

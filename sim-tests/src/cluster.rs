@@ -73,6 +73,15 @@ impl SimCluster {
     pub fn start(n: usize, tracer: Tracer, disk: DiskConfig) -> SimCluster {
         let handle = Handle::current();
         let mut nodes = Vec::with_capacity(n);
+        // Every node bootstraps this membership at each start, as `seedkv server
+        // --initial-cluster` does: until it holds a membership, or learns the cluster exists.
+        let members: std::collections::BTreeMap<u64, String> = (0..n)
+            .map(|index| {
+                let id = index as u64 + 1;
+                let ip = IpAddr::V4(Ipv4Addr::new(10, 0, 0, id as u8));
+                (id, SocketAddr::new(ip, PORT).to_string())
+            })
+            .collect();
         for index in 0..n {
             let id = index as u64 + 1;
             let ip = IpAddr::V4(Ipv4Addr::new(10, 0, 0, id as u8));
@@ -83,6 +92,7 @@ impl SimCluster {
                 let disk = disk.clone();
                 let running = running.clone();
                 let tracer = tracer.clone();
+                let members = members.clone();
                 handle
                     .create_node()
                     .name(format!("node{id}"))
@@ -92,12 +102,14 @@ impl SimCluster {
                         let running = running.clone();
                         let config = sim_node_config(id, addr.to_string());
                         let tracer = tracer.clone();
+                        let members = members.clone();
                         async move {
                             let node = match Node::start(config, disk, tracer).await {
                                 Ok(node) => node,
                                 Err(err) => panic!("node {id} failed to start: {err}"),
                             };
                             *lock(&running) = Some(node.clone());
+                            node.bootstrap_in_background(members);
                             if let Err(err) = node.serve(addr).await {
                                 panic!("node {id} stopped serving: {err}");
                             }
@@ -344,4 +356,14 @@ pub fn sim_node_config(id: u64, addr: String) -> NodeConfig {
     config.raft.snapshot_policy = openraft::SnapshotPolicy::LogsSinceLast(100);
     config.raft.max_in_snapshot_log_to_keep = 20;
     config
+}
+
+/// Whether an `Init` call left the cluster bootstrapped: it did, or the cluster already was
+/// (the nodes bootstrap themselves too, and whoever is second is told so).
+pub fn initialized(result: Result<(), seedkv_proto::ClientError>) -> bool {
+    match result {
+        Ok(()) => true,
+        Err(seedkv_proto::ClientError::Server(message)) => message.contains("already"),
+        Err(_) => false,
+    }
 }

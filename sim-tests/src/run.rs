@@ -10,7 +10,7 @@ use seedkv_proto::trace::{TraceEvent, Tracer};
 use seedkv_proto::{Client, ClientConfig};
 use tokio::time::Instant;
 
-use crate::cluster::SimCluster;
+use crate::cluster::{initialized, SimCluster};
 use crate::nemesis::{self, PlannedFault, SharedCluster};
 use crate::operator;
 use crate::scenario::Scenario;
@@ -110,7 +110,7 @@ pub async fn run(config: RunConfig) -> RunReport {
             async move {
                 let client = Client::new(ClientConfig::new(endpoints.clone()));
                 for _ in 0..50 {
-                    if client.init(&endpoints[0], &members).await.is_ok() {
+                    if initialized(client.init(&endpoints[0], &members).await) {
                         return true;
                     }
                     tokio::time::sleep(Duration::from_millis(100)).await;

@@ -7,7 +7,7 @@ use seedkv_core::command::WriteOp;
 use seedkv_io_sim::DiskConfig;
 use seedkv_proto::trace::discard;
 use seedkv_proto::{Client, ClientConfig, ClientError, Consistency};
-use seedkv_sim_tests::cluster::SimCluster;
+use seedkv_sim_tests::cluster::{initialized as bootstrapped, SimCluster};
 
 fn invalid(result: Result<impl std::fmt::Debug, ClientError>, needle: &str) {
     match result {
@@ -36,7 +36,7 @@ async fn limits_and_unknown_nodes_are_refused_clearly() {
             let client = Client::new(ClientConfig::new(endpoints.clone()));
             let mut initialized = false;
             for _ in 0..50 {
-                if client.init(&endpoints[0], &members).await.is_ok() {
+                if bootstrapped(client.init(&endpoints[0], &members).await) {
                     initialized = true;
                     break;
                 }
