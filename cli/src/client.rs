@@ -454,6 +454,9 @@ pub struct LoadArgs {
 pub enum ClusterCommand {
     /// Every member: id, address, role, term, last log index, applied index.
     Status,
+    /// Every Raft group: id, voters, leader, and the hash slots its applied state owns
+    /// (count and ranges), as the first node that answers sees them.
+    Slots,
     /// Add node ID at HOST:PORT: as a learner until caught up, then as a voter.
     AddNode { id: u64, addr: String },
     /// Remove node ID from the cluster (stop it afterwards; it no longer takes part).
@@ -532,6 +535,80 @@ pub async fn cluster(conn: &Connection, command: ClusterCommand) -> Result<bool>
             Ok(rows
                 .iter()
                 .all(|(m, s)| s.as_ref().is_ok_and(|s| !lost_data(m, s))))
+        }
+        ClusterCommand::Slots => {
+            let mut answer = None;
+            let mut last_error = String::new();
+            for endpoint in &conn.endpoints {
+                match client.slots(endpoint).await {
+                    Ok(slots) => {
+                        answer = Some(slots);
+                        break;
+                    }
+                    Err(err) => last_error = err.to_string(),
+                }
+            }
+            let Some(answer) = answer else {
+                bail!("no endpoint answered: {last_error}");
+            };
+            let ranges = |group: &seedkv_proto::pb::GroupSlots| -> String {
+                let parts: Vec<String> = group
+                    .ranges
+                    .iter()
+                    .map(|r| {
+                        if r.first == r.last {
+                            r.first.to_string()
+                        } else {
+                            format!("{}-{}", r.first, r.last)
+                        }
+                    })
+                    .collect();
+                if parts.is_empty() {
+                    "-".to_string()
+                } else {
+                    parts.join(",")
+                }
+            };
+            if json {
+                let groups: Vec<serde_json::Value> = answer
+                    .groups
+                    .iter()
+                    .map(|g| {
+                        let owned: Vec<serde_json::Value> = g
+                            .ranges
+                            .iter()
+                            .map(|r| json!({ "first": r.first, "last": r.last, "epoch": r.epoch }))
+                            .collect();
+                        json!({
+                            "group": g.group, "voters": g.voters, "leader": g.leader_id,
+                            "applied": g.applied_index, "slot_count": g.slot_count,
+                            "ranges": owned,
+                        })
+                    })
+                    .collect();
+                println!("{}", json!({ "node": answer.node_id, "groups": groups }));
+            } else {
+                println!(
+                    "{:<6} {:<16} {:<7} {:>6}  RANGES",
+                    "GROUP", "VOTERS", "LEADER", "SLOTS"
+                );
+                for g in &answer.groups {
+                    let voters: Vec<String> = g.voters.iter().map(u64::to_string).collect();
+                    let leader = match g.leader_id {
+                        0 => "-".to_string(),
+                        id => id.to_string(),
+                    };
+                    println!(
+                        "{:<6} {:<16} {:<7} {:>6}  {}",
+                        g.group,
+                        voters.join(","),
+                        leader,
+                        g.slot_count,
+                        ranges(g)
+                    );
+                }
+            }
+            Ok(true)
         }
         ClusterCommand::AddNode { id, addr } => {
             if id == 0 {

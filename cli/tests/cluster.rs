@@ -255,6 +255,24 @@ async fn kill_the_leader_during_writes_then_join_and_remove() {
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.contains("leader"), "{table}");
 
+    // The one group owns every hash slot, as its own log decided.
+    let out = cli(&all, &["--output", "json", "cluster", "slots"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let slots: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("cluster slots prints JSON");
+    let group = &slots["groups"][0];
+    assert_eq!(group["group"], 0, "{slots}");
+    assert_eq!(group["slot_count"], 1024, "{slots}");
+    assert_eq!(
+        group["ranges"],
+        serde_json::json!([{ "first": 0, "last": 1023, "epoch": 1 }]),
+        "{slots}"
+    );
+    assert_eq!(group["voters"].as_array().map(Vec::len), Some(3), "{slots}");
+    let out = cli(&all, &["cluster", "slots"]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("0-1023"), "{table}");
+
     for id in [1, 3, 4] {
         servers.stop(id);
     }

@@ -661,6 +661,25 @@ impl Client {
         }
     }
 
+    /// The Raft groups the node at `addr` hosts, with the hash slots each owns.
+    pub async fn slots(&self, addr: &str) -> Result<pb::SlotsResponse, ClientError> {
+        match self
+            .admin_once(addr, |mut admin| async move {
+                admin.slots(pb::SlotsRequest {}).await
+            })
+            .await
+        {
+            Ok(Ok(slots)) => Ok(slots),
+            Ok(Err(status)) => Err(ClientError::Unavailable(format!(
+                "{addr}: {}",
+                status.message()
+            ))),
+            // Reading changes nothing: a lost answer is just unavailability.
+            Err(ClientError::Unknown(message)) => Err(ClientError::Unavailable(message)),
+            Err(err) => Err(err),
+        }
+    }
+
     /// Status of the node at `addr` (one attempt, no leader following).
     pub async fn status(&self, addr: &str) -> Result<pb::StatusResponse, ClientError> {
         self.status_of(addr, false).await

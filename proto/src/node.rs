@@ -1071,6 +1071,41 @@ impl pb::admin_server::Admin for AdminService {
         Ok(GrpcResponse::new(pb::AddLearnerResponse { log_index }))
     }
 
+    async fn slots(
+        &self,
+        _request: Request<pb::SlotsRequest>,
+    ) -> Result<GrpcResponse<pb::SlotsResponse>, Status> {
+        let groups = self
+            .0
+            .groups
+            .iter()
+            .map(|(id, group)| {
+                let metrics = group.raft.metrics().borrow().clone();
+                let owned = group.state.ownership();
+                pb::GroupSlots {
+                    group: id.0,
+                    voters: metrics.membership_config.membership().voter_ids().collect(),
+                    leader_id: metrics.current_leader.unwrap_or(0),
+                    applied_index: metrics.last_applied.map_or(0, |id| id.index),
+                    slot_count: u32::try_from(owned.slot_count()).unwrap_or(u32::MAX),
+                    ranges: owned
+                        .ranges()
+                        .iter()
+                        .map(|range| pb::SlotRange {
+                            first: u32::from(range.first.get()),
+                            last: u32::from(range.last.get()),
+                            epoch: range.epoch,
+                        })
+                        .collect(),
+                }
+            })
+            .collect();
+        Ok(GrpcResponse::new(pb::SlotsResponse {
+            node_id: self.0.id,
+            groups,
+        }))
+    }
+
     async fn elect(
         &self,
         _request: Request<pb::ElectRequest>,
