@@ -257,7 +257,11 @@ async fn kill_the_leader_during_writes_then_join_and_remove() {
 
     // The one group owns every hash slot, as its own log decided.
     let out = cli(&all, &["--output", "json", "cluster", "slots"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let slots: serde_json::Value =
         serde_json::from_slice(&out.stdout).expect("cluster slots prints JSON");
     let group = &slots["groups"][0];

@@ -346,6 +346,14 @@ impl Node {
         &self.default_group().state
     }
 
+    /// The applied state of every group this node hosts, by group.
+    pub fn group_states(&self) -> Vec<(GroupId, Arc<SharedState>)> {
+        self.groups
+            .iter()
+            .map(|(id, group)| (*id, group.state.clone()))
+            .collect()
+    }
+
     /// This node's membership lock, if it comes free within [`MEMBERSHIP_LOCK_WAIT_MS`];
     /// otherwise a refusal (nothing was done: another change is still running here).
     pub(crate) async fn membership_lock(

@@ -273,6 +273,31 @@ pub async fn run(config: RunConfig) -> RunReport {
     report
 }
 
+/// On every node, each hash slot is owned by exactly one of the groups it hosts, as their
+/// applied states say (a group's grant lost in a snapshot, or taken twice, fails here).
+fn one_owner_per_slot(cluster: &SimCluster) -> Result<(), String> {
+    for index in 0..cluster.len() {
+        let Some(node) = cluster.node(index) else {
+            continue;
+        };
+        let states = node.group_states();
+        for slot in seedkv_core::slot::Slot::all() {
+            let owners: Vec<_> = states
+                .iter()
+                .filter(|(_, state)| state.owns(slot))
+                .map(|(group, _)| *group)
+                .collect();
+            if owners.len() != 1 {
+                return Err(format!(
+                    "node {}: {slot} is owned by groups {owners:?}, not by exactly one",
+                    index + 1
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 async fn converge(
     cluster: &SharedCluster,
     bound: Duration,
@@ -300,6 +325,7 @@ async fn converge(
                 let caught_up = applied.iter().all(|(_, index, _)| *index == target);
                 let same = applied.windows(2).all(|w| w[0].2 == w[1].2);
                 if all_up && caught_up && same {
+                    one_owner_per_slot(&c)?;
                     return Ok(applied);
                 }
                 // Equal applied index with different digests is divergence, not lag.
