@@ -59,6 +59,11 @@ fn apply(state: &mut KvState, limits: &Limits, command: Command) {
         Response::SessionExpired | Response::StaleWrite { .. } => {
             assert_eq!(data(state), data(&before), "a refused session write wrote")
         }
+        // The state owns every slot: no client write can be refused as not owned.
+        Response::NotOwned { .. } => panic!("a write refused as not owned by a group owning every slot"),
+        Response::Owned { .. } | Response::MapSet { .. } => {
+            panic!("a client command answered as a slot grant or map change")
+        }
         Response::None => panic!("a command answered None"),
         Response::Registered { .. } => panic!("a write answered as a registration"),
         Response::Multi(_) => panic!("a client command answered as a group"),
