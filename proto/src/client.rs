@@ -663,18 +663,25 @@ impl Client {
 
     /// The Raft groups the node at `addr` hosts, with the hash slots each owns.
     pub async fn slots(&self, addr: &str) -> Result<pb::SlotsResponse, ClientError> {
-        match self
-            .admin_once(addr, |mut admin| async move {
-                admin.slots(pb::SlotsRequest {}).await
-            })
-            .await
-        {
-            Ok(Ok(slots)) => Ok(slots),
+        self.admin_read(addr, |mut admin| async move {
+            admin.slots(pb::SlotsRequest {}).await
+        })
+        .await
+    }
+
+    /// One read-only `Admin` call to the node at `addr`: it changes nothing, so a refusal or
+    /// a lost answer is just unavailability.
+    async fn admin_read<T, F, Fut>(&self, addr: &str, call: F) -> Result<T, ClientError>
+    where
+        F: FnOnce(AdminClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        match self.admin_once(addr, call).await {
+            Ok(Ok(answer)) => Ok(answer),
             Ok(Err(status)) => Err(ClientError::Unavailable(format!(
                 "{addr}: {}",
                 status.message()
             ))),
-            // Reading changes nothing: a lost answer is just unavailability.
             Err(ClientError::Unknown(message)) => Err(ClientError::Unavailable(message)),
             Err(err) => Err(err),
         }
@@ -695,21 +702,10 @@ impl Client {
         addr: &str,
         with_digest: bool,
     ) -> Result<pb::StatusResponse, ClientError> {
-        match self
-            .admin_once(addr, |mut admin| async move {
-                admin.status(pb::StatusRequest { with_digest }).await
-            })
-            .await
-        {
-            Ok(Ok(status)) => Ok(status),
-            Ok(Err(status)) => Err(ClientError::Unavailable(format!(
-                "{addr}: {}",
-                status.message()
-            ))),
-            // Reading a status changes nothing: a lost answer is just unavailability.
-            Err(ClientError::Unknown(message)) => Err(ClientError::Unavailable(message)),
-            Err(err) => Err(err),
-        }
+        self.admin_read(addr, |mut admin| async move {
+            admin.status(pb::StatusRequest { with_digest }).await
+        })
+        .await
     }
 
     /// Asks the node at `addr` to start an election now.

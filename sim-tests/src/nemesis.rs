@@ -240,17 +240,21 @@ async fn amnesia(
     lock(cluster).net.isolate(cut);
     tokio::time::sleep(millis(200..1_500)).await;
     lock(cluster).wipe(blank);
-    tokio::time::sleep(millis(0..1_000)).await;
-    {
-        let mut c = lock(cluster);
-        c.kill(leader);
-        c.net.heal();
-        c.staged_fault_under_way = false;
-    }
+    kill_leader_and_heal(cluster, leader).await;
     log(format!(
         "amnesia: {cut} cut off, {blank} back on a blank disk, leader {leader} killed"
     ));
     vec![leader]
+}
+
+/// The end of an amnesia fault, once a node is back on a blank disk: a moment later the
+/// leader crashes and the network heals, so the cut-off node stands for election.
+async fn kill_leader_and_heal(cluster: &SharedCluster, leader: usize) {
+    tokio::time::sleep(millis(0..1_000)).await;
+    let mut c = lock(cluster);
+    c.kill(leader);
+    c.net.heal();
+    c.staged_fault_under_way = false;
 }
 
 /// How long the first leader may take to be elected, for a fault that starts with it.
@@ -324,13 +328,7 @@ async fn amnesia_from_bootstrap(
         }
         c.wipe(blank);
     }
-    tokio::time::sleep(millis(0..1_000)).await;
-    {
-        let mut c = lock(cluster);
-        c.kill(leader);
-        c.net.heal();
-        c.staged_fault_under_way = false;
-    }
+    kill_leader_and_heal(cluster, leader).await;
     log(format!(
         "amnesia from bootstrap: {cut} cut off from the first election, {blank} back on a blank disk, leader {leader} killed"
     ));
