@@ -48,6 +48,17 @@ pub struct MembershipView {
     pub changing: bool,
 }
 
+impl MembershipView {
+    /// The voters' node indexes.
+    pub fn voters(&self) -> Vec<usize> {
+        self.members
+            .iter()
+            .filter(|m| m.voter)
+            .map(|m| m.index)
+            .collect()
+    }
+}
+
 /// A simulated cluster of `n` nodes with ids `1..=n`.
 pub struct SimCluster {
     handle: Handle,

@@ -211,12 +211,7 @@ async fn amnesia(
         // A blank voter is lost for good until the operator replaces it: only when the
         // voters can spare one, and never across a membership change (a new configuration
         // that needs the lost node could never commit, and nothing could replace it).
-        let voters: Vec<usize> = view
-            .members
-            .iter()
-            .filter(|m| m.voter)
-            .map(|m| m.index)
-            .collect();
+        let voters = view.voters();
         if view.changing
             || voters.len() < 3
             || c.operator_changes > 0
@@ -458,12 +453,7 @@ async fn figure8(
 fn figure8_roles(c: &SimCluster) -> Result<(usize, u64, Vec<usize>), &'static str> {
     let old = c.leader().ok_or("no leader")?;
     let view = c.newest_membership().ok_or("no membership")?;
-    let voters: Vec<usize> = view
-        .members
-        .iter()
-        .filter(|m| m.voter)
-        .map(|m| m.index)
-        .collect();
+    let voters = view.voters();
     if view.changing || c.operator_changes > 0 {
         return Err("a membership change under way");
     }

@@ -372,12 +372,7 @@ async fn every_voter_leads(
         let view = c
             .newest_membership()
             .ok_or_else(|| "no node holds a membership".to_string())?;
-        let voters: Vec<usize> = view
-            .members
-            .iter()
-            .filter(|m| m.voter)
-            .map(|m| m.index)
-            .collect();
+        let voters = view.voters();
         (voters, c.addrs())
     };
     let running = |cluster: &SharedCluster| -> Vec<Arc<seedkv_proto::node::Node>> {
