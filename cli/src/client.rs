@@ -457,10 +457,23 @@ pub enum ClusterCommand {
     /// Every Raft group: id, voters, leader, and the hash slots its applied state owns
     /// (count and ranges), as the first node that answers sees them.
     Slots,
-    /// Add node ID at HOST:PORT: as a learner until caught up, then as a voter.
-    AddNode { id: u64, addr: String },
-    /// Remove node ID from the cluster (stop it afterwards; it no longer takes part).
-    RemoveNode { id: u64 },
+    /// Add node ID at HOST:PORT to a Raft group: as a learner until caught up, then as a
+    /// voter.
+    AddNode {
+        id: u64,
+        addr: String,
+        /// The Raft group (0: the meta group, which every node holds).
+        #[arg(long, default_value_t = 0)]
+        group: u32,
+    },
+    /// Remove node ID from a Raft group (from every group it votes in, to take it out of the
+    /// cluster; stop it afterwards).
+    RemoveNode {
+        id: u64,
+        /// The Raft group (0: the meta group).
+        #[arg(long, default_value_t = 0)]
+        group: u32,
+    },
 }
 
 /// Runs a cluster command.
@@ -496,6 +509,20 @@ pub async fn cluster(conn: &Connection, command: ClusterCommand) -> Result<bool>
             let lost_data = |m: &seedkv_proto::pb::Member, s: &seedkv_proto::pb::StatusResponse| {
                 m.incarnation != 0 && s.incarnation != m.incarnation
             };
+            // Every data group: its voters and leader, as the first replica answering says.
+            let mut groups = Vec::new();
+            if let Ok(map) = client.slot_map().await {
+                for group in map.groups() {
+                    let mut seen = None;
+                    for addr in map.replicas_of(group) {
+                        if let Ok(status) = client.group_status(addr, group, false).await {
+                            seen = Some(status);
+                            break;
+                        }
+                    }
+                    groups.push((group, map.replicas_of(group).to_vec(), seen));
+                }
+            }
             if json {
                 let out: Vec<serde_json::Value> = rows
                     .iter()
@@ -511,7 +538,19 @@ pub async fn cluster(conn: &Connection, command: ClusterCommand) -> Result<bool>
                         Err(err) => json!({ "id": m.id, "addr": m.addr, "error": err.to_string() }),
                     })
                     .collect();
-                println!("{}", json!({ "members": out }));
+                let groups: Vec<serde_json::Value> = groups
+                    .iter()
+                    .map(|(group, replicas, seen)| match seen {
+                        Some(s) => json!({
+                            "group": group, "replicas": replicas,
+                            "voters": s.voters.iter().map(|m| m.id).collect::<Vec<_>>(),
+                            "learners": s.learners.iter().map(|m| m.id).collect::<Vec<_>>(),
+                            "leader": s.leader_id, "term": s.term,
+                        }),
+                        None => json!({ "group": group, "replicas": replicas, "error": "no replica answered" }),
+                    })
+                    .collect();
+                println!("{}", json!({ "members": out, "groups": groups }));
             } else {
                 println!(
                     "{:<4} {:<22} {:<10} {:>6} {:>10} {:>10}",
@@ -529,6 +568,39 @@ pub async fn cluster(conn: &Connection, command: ClusterCommand) -> Result<bool>
                             m.id, m.addr, s.role, s.term, s.last_log_index, s.applied_index
                         ),
                         Err(_) => println!("{:<4} {:<22} {:<10}", m.id, m.addr, "down"),
+                    }
+                }
+                if !groups.is_empty() {
+                    println!();
+                    println!(
+                        "{:<6} {:<16} {:<16} {:<7}",
+                        "GROUP", "VOTERS", "LEARNERS", "LEADER"
+                    );
+                }
+                let ids = |members: &[seedkv_proto::pb::Member]| {
+                    let ids: Vec<String> = members.iter().map(|m| m.id.to_string()).collect();
+                    if ids.is_empty() {
+                        "-".to_string()
+                    } else {
+                        ids.join(",")
+                    }
+                };
+                for (group, replicas, seen) in &groups {
+                    match seen {
+                        Some(s) => println!(
+                            "{:<6} {:<16} {:<16} {:<7}",
+                            group,
+                            ids(&s.voters),
+                            ids(&s.learners),
+                            if s.leader_id == 0 {
+                                "-".to_string()
+                            } else {
+                                s.leader_id.to_string()
+                            }
+                        ),
+                        None => {
+                            println!("{group:<6} no replica answered ({})", replicas.join(", "))
+                        }
                     }
                 }
             }
@@ -610,12 +682,12 @@ pub async fn cluster(conn: &Connection, command: ClusterCommand) -> Result<bool>
             }
             Ok(true)
         }
-        ClusterCommand::AddNode { id, addr } => {
+        ClusterCommand::AddNode { id, addr, group } => {
             if id == 0 {
                 bail!("node id 0 is not allowed");
             }
-            client.add_learner(id, &addr).await.map_err(fail)?;
-            let voters = current_voters(&client, conn).await?;
+            client.add_learner(group, id, &addr).await.map_err(fail)?;
+            let voters = current_voters(&client, conn, group).await?;
             if voters.contains(&id) {
                 bail!("node {id} is already a voter; voters are {voters:?}");
             }
@@ -624,21 +696,21 @@ pub async fn cluster(conn: &Connection, command: ClusterCommand) -> Result<bool>
             // A compare-and-set on the voters just read: if the membership changed meanwhile,
             // nothing is changed and the command says so.
             let index = client
-                .change_membership(&[id], &[], &voters)
+                .change_membership(group, &[id], &[], &voters)
                 .await
                 .map_err(fail)?;
             if json {
                 println!(
                     "{}",
-                    json!({ "added": id, "voters": next, "log_index": index })
+                    json!({ "added": id, "group": group, "voters": next, "log_index": index })
                 );
             } else {
-                println!("node {id} added; voters are now {next:?}");
+                println!("node {id} added to group {group}; voters are now {next:?}");
             }
             Ok(true)
         }
-        ClusterCommand::RemoveNode { id } => {
-            let voters = current_voters(&client, conn).await?;
+        ClusterCommand::RemoveNode { id, group } => {
+            let voters = current_voters(&client, conn, group).await?;
             if !voters.contains(&id) {
                 bail!("node {id} is not a voter; voters are {voters:?}");
             }
@@ -647,25 +719,31 @@ pub async fn cluster(conn: &Connection, command: ClusterCommand) -> Result<bool>
                 bail!("cannot remove the last voter");
             }
             let index = client
-                .change_membership(&[], &[id], &voters)
+                .change_membership(group, &[], &[id], &voters)
                 .await
                 .map_err(fail)?;
             if json {
                 println!(
                     "{}",
-                    json!({ "removed": id, "voters": next, "log_index": index })
+                    json!({ "removed": id, "group": group, "voters": next, "log_index": index })
                 );
             } else {
-                println!("node {id} removed; voters are now {next:?}");
+                println!("node {id} removed from group {group}; voters are now {next:?}");
             }
             Ok(true)
         }
     }
 }
 
-async fn current_voters(client: &Client, conn: &Connection) -> Result<Vec<u64>> {
-    for endpoint in &conn.endpoints {
-        if let Ok(status) = client.status(endpoint).await {
+/// The voters of Raft group `group`, as the first endpoint hosting it reports them.
+async fn current_voters(client: &Client, conn: &Connection, group: u32) -> Result<Vec<u64>> {
+    let mut endpoints = conn.endpoints.clone();
+    // Group replicas named by the slot map answer too, when the endpoints do not host it.
+    if let Ok(map) = client.slot_map().await {
+        endpoints.extend(map.replicas_of(group).iter().cloned());
+    }
+    for endpoint in &endpoints {
+        if let Ok(status) = client.group_status(endpoint, group, false).await {
             return Ok(status.voters.iter().map(|m| m.id).collect());
         }
     }

@@ -39,6 +39,11 @@ pub struct ServerArgs {
     /// Bootstrap a new cluster of these members: `1=HOST:PORT,2=HOST:PORT,...`.
     #[arg(long, env = "SEEDKV_INITIAL_CLUSTER")]
     initial_cluster: Option<String>,
+    /// Data groups a new cluster starts with, the 1,024 hash slots split evenly over them and
+    /// their replicas (three, or every node when fewer) spread over the members; give every
+    /// initial member the same number [default: one per initial member].
+    #[arg(long, env = "SEEDKV_GROUPS")]
+    groups: Option<u32>,
     /// Join the running cluster reachable at this address (as a learner, then a voter).
     #[arg(long, env = "SEEDKV_JOIN", conflicts_with = "initial_cluster")]
     join: Option<String>,
@@ -78,6 +83,7 @@ struct FileConfig {
     advertise: Option<String>,
     data_dir: Option<PathBuf>,
     initial_cluster: Option<String>,
+    groups: Option<u32>,
     join: Option<String>,
     cluster_name: Option<String>,
     snapshot_every: Option<u64>,
@@ -97,6 +103,8 @@ pub struct Settings {
     pub advertise: String,
     pub data_dir: PathBuf,
     pub initial_cluster: Option<Vec<(u64, String)>>,
+    /// Data groups to bootstrap (0: one per initial member).
+    pub groups: u32,
     pub join: Option<String>,
     pub cluster_name: String,
     pub snapshot_every: u64,
@@ -159,6 +167,13 @@ impl ServerArgs {
             None => None,
         };
         let join = self.join.or(file.join);
+        let groups = self.groups.or(file.groups).unwrap_or(0);
+        if let Some(given) = self.groups.or(file.groups) {
+            let most = u32::from(seedkv_core::slot::SLOT_COUNT);
+            if given == 0 || given > most {
+                bail!("--groups must be between 1 and {most} (the hash slots to share out), not {given}");
+            }
+        }
         if initial_cluster.is_some() && join.is_some() {
             bail!("--initial-cluster and --join cannot both be set");
         }
@@ -214,6 +229,7 @@ impl ServerArgs {
                 .or(file.data_dir)
                 .unwrap_or_else(|| PathBuf::from("seedkv-data")),
             initial_cluster,
+            groups,
             join,
             cluster_name: self
                 .cluster_name
@@ -283,7 +299,9 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     wait_for_signal().await?;
     tracing::info!("shutting down");
     let graceful = async {
-        hand_over_leadership(&node).await;
+        // Every group this node leads at once: the stop budget is shared.
+        let groups = node.group_ids();
+        futures::future::join_all(groups.into_iter().map(|g| hand_over_leadership(&node, g))).await;
         node.shutdown().await;
         let _ = stop_tx.send(());
         let _ = serving.await;
@@ -327,7 +345,9 @@ async fn bootstrap(node: &Arc<Node>, settings: &Settings) -> Result<()> {
     // Every member bootstraps with the same membership, each member's incarnation asked
     // from it first, so the bootstrap waits until every member is up; in the background,
     // so the server answers (and stops on a signal) meanwhile.
-    node.bootstrap_in_background(members);
+    let plan = Node::plan(&members, settings.groups, 0)
+        .map_err(|status| anyhow::anyhow!("{}", status.message()))?;
+    node.bootstrap_in_background(members, plan);
     Ok(())
 }
 
@@ -376,12 +396,12 @@ async fn join(settings: &Settings, seed: &str) -> Result<()> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         let attempt = async {
-            client.add_learner(id, &settings.advertise).await?;
+            client.add_learner(0, id, &settings.advertise).await?;
             let status = client.status(seed).await?;
             let voters: Vec<u64> = status.voters.iter().map(|m| m.id).collect();
             if !voters.contains(&id) {
                 // Based on the voters just read: a change that raced is refused and retried.
-                client.change_membership(&[id], &[], &voters).await?;
+                client.change_membership(0, &[id], &[], &voters).await?;
             }
             Ok::<(), seedkv_proto::ClientError>(())
         };
@@ -418,8 +438,9 @@ const HAND_OVER_ELECTIONS: u32 = 3;
 /// must still be running when it campaigns, since the other followers refuse any candidate
 /// while the leader's lease holds (openraft's `leader_lease`) and only this node's vote is
 /// free to give. Returns the node that took over, if one did.
-async fn hand_over_leadership(node: &Arc<Node>) -> Option<u64> {
-    let metrics = node.raft().metrics().borrow().clone();
+async fn hand_over_leadership(node: &Arc<Node>, group: seedkv_core::GroupId) -> Option<u64> {
+    let raft = node.raft_of(group)?;
+    let metrics = raft.metrics().borrow().clone();
     if metrics.current_leader != Some(node.id()) {
         return None;
     }
@@ -437,8 +458,7 @@ async fn hand_over_leadership(node: &Arc<Node>) -> Option<u64> {
         .map(|n| n.addr.clone())?;
     // No new writes: the log stops growing, so the target can hold all of it.
     node.refuse_writes();
-    let caught_up = node
-        .raft()
+    let caught_up = raft
         .wait(Some(Duration::from_millis(HAND_OVER_CATCH_UP_MS)))
         .metrics(
             |m| {
@@ -467,12 +487,11 @@ async fn hand_over_leadership(node: &Arc<Node>) -> Option<u64> {
     let me = node.id();
     // An election can collide with another; ask again, within the budget.
     for attempt in 1..=HAND_OVER_ELECTIONS {
-        if let Err(err) = client.elect(&addr).await {
+        if let Err(err) = client.elect(&addr, group.0).await {
             tracing::warn!(to = target, attempt, "leadership hand-over: {err}");
             continue;
         }
-        let taken = node
-            .raft()
+        let taken = raft
             .wait(Some(Duration::from_millis(HAND_OVER_ELECTION_MS)))
             .metrics(
                 |m| m.current_leader.is_some_and(|leader| leader != me),

@@ -7,7 +7,10 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{cli, client_for, free_addrs, initial_cluster, leader, wait_until, Servers};
+use common::{
+    caught_up, cli, client_for, free_addrs, group_leader, initial_cluster, leader, wait_until,
+    Servers,
+};
 use seedkv_proto::{ClientError, Consistency};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -42,7 +45,8 @@ async fn kill_the_leader_during_writes_then_join_and_remove() {
     let mut killed = None;
     for i in 0..1_000u32 {
         if i == 500 {
-            let (id, _) = leader(&probe, &voters)
+            // The leader of the first data group: a third of the writes go through it.
+            let (id, _) = group_leader(&probe, &voters, 1)
                 .await
                 .expect("leader before the kill");
             servers.kill(id);
@@ -81,18 +85,7 @@ async fn kill_the_leader_during_writes_then_join_and_remove() {
     wait_until(
         "the restarted node to catch up",
         Duration::from_secs(30),
-        || async {
-            let Some((_, leader_addr)) = leader(&probe, &voters).await else {
-                return false;
-            };
-            let (Ok(lead), Ok(node)) = (
-                probe.status_with_digest(&leader_addr).await,
-                probe.status_with_digest(&killed_addr).await,
-            ) else {
-                return false;
-            };
-            node.applied_index >= lead.last_log_index && node.state_digest == lead.state_digest
-        },
+        || caught_up(&probe, &voters, &killed_addr),
     )
     .await;
 
@@ -216,29 +209,44 @@ async fn kill_the_leader_during_writes_then_join_and_remove() {
     )
     .await;
 
-    // Node 4 caught up through a snapshot; the log behind snapshots is purged.
+    // Joining adds a node to the meta group; a data group takes it as a replica when asked.
+    let all = addrs.join(",");
+    let out = cli(
+        &all,
+        &["cluster", "add-node", "4", &addrs[3], "--group", "1"],
+    );
+    assert!(
+        out.status.success(),
+        "add-node --group 1: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Node 4 caught up with group 1 through a snapshot; the log behind snapshots is purged.
     wait_until(
-        "node 4 to install a snapshot",
+        "node 4 to install a snapshot of group 1",
         Duration::from_secs(30),
         || async {
             probe
-                .status(&addrs[3])
+                .group_status(&addrs[3], 1, false)
                 .await
                 .is_ok_and(|status| status.snapshot_index > 0)
         },
     )
     .await;
-    let status = probe.status(&addrs[0]).await.expect("status of node 1");
+    let status = probe
+        .group_status(&addrs[0], 1, false)
+        .await
+        .expect("status of node 1");
     assert!(status.purged_index > 0, "node 1 purged nothing: {status:?}");
 
-    // Remove node 2 through the CLI, then stop it.
-    let all = addrs.join(",");
-    let out = cli(&all, &["cluster", "remove-node", "2"]);
-    assert!(
-        out.status.success(),
-        "remove-node: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // Remove node 2 from every group through the CLI, then stop it.
+    for group in ["1", "2", "3", "0"] {
+        let out = cli(&all, &["cluster", "remove-node", "2", "--group", group]);
+        assert!(
+            out.status.success(),
+            "remove-node --group {group}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     let status = probe.status(&addrs[0]).await.expect("status");
     let ids: Vec<u64> = status.voters.iter().map(|m| m.id).collect();
     assert_eq!(ids, vec![1, 3, 4]);
@@ -255,7 +263,7 @@ async fn kill_the_leader_during_writes_then_join_and_remove() {
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.contains("leader"), "{table}");
 
-    // The one group owns every hash slot, as its own log decided.
+    // Three data groups (one per initial member) share the slots, as their own logs decided.
     let out = cli(&all, &["--output", "json", "cluster", "slots"]);
     assert!(
         out.status.success(),
@@ -264,18 +272,25 @@ async fn kill_the_leader_during_writes_then_join_and_remove() {
     );
     let slots: serde_json::Value =
         serde_json::from_slice(&out.stdout).expect("cluster slots prints JSON");
-    let group = &slots["groups"][0];
-    assert_eq!(group["group"], 0, "{slots}");
-    assert_eq!(group["slot_count"], 1024, "{slots}");
+    let groups = slots["groups"].as_array().expect("groups");
+    let counts: Vec<u64> = groups
+        .iter()
+        .map(|g| g["slot_count"].as_u64().unwrap_or(0))
+        .collect();
+    assert_eq!(counts, vec![0, 342, 341, 341], "{slots}");
     assert_eq!(
-        group["ranges"],
-        serde_json::json!([{ "first": 0, "last": 1023, "epoch": 1 }]),
+        groups[1]["ranges"],
+        serde_json::json!([{ "first": 0, "last": 341, "epoch": 1 }]),
         "{slots}"
     );
-    assert_eq!(group["voters"].as_array().map(Vec::len), Some(3), "{slots}");
+    assert_eq!(
+        groups[1]["voters"].as_array().map(Vec::len),
+        Some(3),
+        "{slots}"
+    );
     let out = cli(&all, &["cluster", "slots"]);
     let table = String::from_utf8_lossy(&out.stdout);
-    assert!(table.contains("0-1023"), "{table}");
+    assert!(table.contains("683-1023"), "{table}");
 
     for id in [1, 3, 4] {
         servers.stop(id);

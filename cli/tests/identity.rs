@@ -108,7 +108,7 @@ async fn a_member_on_a_blank_disk_must_rejoin_and_other_clusters_are_refused() {
             .is_ok_and(|s| s.role == "leader")
     })
     .await;
-    match client.add_learner(4, &addrs[3]).await {
+    match client.add_learner(0, 4, &addrs[3]).await {
         Err(ClientError::Server(message)) => {
             assert!(message.contains("belongs to cluster"), "{message}")
         }

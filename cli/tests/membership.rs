@@ -50,7 +50,7 @@ async fn two_simultaneous_joins_give_five_voters_and_stale_changes_are_refused()
 
     // A change based on the old membership is refused, and changes nothing.
     let admin = client_for(&addrs);
-    match admin.change_membership(&[], &[2], &[1, 2, 3]).await {
+    match admin.change_membership(0, &[], &[2], &[1, 2, 3]).await {
         Err(ClientError::Server(message)) => {
             assert!(message.contains("membership changed"), "{message}")
         }
@@ -59,7 +59,10 @@ async fn two_simultaneous_joins_give_five_voters_and_stale_changes_are_refused()
     assert_eq!(voter_ids().await, Some(vec![1, 2, 3, 4, 5]));
     // Based on the current one, it goes through (once the joins' change has finished).
     wait_until("node 2 removed", Duration::from_secs(30), || async {
-        match admin.change_membership(&[], &[2], &[1, 2, 3, 4, 5]).await {
+        match admin
+            .change_membership(0, &[], &[2], &[1, 2, 3, 4, 5])
+            .await
+        {
             Ok(_) => true,
             Err(ClientError::Server(message)) if message.contains("in progress") => false,
             Err(err) => panic!("remove node 2: {err}"),
@@ -76,7 +79,7 @@ async fn two_simultaneous_joins_give_five_voters_and_stale_changes_are_refused()
         "the removal of every voter refused",
         Duration::from_secs(30),
         || async {
-            match admin.change_membership(&[], &[1, 3, 4, 5], &[]).await {
+            match admin.change_membership(0, &[], &[1, 3, 4, 5], &[]).await {
                 Err(ClientError::InvalidArgument(message)) => {
                     assert!(message.contains("no voter"), "{message}");
                     true

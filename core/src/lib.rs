@@ -23,6 +23,7 @@ pub mod conformance;
 #[cfg(madsim)]
 pub mod faults;
 pub mod ownership;
+pub mod routing;
 pub mod runtime;
 pub mod session;
 pub mod slot;

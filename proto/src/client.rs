@@ -18,12 +18,14 @@
 //! # let _ = revision; Ok(()) }
 //! ```
 
-use std::collections::{BTreeSet, HashMap};
-use std::sync::Mutex;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use seedkv_core::command::{Revision, ScanRange, Versioned, WriteOp};
 use seedkv_core::runtime::timeout;
+use seedkv_core::slot::{Slot, SLOT_COUNT};
+use seedkv_core::slot_map::META_GROUP;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
@@ -93,6 +95,62 @@ struct Route {
     /// Index of the endpoint to try first: the last one that worked or was named leader.
     current: usize,
     channels: HashMap<String, Channel>,
+    /// The slot map as last fetched (dropped when a node answers `MOVED`).
+    map: Option<Arc<CachedMap>>,
+    /// Per data group, the address to try first: the last one named its leader, or a replica.
+    leaders: HashMap<u32, String>,
+}
+
+/// The slot map a client routes by: the data group of every slot and the addresses of every
+/// group's replicas.
+#[derive(Debug, Clone)]
+pub struct CachedMap {
+    pub version: u64,
+    /// The owning data group of each slot, in slot order.
+    owners: Vec<u32>,
+    /// Each data group's replica addresses, the preferred leader first.
+    replicas: BTreeMap<u32, Vec<String>>,
+}
+
+impl CachedMap {
+    fn from_reply(reply: pb::SlotMapResponse) -> Result<CachedMap, String> {
+        if reply.owners.len() != usize::from(SLOT_COUNT) {
+            return Err(format!(
+                "the slot map names {} owners, not one per slot ({SLOT_COUNT})",
+                reply.owners.len()
+            ));
+        }
+        let replicas = reply
+            .groups
+            .into_iter()
+            .map(|group| {
+                let addrs = group.replicas.into_iter().map(|m| m.addr);
+                (group.group, addrs.filter(|a| !a.is_empty()).collect())
+            })
+            .collect();
+        Ok(CachedMap {
+            version: reply.version,
+            owners: reply.owners,
+            replicas,
+        })
+    }
+
+    /// The data group serving `key`.
+    pub fn group_of(&self, key: &[u8]) -> u32 {
+        let slot = usize::from(Slot::of(key).get());
+        debug_assert!(slot < self.owners.len());
+        self.owners.get(slot).copied().unwrap_or(0)
+    }
+
+    /// The replica addresses of data group `group` (none for the meta group).
+    pub fn replicas_of(&self, group: u32) -> &[String] {
+        self.replicas.get(&group).map_or(&[], Vec::as_slice)
+    }
+
+    /// Every data group, in id order.
+    pub fn groups(&self) -> impl Iterator<Item = u32> + '_ {
+        self.replicas.keys().copied()
+    }
 }
 
 /// A seedkv client. Cheap to share by reference across tasks.
@@ -103,7 +161,8 @@ struct Route {
 pub struct Client {
     config: ClientConfig,
     route: Mutex<Route>,
-    session: tokio::sync::Mutex<Option<u64>>,
+    /// One session per data group (client ids are numbered per group).
+    sessions: tokio::sync::Mutex<BTreeMap<u32, u64>>,
     /// The session's sequence numbers: the lowest still waiting is the acknowledged mark.
     sequence: Mutex<Sequence>,
 }
@@ -183,11 +242,13 @@ impl Client {
             endpoints: config.endpoints.clone(),
             current: 0,
             channels: HashMap::new(),
+            map: None,
+            leaders: HashMap::new(),
         };
         Client {
             config,
             route: Mutex::new(route),
-            session: tokio::sync::Mutex::new(None),
+            sessions: tokio::sync::Mutex::new(BTreeMap::new()),
             sequence: Mutex::new(Sequence::default()),
         }
     }
@@ -198,16 +259,44 @@ impl Client {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn target(&self) -> Option<(String, Option<Channel>)> {
+    /// Where to send a call for `group` (`None`: any node) first.
+    fn target(&self, group: Option<u32>) -> Option<(String, Option<Channel>)> {
         let route = self.route();
-        let addr = route.endpoints.get(route.current)?.clone();
+        let group_addr = group.and_then(|group| {
+            if let Some(leader) = route.leaders.get(&group) {
+                return Some(leader.clone());
+            }
+            route.map.as_ref()?.replicas.get(&group)?.first().cloned()
+        });
+        let addr = match group_addr {
+            Some(addr) => addr,
+            None => route.endpoints.get(route.current)?.clone(),
+        };
         let channel = route.channels.get(&addr).cloned();
         Some((addr, channel))
     }
 
-    fn rotate(&self, failed: &str) {
+    fn rotate(&self, group: Option<u32>, failed: &str) {
         let mut route = self.route();
         route.channels.remove(failed);
+        if let Some(group) = group {
+            // The next replica of the group after the one that failed.
+            let next = route.map.as_ref().and_then(|map| {
+                let replicas = map.replicas.get(&group)?;
+                let at = replicas.iter().position(|addr| addr == failed);
+                let next = at.map_or(0, |at| (at + 1) % replicas.len());
+                replicas.get(next).cloned()
+            });
+            match next {
+                Some(next) => {
+                    route.leaders.insert(group, next);
+                    return;
+                }
+                None => {
+                    route.leaders.remove(&group);
+                }
+            }
+        }
         if route
             .endpoints
             .get(route.current)
@@ -217,8 +306,12 @@ impl Client {
         }
     }
 
-    fn follow(&self, leader: &str) {
+    fn follow(&self, group: Option<u32>, leader: &str) {
         let mut route = self.route();
+        if let Some(group) = group {
+            route.leaders.insert(group, leader.to_string());
+            return;
+        }
         match route.endpoints.iter().position(|addr| addr == leader) {
             Some(index) => route.current = index,
             None => {
@@ -239,28 +332,29 @@ impl Client {
         Ok(channel)
     }
 
-    async fn call<T, F, Fut>(&self, retry: Retry, send: F) -> Result<T, ClientError>
+    async fn call<T, F, Fut>(
+        &self,
+        retry: Retry,
+        group: Option<u32>,
+        send: F,
+    ) -> Result<T, ClientError>
     where
         F: FnMut(Channel) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
     {
-        self.attempts(retry, send)
+        self.attempts(retry, group, send)
             .await
-            .map_err(|failure| match failure {
-                Failure::Client(err) => err,
-                Failure::SessionExpired => {
-                    ClientError::Server("the client session does not exist".to_string())
-                }
-                Failure::Moved => ClientError::Server(
-                    "MOVED: the key's slot is not served where the request went".to_string(),
-                ),
-                #[cfg(madsim)]
-                Failure::Renumber => ClientError::Unavailable("renumbered".to_string()),
-            })
+            .map_err(|failure| self.failure(failure))
     }
 
-    /// Up to `max_attempts` tries of `send`, following leader hints.
-    async fn attempts<T, F, Fut>(&self, retry: Retry, mut send: F) -> Result<T, Failure>
+    /// Up to `max_attempts` tries of `send` for data group `group` (`None`: any node),
+    /// following leader hints.
+    async fn attempts<T, F, Fut>(
+        &self,
+        retry: Retry,
+        group: Option<u32>,
+        mut send: F,
+    ) -> Result<T, Failure>
     where
         F: FnMut(Channel) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
@@ -280,7 +374,7 @@ impl Client {
             if attempt > 0 {
                 backoff = (backoff * 2).min(Duration::from_millis(MAX_BACKOFF_MS));
             }
-            let Some((addr, cached)) = self.target() else {
+            let Some((addr, cached)) = self.target(group) else {
                 break;
             };
             let channel = match self.channel(&addr, cached).await {
@@ -289,7 +383,7 @@ impl Client {
                     // Nothing was sent: safe to try elsewhere.
                     last_error = err;
                     unreachable.push(addr.clone());
-                    self.rotate(&addr);
+                    self.rotate(group, &addr);
                     tokio::time::sleep(backoff).await;
                     continue;
                 }
@@ -317,13 +411,13 @@ impl Client {
                         // just died, still named by its followers, or that restarted and
                         // resumed) is followed after a pause, not at once.
                         let paced = unreachable.contains(&leader);
-                        self.follow(&leader);
+                        self.follow(group, &leader);
                         if paced {
                             tokio::time::sleep(backoff).await;
                         }
                     }
                     _ => {
-                        self.rotate(&addr);
+                        self.rotate(group, &addr);
                         tokio::time::sleep(backoff).await;
                     }
                 }
@@ -359,16 +453,10 @@ impl Client {
                     "{last_error} (an earlier attempt may have applied the write)"
                 )));
             }
-            if moved_slot(&status).is_some() {
-                match retry {
-                    // A read applies nothing: ask again once the slot is served.
-                    Retry::Always => {
-                        tokio::time::sleep(backoff).await;
-                        continue;
-                    }
-                    Retry::Resend => return Err(Failure::Moved),
-                    Retry::OnlyIfNotApplied => {}
-                }
+            if moved_slot(&status).is_some() && retry != Retry::OnlyIfNotApplied {
+                // Nothing was done: the caller refreshes its map and routes again.
+                self.forget_map();
+                return Err(Failure::Moved);
             }
             match status.code() {
                 Code::InvalidArgument | Code::OutOfRange => {
@@ -386,7 +474,7 @@ impl Client {
             if status.code() == Code::Unavailable {
                 unreachable.push(addr.clone());
             }
-            self.rotate(&addr);
+            self.rotate(group, &addr);
             if !never_sent(&status) {
                 match retry {
                     Retry::Always => {}
@@ -407,26 +495,110 @@ impl Client {
         }))
     }
 
-    /// This client's session id, registering a session first if it has none.
-    async fn session(&self) -> Result<u64, ClientError> {
-        let mut session = self.session.lock().await;
-        if let Some(client_id) = *session {
-            return Ok(client_id);
+    /// This client's session id in data group `group`, registering one first if it has none.
+    async fn session(&self, group: u32) -> Result<u64, ClientError> {
+        let mut sessions = self.sessions.lock().await;
+        if let Some(client_id) = sessions.get(&group) {
+            return Ok(*client_id);
         }
         // Registering twice only leaves an unused session behind: resend freely.
         let reply = self
-            .call(Retry::Always, |ch| async move {
-                kv(ch).register(pb::RegisterRequest {}).await
+            .call(Retry::Always, Some(group), |ch| async move {
+                kv(ch).register(pb::RegisterRequest { group }).await
             })
             .await?;
-        *session = Some(reply.client_id);
+        if reply.group != group {
+            return Err(ClientError::Server(format!(
+                "asked for a session of group {group}, got one of group {}",
+                reply.group
+            )));
+        }
+        sessions.insert(group, reply.client_id);
         Ok(reply.client_id)
     }
 
-    /// A write within this client's session: resent on any failure until it is answered or
-    /// the attempts run out, and applied once however often it was sent. `send` gets the
-    /// channel and the write's session tag.
-    async fn write<T, F, Fut>(&self, mut send: F) -> Result<T, ClientError>
+    /// The slot map, fetched from any node if none is cached.
+    pub async fn slot_map(&self) -> Result<Arc<CachedMap>, ClientError> {
+        if let Some(map) = self.route().map.clone() {
+            return Ok(map);
+        }
+        let reply = self
+            .call(Retry::Always, None, |ch| async move {
+                AdminClient::new(ch).slot_map(pb::SlotMapRequest {}).await
+            })
+            .await?;
+        let map = Arc::new(CachedMap::from_reply(reply).map_err(ClientError::Server)?);
+        let mut route = self.route();
+        // Keep the newer of two maps fetched side by side.
+        if route
+            .map
+            .as_ref()
+            .is_none_or(|held| held.version < map.version)
+        {
+            route.map = Some(map.clone());
+        }
+        Ok(route.map.clone().unwrap_or(map))
+    }
+
+    fn forget_map(&self) {
+        self.route().map = None;
+    }
+
+    /// A read of `key`'s group, routed by the slot map and routed again after `MOVED`. A
+    /// serializable read goes to the configured endpoints first (any replica may serve it
+    /// from its own state), and by the map only if they do not serve the key.
+    async fn read<T, F, Fut>(
+        &self,
+        key: &[u8],
+        consistency: Consistency,
+        mut send: F,
+    ) -> Result<T, ClientError>
+    where
+        F: FnMut(Channel) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        if consistency == Consistency::Serializable {
+            match self.attempts(Retry::Always, None, &mut send).await {
+                Ok(reply) => return Ok(reply),
+                Err(Failure::Moved) => {}
+                Err(failure) => return Err(self.failure(failure)),
+            }
+        }
+        let mut last = String::new();
+        for _ in 0..self.config.max_attempts {
+            let group = self.slot_map().await?.group_of(key);
+            match self.attempts(Retry::Always, Some(group), &mut send).await {
+                Ok(reply) => return Ok(reply),
+                Err(Failure::Moved) => {
+                    last = format!("group {group} does not serve the key's slot (yet)");
+                    tokio::time::sleep(Duration::from_millis(self.config.retry_backoff_ms)).await;
+                }
+                Err(failure) => return Err(self.failure(failure)),
+            }
+        }
+        Err(ClientError::Unavailable(format!(
+            "the key's slot was not served by any group the client reached: {last}"
+        )))
+    }
+
+    fn failure(&self, failure: Failure) -> ClientError {
+        match failure {
+            Failure::Client(err) => err,
+            Failure::SessionExpired => {
+                ClientError::Server("the client session does not exist".to_string())
+            }
+            Failure::Moved => ClientError::Server(
+                "MOVED: the key's slot is not served where the request went".to_string(),
+            ),
+            #[cfg(madsim)]
+            Failure::Renumber => ClientError::Unavailable("renumbered".to_string()),
+        }
+    }
+
+    /// A write of `key` within this client's session of the key's group: resent on any
+    /// failure until it is answered or the attempts run out, and applied once however often
+    /// it was sent. `send` gets the channel and the write's session tag.
+    async fn write<T, F, Fut>(&self, key: &[u8], mut send: F) -> Result<T, ClientError>
     where
         F: FnMut(Channel, pb::Session) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
@@ -437,14 +609,18 @@ impl Client {
         let mut expired = 0;
         let mut moved = 0;
         while expired < 2 {
-            let client_id = self.session().await?;
+            let group = self.slot_map().await?.group_of(key);
+            let client_id = self.session(group).await?;
             let in_flight = InFlight::start(&self.sequence);
             let tag = pb::Session {
                 client_id,
                 seq: in_flight.seq,
                 acked_below: in_flight.acked_below,
+                group,
             };
-            let outcome = self.attempts(Retry::Resend, |ch| send(ch, tag)).await;
+            let outcome = self
+                .attempts(Retry::Resend, Some(group), |ch| send(ch, tag))
+                .await;
             #[cfg(madsim)]
             let in_flight_seq = in_flight.seq;
             drop(in_flight);
@@ -463,9 +639,9 @@ impl Client {
                 }
                 Err(Failure::SessionExpired) => {
                     expired += 1;
-                    let mut session = self.session.lock().await;
-                    if *session == Some(client_id) {
-                        *session = None;
+                    let mut sessions = self.sessions.lock().await;
+                    if sessions.get(&group) == Some(&client_id) {
+                        sessions.remove(&group);
                     }
                 }
                 #[cfg(madsim)]
@@ -491,7 +667,7 @@ impl Client {
             session: None,
         };
         let reply = self
-            .write(|ch, session| {
+            .write(key, |ch, session| {
                 let request = pb::PutRequest {
                     session: Some(session),
                     ..request.clone()
@@ -513,7 +689,7 @@ impl Client {
             consistency: consistency as i32,
         };
         let reply = self
-            .call(Retry::Always, |ch| {
+            .read(key, consistency, |ch| {
                 let request = request.clone();
                 async move { kv(ch).get(request).await }
             })
@@ -524,7 +700,7 @@ impl Client {
     /// Removes `key`; returns the revision and whether the key existed.
     pub async fn delete(&self, key: &[u8]) -> Result<(Revision, bool), ClientError> {
         let reply = self
-            .write(|ch, session| {
+            .write(key, |ch, session| {
                 let request = pb::DeleteRequest {
                     key: key.to_vec(),
                     session: Some(session),
@@ -550,7 +726,7 @@ impl Client {
             session: None,
         };
         let reply = self
-            .write(|ch, session| {
+            .write(key, |ch, session| {
                 let request = pb::CasRequest {
                     session: Some(session),
                     ..request.clone()
@@ -567,12 +743,17 @@ impl Client {
         // Refused here too, without a round trip: the node would refuse it the same way.
         seedkv_core::command::one_slot(ops)
             .map_err(|err| ClientError::InvalidArgument(err.to_string()))?;
+        let Some(first) = ops.first() else {
+            return Err(ClientError::InvalidArgument(
+                "the batch is empty: it needs at least one operation".into(),
+            ));
+        };
         let request = pb::BatchRequest {
             ops: ops.iter().map(write_op).collect(),
             session: None,
         };
         let reply = self
-            .write(|ch, session| {
+            .write(first.key(), |ch, session| {
                 let request = pb::BatchRequest {
                     session: Some(session),
                     ..request.clone()
@@ -583,50 +764,83 @@ impl Client {
         Ok((reply.succeeded, reply.revision))
     }
 
-    /// The values of `keys`, in order, all read at one point in time.
+    /// The values of `keys`, in order. The keys of one data group are read at one point in
+    /// time; keys of several groups are read from each group in turn.
     pub async fn multi_get(
         &self,
         keys: &[Vec<u8>],
         consistency: Consistency,
     ) -> Result<Vec<Option<Versioned>>, ClientError> {
-        let request = pb::MultiGetRequest {
-            keys: keys.to_vec(),
-            consistency: consistency as i32,
-        };
-        let reply = self
-            .call(Retry::Always, |ch| {
-                let request = request.clone();
-                async move { kv(ch).multi_get(request).await }
-            })
-            .await?;
-        Ok(reply.values.into_iter().map(versioned).collect())
+        let mut values: Vec<Option<Versioned>> = vec![None; keys.len()];
+        let map = self.slot_map().await?;
+        let mut by_group: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
+        for (index, key) in keys.iter().enumerate() {
+            by_group.entry(map.group_of(key)).or_default().push(index);
+        }
+        for indexes in by_group.values() {
+            let Some(&first) = indexes.first() else {
+                continue;
+            };
+            let request = pb::MultiGetRequest {
+                keys: indexes.iter().map(|&i| keys[i].clone()).collect(),
+                consistency: consistency as i32,
+            };
+            // Routed by the first key: the others are of the same group in the same map,
+            // and a node refuses (MOVED) any it does not serve.
+            let reply = self
+                .read(&keys[first], consistency, |ch| {
+                    let request = request.clone();
+                    async move { kv(ch).multi_get(request).await }
+                })
+                .await?;
+            if reply.values.len() != indexes.len() {
+                return Err(ClientError::Server(format!(
+                    "asked for {} values, got {}",
+                    indexes.len(),
+                    reply.values.len()
+                )));
+            }
+            for (&index, value) in indexes.iter().zip(reply.values) {
+                values[index] = versioned(value);
+            }
+        }
+        Ok(values)
     }
 
     /// Up to `limit` entries of `range` in key order (`limit` 0: the server's maximum), and
-    /// whether more remain.
+    /// whether more remain: every data group is asked for its first `limit`, and the answers
+    /// merge in key order. Each group's part is read at one point in time.
     pub async fn scan(
         &self,
         range: &ScanRange,
         limit: u32,
         consistency: Consistency,
     ) -> Result<(Vec<(Vec<u8>, Versioned)>, bool), ClientError> {
-        let request = pb::ScanRequest {
-            prefix: range.prefix.clone(),
-            from: range.from.clone(),
-            to: range.to.clone(),
-            limit,
-            consistency: consistency as i32,
-        };
-        let reply = self
-            .call(Retry::Always, |ch| {
-                let request = request.clone();
-                async move { kv(ch).scan(request).await }
-            })
-            .await?;
-        let entries = reply
-            .entries
-            .into_iter()
-            .map(|kv| {
+        let map = self.slot_map().await?;
+        let mut entries = Vec::new();
+        let mut more = false;
+        let mut cut_at: Option<usize> = None;
+        for group in map.groups() {
+            let request = pb::ScanRequest {
+                prefix: range.prefix.clone(),
+                from: range.from.clone(),
+                to: range.to.clone(),
+                limit,
+                consistency: consistency as i32,
+                group,
+            };
+            let reply = self
+                .call(Retry::Always, Some(group), |ch| {
+                    let request = request.clone();
+                    async move { kv(ch).scan(request).await }
+                })
+                .await?;
+            if reply.more {
+                // Cut short: this many is what the server gives at most.
+                cut_at = Some(cut_at.unwrap_or(usize::MAX).min(reply.entries.len()));
+                more = true;
+            }
+            entries.extend(reply.entries.into_iter().map(|kv| {
                 (
                     kv.key,
                     Versioned {
@@ -634,9 +848,20 @@ impl Client {
                         revision: kv.revision,
                     },
                 )
-            })
-            .collect();
-        Ok((entries, reply.more))
+            }));
+        }
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        // `limit` 0 asked each group for the server's maximum: a group cut short shows it.
+        let keep = if limit == 0 {
+            cut_at.unwrap_or(usize::MAX)
+        } else {
+            limit as usize
+        };
+        if entries.len() > keep {
+            entries.truncate(keep);
+            more = true;
+        }
+        Ok((entries, more))
     }
 
     /// One admin call to the node at `addr`: no retry, no leader following. The outer error
@@ -689,30 +914,41 @@ impl Client {
 
     /// Status of the node at `addr` (one attempt, no leader following).
     pub async fn status(&self, addr: &str) -> Result<pb::StatusResponse, ClientError> {
-        self.status_of(addr, false).await
+        self.status_of(addr, 0, false).await
+    }
+
+    /// Status of Raft group `group` on the node at `addr`, with its state digest if asked.
+    pub async fn group_status(
+        &self,
+        addr: &str,
+        group: u32,
+        with_digest: bool,
+    ) -> Result<pb::StatusResponse, ClientError> {
+        self.status_of(addr, group, with_digest).await
     }
 
     /// Status of the node at `addr` with its state digest, which reads every row of it.
     pub async fn status_with_digest(&self, addr: &str) -> Result<pb::StatusResponse, ClientError> {
-        self.status_of(addr, true).await
+        self.status_of(addr, 0, true).await
     }
 
     async fn status_of(
         &self,
         addr: &str,
+        group: u32,
         with_digest: bool,
     ) -> Result<pb::StatusResponse, ClientError> {
         self.admin_read(addr, |mut admin| async move {
-            admin.status(pb::StatusRequest { with_digest }).await
+            admin.status(pb::StatusRequest { with_digest, group }).await
         })
         .await
     }
 
-    /// Asks the node at `addr` to start an election now.
-    pub async fn elect(&self, addr: &str) -> Result<(), ClientError> {
+    /// Asks the node at `addr` to stand for election in Raft group `group` now.
+    pub async fn elect(&self, addr: &str, group: u32) -> Result<(), ClientError> {
         match self
             .admin_once(addr, |mut admin| async move {
-                admin.elect(pb::ElectRequest {}).await
+                admin.elect(pb::ElectRequest { group }).await
             })
             .await?
         {
@@ -721,9 +957,18 @@ impl Client {
         }
     }
 
-    /// Bootstraps a new cluster of `members` (`(id, address)`) through the node at `addr`.
-    pub async fn init(&self, addr: &str, members: &[(u64, String)]) -> Result<(), ClientError> {
+    /// Bootstraps a new cluster of `members` (`(id, address)`) with `groups` data groups
+    /// (0: one per member) of `replicas` replicas (0: three) through the node at `addr`.
+    pub async fn init(
+        &self,
+        addr: &str,
+        members: &[(u64, String)],
+        groups: u32,
+        replicas: u32,
+    ) -> Result<(), ClientError> {
         let request = pb::InitRequest {
+            groups,
+            replicas,
             members: members
                 .iter()
                 .map(|(id, addr)| pb::Member {
@@ -751,7 +996,7 @@ impl Client {
     /// cluster, is refused; its incarnation goes into the membership. A node that does not
     /// answer is added with its incarnation unknown, which the leader records once it can
     /// reach the node.
-    pub async fn add_learner(&self, id: u64, addr: &str) -> Result<u64, ClientError> {
+    pub async fn add_learner(&self, group: u32, id: u64, addr: &str) -> Result<u64, ClientError> {
         let (incarnation, cluster_id) = match self.status(addr).await {
             Ok(status) if status.node_id != id => {
                 return Err(ClientError::InvalidArgument(format!(
@@ -769,9 +1014,10 @@ impl Client {
                 incarnation,
             }),
             cluster_id,
+            group,
         };
         let reply = self
-            .call(Retry::OnlyIfNotApplied, |ch| {
+            .call(Retry::OnlyIfNotApplied, data_group(group), |ch| {
                 let request = request.clone();
                 async move { AdminClient::new(ch).add_learner(request).await }
             })
@@ -785,6 +1031,7 @@ impl Client {
     /// is in progress. Returns the log index of the change.
     pub async fn change_membership(
         &self,
+        group: u32,
         add: &[u64],
         remove: &[u64],
         expected: &[u64],
@@ -793,15 +1040,22 @@ impl Client {
             add_voters: add.to_vec(),
             remove_voters: remove.to_vec(),
             expected_voters: expected.to_vec(),
+            group,
         };
         let reply = self
-            .call(Retry::OnlyIfNotApplied, |ch| {
+            .call(Retry::OnlyIfNotApplied, data_group(group), |ch| {
                 let request = request.clone();
                 async move { AdminClient::new(ch).change_membership(request).await }
             })
             .await?;
         Ok(reply.log_index)
     }
+}
+
+/// The data group a call for Raft group `group` is routed by (`None` for the meta group,
+/// which every node holds: any node, following leader hints).
+fn data_group(group: u32) -> Option<u32> {
+    (group != META_GROUP.0).then_some(group)
 }
 
 /// True if `status` ends a call at once (the request is wrong or refused for good).

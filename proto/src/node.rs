@@ -12,7 +12,10 @@ use openraft::error::{ClientWriteError, InitializeError, RaftError};
 use openraft::{ChangeMembers, ServerState};
 use seedkv_core::codec;
 use seedkv_core::command::{Command, Response, Versioned};
+use seedkv_core::routing::{self, Decision};
 use seedkv_core::runtime::timeout;
+use seedkv_core::slot::Slot;
+use seedkv_core::slot_map::{SlotMap, DEFAULT_REPLICAS, META_GROUP};
 use seedkv_core::storage::snapshot::{SnapshotFrame, SnapshotRefused, SnapshotReply, Staging};
 use seedkv_core::storage::{
     Disk, DiskError, DynDisk, LogStore, LogSyncer, NodeIdentity, SharedState, SnapshotData,
@@ -84,14 +87,30 @@ pub enum NodeError {
 }
 
 /// One Raft group on this node and the state it applies to.
-struct Group {
-    raft: Raft,
-    state: Arc<SharedState>,
+pub(crate) struct Group {
+    pub(crate) id: GroupId,
+    pub(crate) raft: Raft,
+    pub(crate) state: Arc<SharedState>,
     read_index: ReadIndex,
     proposer: Proposer,
     /// Where snapshots from the leader arrive; one transfer at a time.
     staging: Arc<tokio::sync::Mutex<Staging>>,
+    /// Held across each membership change of this group that this node leads, from its
+    /// compare to its last entry: a change is a read-modify-write of the voters, and two
+    /// interleaved on one leader could each pass the compare. Holds the log index of the
+    /// last change made.
+    membership: Arc<tokio::sync::Mutex<u64>>,
 }
+
+/// Opens one group's storage and Raft on this node's disk.
+type OpenGroup = Box<
+    dyn Fn(
+            GroupId,
+        )
+            -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Group, NodeError>> + Send>>
+        + Send
+        + Sync,
+>;
 
 /// A running seedkv node.
 pub struct Node {
@@ -101,11 +120,18 @@ pub struct Node {
     cluster_name: String,
     identity: Arc<Identity>,
     limits: Limits,
-    groups: BTreeMap<GroupId, Group>,
-    /// Held across each membership change this node leads, from its compare to its last
-    /// entry: a change is a read-modify-write of the voters, and two interleaved on one
-    /// leader could each pass the compare. Holds the log index of the last change made.
-    membership: Arc<tokio::sync::Mutex<u64>>,
+    /// The groups hosted here: the meta group always, data groups as the node was given
+    /// them. A group once opened stays open (its state is never deleted: a node that may
+    /// still be named in an old membership of it must not come back blank).
+    groups: std::sync::RwLock<BTreeMap<GroupId, Arc<Group>>>,
+    /// The meta group, also in `groups`.
+    meta: Arc<Group>,
+    open_group: OpenGroup,
+    /// Held while a group is opened, so two messages for a new group open it once.
+    opening: tokio::sync::Mutex<()>,
+    /// The slot map this node bootstraps the cluster with (set by `--initial-cluster`): the
+    /// meta group's leader proposes it if the meta group holds no map yet.
+    plan: std::sync::Mutex<Option<SlotMap>>,
     /// How long a sender waits for one snapshot frame (openraft's
     /// `install_snapshot_timeout`); a frame handled longer is abandoned.
     snapshot_frame_timeout_ms: u64,
@@ -117,11 +143,9 @@ pub struct Node {
 /// How often a bootstrap waiting for the other initial members tries again.
 pub const BOOTSTRAP_RETRY_MS: u64 = 500;
 
-/// The group that holds every key until sharding lands.
-const DEFAULT_GROUP: GroupId = GroupId(0);
-
 impl Node {
-    /// Opens the node's storage on `disk` and starts its Raft group.
+    /// Opens the node's storage on `disk` and starts the meta group and every group that has
+    /// state on the disk.
     pub async fn start<D: Disk>(
         config: NodeConfig,
         disk: Arc<D>,
@@ -136,7 +160,6 @@ impl Node {
                 .validate()
                 .map_err(|err| NodeError::Config(err.to_string()))?,
         );
-        let group = DEFAULT_GROUP;
         let dyn_disk: Arc<dyn DynDisk> = disk.clone();
         let (record, created) = NodeIdentity::load_or_create(
             &*dyn_disk,
@@ -153,47 +176,49 @@ impl Node {
             );
         }
         let identity = Arc::new(Identity::new(record, dyn_disk.clone()));
-        let state_machine = StateMachineStore::open(dyn_disk, group)
-            .await
+        let on_disk = seedkv_core::storage::groups_on(&*dyn_disk)
             .map_err(|err| NodeError::Storage(err.to_string()))?;
-        // One syncer per disk: every group's appends share its fsyncs.
+        // One syncer per disk: every group's appends share its fsyncs; one channel per peer.
         let syncer = LogSyncer::start(disk.clone());
-        let log = LogStore::new(disk, group, state_machine.durable_applied(), syncer);
-        let state = state_machine.state();
-        let network = GrpcNetwork {
-            group,
-            from: config.id,
-            identity: identity.clone(),
-            tracer,
-            peers: Arc::new(crate::network::Peers::default()),
+        let peers = Arc::new(crate::network::Peers::default());
+        let open_group: OpenGroup = {
+            let (id, identity, raft_config) = (config.id, identity.clone(), raft_config.clone());
+            Box::new(move |group| {
+                let network = GrpcNetwork {
+                    group,
+                    from: id,
+                    identity: identity.clone(),
+                    tracer: tracer.clone(),
+                    peers: peers.clone(),
+                };
+                let (disk, syncer, raft_config) =
+                    (disk.clone(), syncer.clone(), raft_config.clone());
+                Box::pin(open(id, group, disk, syncer, raft_config, network))
+            })
         };
         let snapshot_frame_timeout_ms = raft_config.install_snapshot_timeout;
         let cluster_name = raft_config.cluster_name.clone();
-        let raft = Raft::new(config.id, raft_config, network, log, state_machine)
-            .await
-            .map_err(|err| NodeError::Raft(err.to_string()))?;
         let mut groups = BTreeMap::new();
-        let read_index = ReadIndex::start(raft.clone(), state.clone());
-        let proposer = Proposer::start(raft.clone());
-        let staging = Arc::new(tokio::sync::Mutex::new(Staging::new(state.clone())));
-        groups.insert(
-            group,
-            Group {
-                raft,
-                state,
-                read_index,
-                proposer,
-                staging,
-            },
-        );
+        for group in std::iter::once(META_GROUP).chain(on_disk) {
+            if let std::collections::btree_map::Entry::Vacant(slot) = groups.entry(group) {
+                slot.insert(Arc::new(open_group(group).await?));
+            }
+        }
+        let meta = match groups.get(&META_GROUP) {
+            Some(meta) => meta.clone(),
+            None => unreachable!("the meta group was opened first"),
+        };
         let node = Arc::new(Node {
+            meta,
             id: config.id,
             addr: config.addr,
             cluster_name,
             identity,
             limits: config.limits,
-            groups,
-            membership: Arc::new(tokio::sync::Mutex::new(0)),
+            groups: std::sync::RwLock::new(groups),
+            open_group,
+            opening: tokio::sync::Mutex::new(()),
+            plan: std::sync::Mutex::new(None),
             snapshot_frame_timeout_ms,
             handing_over: std::sync::atomic::AtomicBool::new(false),
         });
@@ -221,22 +246,60 @@ impl Node {
         self.identity.cluster_id()
     }
 
-    /// Bootstraps a new cluster of `members` (id to address) on this node: asks every member
-    /// who it is, fixes the cluster id (derived from the cluster name and the members, so
-    /// every initial member derives the same one), then initializes Raft with each member's
-    /// incarnation recorded from the first entry. A member back on a blank disk is then never
-    /// taken for the one that had the data, not even by a member that saw nothing since the
-    /// bootstrap. Every member must answer: until then nothing is done and the caller
-    /// retries. Initial members that bootstrap side by side learn the same incarnations, so
-    /// they write the same first entry.
-    pub async fn initialize(&self, members: BTreeMap<NodeId, String>) -> Result<(), Status> {
+    /// The slot map a cluster of `members` with `data_groups` data groups (0: one per
+    /// member) of `replicas` replicas each (0: [`DEFAULT_REPLICAS`]; all members when fewer)
+    /// starts from.
+    pub fn plan(
+        members: &BTreeMap<NodeId, String>,
+        data_groups: u32,
+        replicas: u32,
+    ) -> Result<SlotMap, Status> {
+        let ids: Vec<NodeId> = members.keys().copied().collect();
+        let data_groups = match data_groups {
+            0 => u32::try_from(ids.len()).unwrap_or(u32::MAX),
+            n => n,
+        };
+        let replicas = match replicas {
+            0 => DEFAULT_REPLICAS,
+            n => usize::try_from(n).unwrap_or(usize::MAX),
+        };
+        SlotMap::initial(&ids, data_groups, replicas)
+            .map_err(|err| Status::invalid_argument(format!("cannot place the groups: {err}")))
+    }
+
+    /// Bootstraps a new cluster of `members` (id to address) with the data groups of `plan`
+    /// (see [`Node::plan`]) on this node: asks every member who it is, fixes the cluster id
+    /// (derived from the cluster name, the members and the group count, so every initial
+    /// member derives the same one), then initializes each data group placed here and last
+    /// the meta group, with each member's incarnation recorded from the first entry. A member
+    /// back on a blank disk is then never taken for the one that had the data, not even by a
+    /// member that saw nothing since the bootstrap. Every member must answer: until then
+    /// nothing is done and the caller retries. Initial members that bootstrap side by side
+    /// learn the same incarnations, so they write the same first entries.
+    pub async fn initialize(
+        &self,
+        members: BTreeMap<NodeId, String>,
+        plan: SlotMap,
+    ) -> Result<(), Status> {
         if members.is_empty() {
             return Err(Status::invalid_argument("init needs at least one member"));
         }
         if members.contains_key(&0) {
             return Err(Status::invalid_argument("node id 0 is not allowed"));
         }
-        let cluster_id = seedkv_core::storage::identity::cluster_id(&self.cluster_name, &members);
+        if let Some(stray) = plan
+            .groups()
+            .values()
+            .flat_map(|info| &info.replicas)
+            .find(|id| !members.contains_key(id))
+        {
+            return Err(Status::invalid_argument(format!(
+                "the slot map places a replica on node {stray}, which is not a member"
+            )));
+        }
+        let data_groups = u32::try_from(plan.groups().len()).unwrap_or(u32::MAX);
+        let cluster_id =
+            seedkv_core::storage::identity::cluster_id(&self.cluster_name, &members, data_groups);
         let mut nodes: BTreeMap<NodeId, Member> = BTreeMap::new();
         for (&id, addr) in &members {
             let incarnation = if id == self.id {
@@ -277,6 +340,25 @@ impl Node {
             nodes.insert(id, Member::new(addr.clone(), incarnation));
         }
         self.identity.settle_cluster(cluster_id).await?;
+        *self.plan.lock().unwrap_or_else(|p| p.into_inner()) = Some(plan.clone());
+        // Data groups first, the meta group last: a node whose meta group is initialized has
+        // initialized every data group placed on it, so a restart never bootstraps again.
+        for group in plan.groups_on(self.id).collect::<Vec<_>>() {
+            let Some(info) = plan.groups().get(&group) else {
+                continue;
+            };
+            let replicas: BTreeMap<NodeId, Member> = info
+                .replicas
+                .iter()
+                .filter_map(|id| Some((*id, nodes.get(id)?.clone())))
+                .collect();
+            debug_assert_eq!(replicas.len(), info.replicas.len());
+            let raft = self.host(group).await?.raft.clone();
+            match raft.initialize(replicas).await {
+                Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
+                Err(err) => return Err(membership_error(err)),
+            }
+        }
         match self.raft().initialize(nodes).await {
             Ok(()) => Ok(()),
             Err(RaftError::APIError(InitializeError::NotAllowed(err))) => Err(
@@ -286,12 +368,18 @@ impl Node {
         }
     }
 
-    /// Bootstraps `members` in the background, as every initial member does at each start:
-    /// until this node holds a membership, it tries [`Node::initialize`] every
-    /// [`BOOTSTRAP_RETRY_MS`] (it waits for every member to answer), and stops once it has
-    /// bootstrapped, once a member says the cluster exists without it (the leader will reach
-    /// it), or once the node stops.
-    pub fn bootstrap_in_background(self: &Arc<Self>, members: BTreeMap<NodeId, String>) {
+    /// Bootstraps `members` with the data groups of `plan` in the background, as every
+    /// initial member does at each start: until this node's meta group holds a membership,
+    /// it tries [`Node::initialize`] every [`BOOTSTRAP_RETRY_MS`] (it waits for every member
+    /// to answer), and stops once it has bootstrapped, once a member says the cluster exists
+    /// without it (the leader will reach it), or once the node stops. The plan is kept
+    /// either way, for the meta group's leader to propose as the first slot map.
+    pub fn bootstrap_in_background(
+        self: &Arc<Self>,
+        members: BTreeMap<NodeId, String>,
+        plan: SlotMap,
+    ) {
+        *self.plan.lock().unwrap_or_else(|p| p.into_inner()) = Some(plan.clone());
         let node = Arc::downgrade(self);
         tokio::spawn(async move {
             let mut logged = false;
@@ -304,7 +392,7 @@ impl Node {
                 {
                     return;
                 }
-                match node.initialize(members.clone()).await {
+                match node.initialize(members.clone(), plan.clone()).await {
                     Ok(()) => {
                         tracing::info!(node = node.id, "bootstrapped the cluster");
                         return;
@@ -326,45 +414,109 @@ impl Node {
         });
     }
 
+    /// The slot map this node bootstraps with, if it was given one.
+    pub(crate) fn bootstrap_plan(&self) -> Option<SlotMap> {
+        self.plan.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     /// This node's id.
     pub fn id(&self) -> NodeId {
         self.id
     }
 
-    /// The Raft handle of the default group.
+    /// The Raft handle of the meta group.
     pub fn raft(&self) -> &Raft {
-        &self.default_group().raft
+        &self.meta().raft
     }
 
-    /// The slots the default group is given: every one, until sharding starts data groups.
-    pub(crate) fn grant(&self) -> Vec<seedkv_core::ownership::OwnedRange> {
-        vec![seedkv_core::ownership::OwnedRange::EVERY_SLOT]
+    /// The Raft handle of `group`, if this node hosts it.
+    pub fn raft_of(&self, group: GroupId) -> Option<Raft> {
+        Some(self.hosted(group)?.raft.clone())
     }
 
-    /// The applied state of the default group (for tests and status).
+    /// The applied state of the meta group.
     pub fn state(&self) -> &SharedState {
-        &self.default_group().state
+        &self.meta().state
+    }
+
+    /// The applied state of `group`, if this node hosts it.
+    pub fn state_of(&self, group: GroupId) -> Option<Arc<SharedState>> {
+        Some(self.hosted(group)?.state.clone())
+    }
+
+    /// The groups this node hosts, in id order (the meta group first).
+    pub fn group_ids(&self) -> Vec<GroupId> {
+        self.read_groups().keys().copied().collect()
     }
 
     /// The applied state of every group this node hosts, by group.
     pub fn group_states(&self) -> Vec<(GroupId, Arc<SharedState>)> {
-        self.groups
+        self.read_groups()
             .iter()
             .map(|(id, group)| (*id, group.state.clone()))
             .collect()
     }
 
-    /// This node's membership lock, if it comes free within [`MEMBERSHIP_LOCK_WAIT_MS`];
+    /// The slot map as this node's replica of the meta group applied it.
+    pub fn slot_map(&self) -> Option<SlotMap> {
+        self.meta().state.slot_map()
+    }
+
+    fn read_groups(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<GroupId, Arc<Group>>> {
+        self.groups.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn groups(&self) -> Vec<Arc<Group>> {
+        self.read_groups().values().cloned().collect()
+    }
+
+    pub(crate) fn hosted(&self, group: GroupId) -> Option<Arc<Group>> {
+        self.read_groups().get(&group).cloned()
+    }
+
+    /// `group`, opened here first if this node does not host it yet (a leader reaching a
+    /// new replica, or a bootstrap placing the group here).
+    async fn host(&self, group: GroupId) -> Result<Arc<Group>, Status> {
+        if let Some(hosted) = self.hosted(group) {
+            return Ok(hosted);
+        }
+        if group.0 > u32::from(seedkv_core::slot::SLOT_COUNT) {
+            return Err(Status::not_found(format!(
+                "raft group {} cannot exist: there are at most {} data groups",
+                group.0,
+                seedkv_core::slot::SLOT_COUNT
+            )));
+        }
+        let _opening = self.opening.lock().await;
+        if let Some(hosted) = self.hosted(group) {
+            return Ok(hosted);
+        }
+        if self.raft().metrics().borrow().state == ServerState::Shutdown {
+            return Err(Status::unavailable("the node is stopping"));
+        }
+        let opened = Arc::new(
+            (self.open_group)(group)
+                .await
+                .map_err(|err| Status::unavailable(format!("opening group {}: {err}", group.0)))?,
+        );
+        tracing::info!(node = self.id, group = group.0, "hosting a new group");
+        let mut groups = self.groups.write().unwrap_or_else(|p| p.into_inner());
+        groups.insert(group, opened.clone());
+        Ok(opened)
+    }
+
+    /// `group`'s membership lock, if it comes free within [`MEMBERSHIP_LOCK_WAIT_MS`];
     /// otherwise a refusal (nothing was done: another change is still running here).
     pub(crate) async fn membership_lock(
-        &self,
+        group: &Group,
     ) -> Result<tokio::sync::OwnedMutexGuard<u64>, Status> {
         let wait = std::time::Duration::from_millis(MEMBERSHIP_LOCK_WAIT_MS);
-        timeout(wait, self.membership.clone().lock_owned())
+        timeout(wait, group.membership.clone().lock_owned())
             .await
             .map_err(|_| {
                 Status::unavailable(format!(
-                    "another membership change on this node is still running after {MEMBERSHIP_LOCK_WAIT_MS} ms; nothing was changed"
+                    "another membership change of group {} on this node is still running after {MEMBERSHIP_LOCK_WAIT_MS} ms; nothing was changed",
+                    group.id.0
                 ))
             })
     }
@@ -372,26 +524,94 @@ impl Node {
     /// True while a snapshot transfer into this node is under way (for the simulator, which
     /// crashes nodes in the middle of one).
     pub fn receiving_snapshot(&self) -> bool {
-        self.groups
-            .values()
+        self.groups()
+            .iter()
             .any(|group| match group.staging.try_lock() {
                 Ok(staging) => staging.receiving().is_some(),
                 Err(_) => true,
             })
     }
 
-    fn default_group(&self) -> &Group {
-        match self.groups.get(&DEFAULT_GROUP) {
-            Some(group) => group,
-            // `start` always creates the default group and nothing removes it.
-            None => unreachable!("the default group always exists"),
+    pub(crate) fn meta(&self) -> &Arc<Group> {
+        &self.meta
+    }
+
+    fn group(&self, id: u32) -> Result<Arc<Group>, Status> {
+        self.hosted(GroupId(id))
+            .ok_or_else(|| Status::not_found(format!("raft group {id} is not hosted here")))
+    }
+
+    /// `group` for a change its leader must make: one not hosted here is answered with a
+    /// hint to another of its replicas, which the client follows to the leader.
+    fn group_to_change(&self, id: u32) -> Result<Arc<Group>, Status> {
+        match self.hosted(GroupId(id)) {
+            Some(group) => Ok(group),
+            None if id == META_GROUP.0 => Err(Status::internal("the meta group is always hosted")),
+            None => Err(self.elsewhere(GroupId(id))),
         }
     }
 
-    fn group(&self, id: u32) -> Result<&Group, Status> {
-        self.groups
-            .get(&GroupId(id))
-            .ok_or_else(|| Status::not_found(format!("raft group {id} is not hosted here")))
+    /// The data groups of the local slot map.
+    fn data_groups(&self) -> Vec<GroupId> {
+        self.slot_map()
+            .map(|map| map.groups().keys().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// The hosted data group that serves `slot`, for a request in `session_group`'s session
+    /// if any; otherwise the `MOVED` refusal.
+    fn serving(&self, slot: Slot, session_group: Option<GroupId>) -> Result<Arc<Group>, Status> {
+        let owning: Vec<Arc<Group>> = self
+            .groups()
+            .into_iter()
+            .filter(|group| group.state.owns(slot))
+            .collect();
+        let ids: Vec<GroupId> = owning.iter().map(|group| group.id).collect();
+        let map = self.slot_map();
+        match routing::route(slot, &ids, session_group, map.as_ref()) {
+            Decision::Serve(id) => owning
+                .into_iter()
+                .find(|group| group.id == id)
+                .ok_or_else(|| Status::internal("routing chose a group it was not given")),
+            Decision::Moved { slot, owner } => Err(moved(slot, owner)),
+        }
+    }
+
+    /// The hosted data group a request naming `group` (0: the only one) is for; a group
+    /// hosted elsewhere is answered with a hint to one of its replicas.
+    fn named_group(&self, group: u32) -> Result<Arc<Group>, Status> {
+        let id =
+            routing::named_or_only(group, &self.data_groups()).map_err(Status::invalid_argument)?;
+        if id == META_GROUP {
+            return Err(Status::invalid_argument("the meta group holds no keys"));
+        }
+        if let Some(hosted) = self.hosted(id) {
+            return Ok(hosted);
+        }
+        Err(self.elsewhere(id))
+    }
+
+    /// A not-leader refusal for a group this node does not host, naming a replica of it from
+    /// the slot map (the client follows it, and that replica names the leader).
+    fn elsewhere(&self, group: GroupId) -> Status {
+        let meta = self.meta();
+        let metrics = meta.raft.metrics().borrow().clone();
+        let members = metrics.membership_config.membership();
+        let replica = self.slot_map().and_then(|map| {
+            let info = map.groups().get(&group)?;
+            info.replicas
+                .iter()
+                .filter(|id| **id != self.id)
+                .find_map(|id| Some((*id, members.get_node(id)?.clone())))
+        });
+        let (leader_id, leader_node) = match replica {
+            Some((id, member)) => (Some(id), Some(member)),
+            None => (None, None),
+        };
+        not_proposed(&openraft::error::ForwardToLeader {
+            leader_id,
+            leader_node,
+        })
     }
 
     /// Serves the `Kv`, `Raft` and `Admin` services on `addr` until the task is dropped.
@@ -417,18 +637,33 @@ impl Node {
 
     /// Stops Raft; the node answers nothing afterwards.
     pub async fn shutdown(&self) {
-        for group in self.groups.values() {
+        // Held so no group opens while the others stop.
+        let _opening = self.opening.lock().await;
+        for group in self.groups() {
             if let Err(err) = group.raft.shutdown().await {
-                tracing::warn!(node = self.id, "raft shutdown: {err}");
+                tracing::warn!(node = self.id, group = group.id.0, "raft shutdown: {err}");
             }
         }
     }
 
-    async fn write(&self, command: Command) -> Result<Response, Status> {
+    /// A client write, `session_group` being the group its session belongs to, if any.
+    async fn write(
+        &self,
+        command: Command,
+        session_group: Option<u32>,
+    ) -> Result<Response, Status> {
         self.limits
             .check_command(&command)
             .map_err(|err| Status::invalid_argument(err.to_string()))?;
-        let group = self.default_group();
+        let slot = seedkv_core::command::one_slot(command.ops())
+            .map_err(|err| Status::invalid_argument(err.to_string()))?
+            .ok_or_else(|| Status::invalid_argument("a write needs at least one key"))?;
+        let group = self.serving(slot, session_group.map(GroupId))?;
+        self.write_to(&group, command).await
+    }
+
+    /// Proposes `command` to `group`, whose leader this node must be.
+    async fn write_to(&self, group: &Group, command: Command) -> Result<Response, Status> {
         if self.handing_over.load(std::sync::atomic::Ordering::Acquire) {
             return Err(not_proposed(&openraft::error::ForwardToLeader {
                 leader_id: None,
@@ -443,7 +678,9 @@ impl Node {
         match group.proposer.propose(command).await? {
             Response::SessionExpired => Err(session_expired()),
             Response::StaleWrite { acked_below } => Err(stale_write(acked_below)),
-            Response::NotOwned { slot } => Err(moved(slot)),
+            Response::NotOwned { slot } => {
+                Err(moved(slot, self.slot_map().map(|map| map.owner(slot))))
+            }
             response => Ok(response),
         }
     }
@@ -472,21 +709,48 @@ impl Node {
         Ok(response)
     }
 
-    /// Waits until this node may serve a read of the given consistency.
-    async fn read_barrier(&self, consistency: i32) -> Result<&Group, Status> {
-        let group = self.default_group();
+    /// Waits until this node may serve a read of `group` of the given consistency.
+    async fn read_barrier(&self, group: &Group, consistency: i32) -> Result<(), Status> {
         let consistency = pb::Consistency::try_from(consistency)
             .map_err(|_| Status::invalid_argument(format!("unknown consistency {consistency}")))?;
         if consistency == pb::Consistency::Serializable {
-            return Ok(group);
+            return Ok(());
         }
         #[cfg(madsim)]
         if seedkv_core::faults::enabled(seedkv_core::faults::Fault::StaleLinearizableRead) {
-            return Ok(group);
+            return Ok(());
         }
-        group.read_index.wait().await?;
-        Ok(group)
+        group.read_index.wait().await
     }
+}
+
+/// Opens `group`'s state machine, log and Raft on `disk`.
+async fn open<D: Disk>(
+    id: NodeId,
+    group: GroupId,
+    disk: Arc<D>,
+    syncer: LogSyncer,
+    raft_config: Arc<openraft::Config>,
+    network: GrpcNetwork,
+) -> Result<Group, NodeError> {
+    let dyn_disk: Arc<dyn DynDisk> = disk.clone();
+    let state_machine = StateMachineStore::open(dyn_disk, group)
+        .await
+        .map_err(|err| NodeError::Storage(err.to_string()))?;
+    let log = LogStore::new(disk, group, state_machine.durable_applied(), syncer);
+    let state = state_machine.state();
+    let raft = Raft::new(id, raft_config, network, log, state_machine)
+        .await
+        .map_err(|err| NodeError::Raft(err.to_string()))?;
+    Ok(Group {
+        id: group,
+        read_index: ReadIndex::start(raft.clone(), state.clone()),
+        proposer: Proposer::start(raft.clone()),
+        staging: Arc::new(tokio::sync::Mutex::new(Staging::new(state.clone()))),
+        membership: Arc::new(tokio::sync::Mutex::new(0)),
+        raft,
+        state,
+    })
 }
 
 /// The `MembershipWithoutCompare` fault: the voters the caller read, changed as asked, set
@@ -585,13 +849,23 @@ fn ensure_leader(raft: &Raft) -> Result<(), Status> {
 /// only while slots are never given away: a slot taken since the read had no row written
 /// yet, so the read's answer was the true one. Once slots move, ownership must come from
 /// the same applied point as the rows (see docs/SHARDING.md).
-fn owned(group: &Group, key: &[u8]) -> Result<(), Status> {
-    let slot = seedkv_core::slot::Slot::of(key);
+fn owned(node: &Node, group: &Group, key: &[u8]) -> Result<(), Status> {
+    let slot = Slot::of(key);
     if group.state.owns(slot) {
         Ok(())
     } else {
-        Err(moved(slot))
+        Err(moved(slot, node.slot_map().map(|map| map.owner(slot))))
     }
+}
+
+/// The group a request's session names (0: the cluster's only data group).
+fn session_group(node: &Node, session: Option<&pb::Session>) -> Result<Option<u32>, Status> {
+    let Some(session) = session else {
+        return Ok(None);
+    };
+    routing::named_or_only(session.group, &node.data_groups())
+        .map(|group| Some(group.0))
+        .map_err(Status::invalid_argument)
 }
 
 fn get_response(found: Option<&Versioned>) -> pb::GetResponse {
@@ -620,8 +894,10 @@ impl pb::kv_server::Kv for KvService {
         &self,
         request: Request<pb::PutRequest>,
     ) -> Result<GrpcResponse<pb::PutResponse>, Status> {
-        let command = convert::put(request.into_inner());
-        match self.0.write(command).await? {
+        let request = request.into_inner();
+        let session = session_group(&self.0, request.session.as_ref())?;
+        let command = convert::put(request);
+        match self.0.write(command, session).await? {
             Response::Put { revision } => Ok(GrpcResponse::new(pb::PutResponse { revision })),
             other => Err(unexpected(&other)),
         }
@@ -636,9 +912,10 @@ impl pb::kv_server::Kv for KvService {
             .limits
             .check_key(&req.key)
             .map_err(|err| Status::invalid_argument(err.to_string()))?;
-        let group = self.0.read_barrier(req.consistency).await?;
+        let group = self.0.serving(Slot::of(&req.key), None)?;
+        self.0.read_barrier(&group, req.consistency).await?;
         let row = group.state.get(&req.key).map_err(disk_error)?;
-        owned(group, &req.key)?;
+        owned(&self.0, &group, &req.key)?;
         tracing::debug!(
             node = self.0.id,
             key = %String::from_utf8_lossy(&req.key),
@@ -652,8 +929,10 @@ impl pb::kv_server::Kv for KvService {
         &self,
         request: Request<pb::DeleteRequest>,
     ) -> Result<GrpcResponse<pb::DeleteResponse>, Status> {
-        let command = convert::delete(request.into_inner());
-        match self.0.write(command).await? {
+        let request = request.into_inner();
+        let session = session_group(&self.0, request.session.as_ref())?;
+        let command = convert::delete(request);
+        match self.0.write(command, session).await? {
             Response::Delete { revision, existed } => {
                 Ok(GrpcResponse::new(pb::DeleteResponse { revision, existed }))
             }
@@ -671,7 +950,8 @@ impl pb::kv_server::Kv for KvService {
         limits
             .check_scan(&range, limit)
             .map_err(|err| Status::invalid_argument(err.to_string()))?;
-        let group = self.0.read_barrier(req.consistency).await?;
+        let group = self.0.named_group(req.group)?;
+        self.0.read_barrier(&group, req.consistency).await?;
         // One more than asked tells whether the result was cut short.
         let mut rows = group.state.scan(&range, limit + 1).map_err(disk_error)?;
         let more = rows.len() > limit;
@@ -696,12 +976,30 @@ impl pb::kv_server::Kv for KvService {
             .limits
             .check_keys(&req.keys)
             .map_err(|err| Status::invalid_argument(err.to_string()))?;
-        let group = self.0.read_barrier(req.consistency).await?;
-        let rows = group.state.multi_get(&req.keys).map_err(disk_error)?;
+        // Each key is read from the hosted group serving it, after that group's barrier.
+        let mut groups: Vec<Arc<Group>> = Vec::new();
+        let mut group_of_key = Vec::with_capacity(req.keys.len());
         for key in &req.keys {
-            owned(group, key)?;
+            let group = self.0.serving(Slot::of(key), None)?;
+            let index = match groups.iter().position(|g| g.id == group.id) {
+                Some(index) => index,
+                None => {
+                    groups.push(group);
+                    groups.len() - 1
+                }
+            };
+            group_of_key.push(index);
         }
-        let values = rows.iter().map(|row| get_response(row.as_ref())).collect();
+        for group in &groups {
+            self.0.read_barrier(group, req.consistency).await?;
+        }
+        let mut values = Vec::with_capacity(req.keys.len());
+        for (key, &index) in req.keys.iter().zip(&group_of_key) {
+            let group = &groups[index];
+            let row = group.state.get(key).map_err(disk_error)?;
+            owned(&self.0, group, key)?;
+            values.push(get_response(row.as_ref()));
+        }
         Ok(GrpcResponse::new(pb::MultiGetResponse { values }))
     }
 
@@ -709,8 +1007,10 @@ impl pb::kv_server::Kv for KvService {
         &self,
         request: Request<pb::CasRequest>,
     ) -> Result<GrpcResponse<pb::CasResponse>, Status> {
-        let command = convert::cas(request.into_inner());
-        match self.0.write(command).await? {
+        let request = request.into_inner();
+        let session = session_group(&self.0, request.session.as_ref())?;
+        let command = convert::cas(request);
+        match self.0.write(command, session).await? {
             Response::Cas {
                 succeeded,
                 revision,
@@ -726,8 +1026,10 @@ impl pb::kv_server::Kv for KvService {
         &self,
         request: Request<pb::BatchRequest>,
     ) -> Result<GrpcResponse<pb::BatchResponse>, Status> {
-        let command = convert::batch(request.into_inner()).map_err(Status::invalid_argument)?;
-        match self.0.write(command).await? {
+        let request = request.into_inner();
+        let session = session_group(&self.0, request.session.as_ref())?;
+        let command = convert::batch(request).map_err(Status::invalid_argument)?;
+        match self.0.write(command, session).await? {
             Response::Batch {
                 succeeded,
                 revision,
@@ -741,12 +1043,14 @@ impl pb::kv_server::Kv for KvService {
 
     async fn register(
         &self,
-        _request: Request<pb::RegisterRequest>,
+        request: Request<pb::RegisterRequest>,
     ) -> Result<GrpcResponse<pb::RegisterResponse>, Status> {
-        match self.0.write(Command::Register).await? {
-            Response::Registered { client_id } => {
-                Ok(GrpcResponse::new(pb::RegisterResponse { client_id }))
-            }
+        let group = self.0.named_group(request.into_inner().group)?;
+        match self.0.write_to(&group, Command::Register).await? {
+            Response::Registered { client_id } => Ok(GrpcResponse::new(pb::RegisterResponse {
+                client_id,
+                group: group.id.0,
+            })),
             other => Err(unexpected(&other)),
         }
     }
@@ -775,11 +1079,12 @@ impl pb::raft_server::Raft for RaftService {
         request: Request<pb::RaftMessage>,
     ) -> Result<GrpcResponse<pb::RaftMessage>, Status> {
         let message = request.into_inner();
-        let group = self.0.group(message.group)?;
         self.0
             .identity
             .admit(&message, Inbound::AppendEntries, None)
             .await?;
+        // A leader reaching a replica new to this node: host the group.
+        let group = self.0.host(GroupId(message.group)).await?;
         let rpc = decode_request(&message)?;
         let result = group.raft.append_entries(rpc).await;
         Ok(reply(message.group, &result))
@@ -790,19 +1095,28 @@ impl pb::raft_server::Raft for RaftService {
         request: Request<pb::RaftMessage>,
     ) -> Result<GrpcResponse<pb::RaftMessage>, Status> {
         let message = request.into_inner();
-        let group = self.0.group(message.group)?;
-        let recorded = group
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .get_node(&message.from)
-            .map(|member| member.incarnation);
+        let hosted = self.0.hosted(GroupId(message.group));
+        let recorded = hosted.as_ref().and_then(|group| {
+            group
+                .raft
+                .metrics()
+                .borrow()
+                .membership_config
+                .membership()
+                .get_node(&message.from)
+                .map(|member| member.incarnation)
+        });
         self.0
             .identity
             .admit(&message, Inbound::Vote, recorded)
             .await?;
+        // A replica of a group that never reached this node yet (its bootstrap ran on the
+        // other replicas only): it votes from a blank log, as any new member does. A node
+        // that lost its disk is refused above by its incarnation, whatever the group.
+        let group = match hosted {
+            Some(group) => group,
+            None => self.0.host(GroupId(message.group)).await?,
+        };
         let rpc = decode_request(&message)?;
         let result = group.raft.vote(rpc).await;
         Ok(reply(message.group, &result))
@@ -814,17 +1128,17 @@ impl pb::raft_server::Raft for RaftService {
         request: Request<pb::RaftMessage>,
     ) -> Result<GrpcResponse<pb::RaftMessage>, Status> {
         let message = request.into_inner();
-        let group = self.0.group(message.group)?;
         self.0
             .identity
             .admit(&message, Inbound::Snapshot, None)
             .await?;
+        let group = self.0.host(GroupId(message.group)).await?;
         let frame: SnapshotFrame = decode_request(&message)?;
         // The sender gives each frame `install_snapshot_timeout`, then drops the call, and
         // a real server then drops this handler: do the same here, so the simulator (whose
         // server runs every handler to its end) meets that cancellation too.
         let deadline = std::time::Duration::from_millis(self.0.snapshot_frame_timeout_ms);
-        let handled = timeout(deadline, self.handle_snapshot_frame(group, frame)).await;
+        let handled = timeout(deadline, self.handle_snapshot_frame(&group, frame)).await;
         let result = handled.unwrap_or_else(|_| {
             Err(SnapshotRefused(format!(
                 "snapshot frame not handled within {} ms",
@@ -950,7 +1264,8 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::StatusRequest>,
     ) -> Result<GrpcResponse<pb::StatusResponse>, Status> {
-        let group = self.0.default_group();
+        let request = request.into_inner();
+        let group = self.0.group(request.group)?;
         let metrics = group.raft.metrics().borrow().clone();
         let membership = metrics.membership_config.membership();
         let voter_ids: BTreeSet<NodeId> = membership.voter_ids().collect();
@@ -969,7 +1284,7 @@ impl pb::admin_server::Admin for AdminService {
             .filter(|(id, _)| !voter_ids.contains(id))
             .map(member)
             .collect();
-        let (key_count, state_digest) = if request.into_inner().with_digest {
+        let (key_count, state_digest) = if request.with_digest {
             let summary = group.state.summary().map_err(disk_error)?;
             (summary.key_count, summary.digest)
         } else {
@@ -992,6 +1307,8 @@ impl pb::admin_server::Admin for AdminService {
             membership_changing: membership.get_joint_config().len() > 1,
             incarnation: self.0.incarnation(),
             cluster_id: self.0.cluster_id(),
+            group: group.id.0,
+            hosted_groups: self.0.group_ids().into_iter().map(|id| id.0).collect(),
         }))
     }
 
@@ -999,8 +1316,9 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::InitRequest>,
     ) -> Result<GrpcResponse<pb::InitResponse>, Status> {
+        let request = request.into_inner();
         let mut nodes = BTreeMap::new();
-        for member in request.into_inner().members {
+        for member in request.members {
             if nodes.insert(member.id, member.addr).is_some() {
                 return Err(Status::invalid_argument(format!(
                     "node id {} is listed twice",
@@ -1008,7 +1326,8 @@ impl pb::admin_server::Admin for AdminService {
                 )));
             }
         }
-        self.0.initialize(nodes).await?;
+        let plan = Node::plan(&nodes, request.groups, request.replicas)?;
+        self.0.initialize(nodes, plan).await?;
         Ok(GrpcResponse::new(pb::InitResponse {}))
     }
 
@@ -1023,8 +1342,9 @@ impl pb::admin_server::Admin for AdminService {
         if member.id == 0 {
             return Err(Status::invalid_argument("node id 0 is not allowed"));
         }
+        let group = self.0.group_to_change(request.group)?;
         // Only the leader speaks for the cluster (a blank follower knows no cluster id yet).
-        ensure_leader(self.0.raft())?;
+        ensure_leader(&group.raft)?;
         let mine = self.0.cluster_id();
         if request.cluster_id != 0 && request.cluster_id != mine {
             return Err(Status::failed_precondition(format!(
@@ -1032,8 +1352,8 @@ impl pb::admin_server::Admin for AdminService {
                 member.id, request.cluster_id
             )));
         }
-        let raft = self.0.raft().clone();
-        let lock = self.0.membership_lock().await?;
+        let raft = group.raft.clone();
+        let lock = Node::membership_lock(&group).await?;
         // In a task of its own, so a caller that leaves does not cut it short.
         let id = member.id;
         let task = tokio::spawn(async move {
@@ -1085,9 +1405,10 @@ impl pb::admin_server::Admin for AdminService {
     ) -> Result<GrpcResponse<pb::SlotsResponse>, Status> {
         let groups = self
             .0
-            .groups
+            .groups()
             .iter()
-            .map(|(id, group)| {
+            .map(|group| {
+                let id = &group.id;
                 let metrics = group.raft.metrics().borrow().clone();
                 let owned = group.state.ownership();
                 pb::GroupSlots {
@@ -1114,12 +1435,52 @@ impl pb::admin_server::Admin for AdminService {
         }))
     }
 
+    async fn slot_map(
+        &self,
+        _request: Request<pb::SlotMapRequest>,
+    ) -> Result<GrpcResponse<pb::SlotMapResponse>, Status> {
+        let Some(map) = self.0.slot_map() else {
+            return Err(Status::unavailable(
+                "this node's meta group holds no slot map yet (the cluster is starting); retry",
+            ));
+        };
+        let meta = self.0.meta();
+        let metrics = meta.raft.metrics().borrow().clone();
+        let members = metrics.membership_config.membership();
+        let groups = map
+            .groups()
+            .iter()
+            .map(|(id, info)| pb::GroupReplicas {
+                group: id.0,
+                replicas: info
+                    .replicas
+                    .iter()
+                    .map(|replica| pb::Member {
+                        id: *replica,
+                        addr: members
+                            .get_node(replica)
+                            .map(|member| member.addr.clone())
+                            .unwrap_or_default(),
+                        incarnation: 0,
+                    })
+                    .collect(),
+                weight: info.weight,
+            })
+            .collect();
+        Ok(GrpcResponse::new(pb::SlotMapResponse {
+            version: map.version(),
+            owners: map.owners().map(|(_, owner)| owner.group.0).collect(),
+            groups,
+        }))
+    }
+
     async fn elect(
         &self,
-        _request: Request<pb::ElectRequest>,
+        request: Request<pb::ElectRequest>,
     ) -> Result<GrpcResponse<pb::ElectResponse>, Status> {
         self.0
-            .raft()
+            .group(request.into_inner().group)?
+            .raft
             .trigger()
             .elect()
             .await
@@ -1146,9 +1507,10 @@ impl pb::admin_server::Admin for AdminService {
                 ))
             }
         };
-        ensure_leader(self.0.raft())?;
-        let raft = self.0.raft().clone();
-        let lock = self.0.membership_lock().await?;
+        let group = self.0.group_to_change(request.group)?;
+        ensure_leader(&group.raft)?;
+        let raft = group.raft.clone();
+        let lock = Node::membership_lock(&group).await?;
         // The whole change runs in a task of its own, holding the lock: a caller that leaves
         // cuts nothing short, and no other change on this node slips between the compare
         // and the entries.

@@ -17,7 +17,7 @@ use seedkv_core::runtime::timeout;
 use seedkv_core::{Member, NodeId};
 use tonic::Status;
 
-use crate::node::Node;
+use crate::node::{Group, Node};
 use crate::{Client, ClientConfig};
 
 /// How often the leader looks for members whose incarnation is unknown.
@@ -39,19 +39,22 @@ pub(crate) async fn pin_incarnations(node: Weak<Node>) {
         if node.raft().metrics().borrow().state == ServerState::Shutdown {
             return;
         }
-        if let Err(err) = pin_once(&node).await {
-            tracing::debug!(
-                node = node.id(),
-                "recording incarnations: {}",
-                err.message()
-            );
+        for group in node.groups() {
+            if let Err(err) = pin_once(&node, &group).await {
+                tracing::debug!(
+                    node = node.id(),
+                    group = group.id.0,
+                    "recording incarnations: {}",
+                    err.message()
+                );
+            }
         }
     }
 }
 
-/// Members of a uniform membership led by `node` whose incarnation is unknown.
-fn unknown_members(node: &Node) -> Vec<(NodeId, String)> {
-    let metrics = node.raft().metrics().borrow().clone();
+/// Members of a uniform membership of `group` led here whose incarnation is unknown.
+fn unknown_members(group: &Group) -> Vec<(NodeId, String)> {
+    let metrics = group.raft.metrics().borrow().clone();
     if metrics.state != ServerState::Leader {
         return Vec::new();
     }
@@ -66,8 +69,8 @@ fn unknown_members(node: &Node) -> Vec<(NodeId, String)> {
         .collect()
 }
 
-async fn pin_once(node: &Node) -> Result<(), Status> {
-    let unknown = unknown_members(node);
+async fn pin_once(node: &Node, group: &Group) -> Result<(), Status> {
+    let unknown = unknown_members(group);
     if unknown.is_empty() {
         return Ok(());
     }
@@ -99,23 +102,23 @@ async fn pin_once(node: &Node) -> Result<(), Status> {
     if learned.is_empty() {
         return Ok(());
     }
-    let mut last_change = node.membership_lock().await?;
+    let mut last_change = Node::membership_lock(group).await?;
     // The membership may have moved while the members were asked: record only what is
     // still unknown at the same address.
-    let still_unknown: BTreeMap<NodeId, String> = unknown_members(node).into_iter().collect();
+    let still_unknown: BTreeMap<NodeId, String> = unknown_members(group).into_iter().collect();
     learned.retain(|id, member| still_unknown.get(id) == Some(&member.addr));
     if learned.is_empty() {
         return Ok(());
     }
-    let change = node
-        .raft()
+    let change = group
+        .raft
         .change_membership(ChangeMembers::SetNodes(learned.clone()), true);
     let written = timeout(Duration::from_millis(PIN_COMMIT_MS), change)
         .await
         .map_err(|_| Status::unavailable("recording incarnations did not commit in time"))?
         .map_err(|err| Status::unavailable(err.to_string()))?;
     *last_change = (*last_change).max(written.log_id.index);
-    tracing::info!(node = node.id(), members = ?learned.keys().collect::<Vec<_>>(), "recorded member incarnations");
+    tracing::info!(node = node.id(), group = group.id.0, members = ?learned.keys().collect::<Vec<_>>(), "recorded member incarnations");
     Ok(())
 }
 

@@ -8,6 +8,7 @@
 
 use openraft::error::ForwardToLeader;
 use seedkv_core::slot::Slot;
+use seedkv_core::slot_map::SlotOwner;
 use seedkv_core::Member;
 use seedkv_core::NodeId;
 use tonic::{Code, Status};
@@ -29,15 +30,37 @@ pub const STALE_WRITE: &str = "seedkv-stale-write";
 
 /// Metadata key of a `MOVED` refusal: the slot the request's key belongs to.
 pub const MOVED_SLOT: &str = "seedkv-moved-slot";
+/// Metadata key of a `MOVED` refusal: the group owning the slot in the answering node's map.
+pub const MOVED_GROUP: &str = "seedkv-moved-group";
+/// Metadata key of a `MOVED` refusal: the epoch at which that group took the slot.
+pub const MOVED_EPOCH: &str = "seedkv-moved-epoch";
 
 /// The refusal of a request for a slot that no group on this node serves (yet, or any
-/// more): nothing was done. The client refreshes its slot map and goes to the owner.
-pub fn moved(slot: Slot) -> Status {
+/// more), naming the owner this node's slot map gives, if it has one: nothing was done.
+/// The client refreshes its slot map and goes to the owner.
+pub fn moved(slot: Slot, owner: Option<SlotOwner>) -> Status {
+    let owner_text = match owner {
+        Some(owner) => format!(
+            "its owner is group {} since epoch {}",
+            owner.group.0, owner.epoch
+        ),
+        None => "this node holds no slot map yet".to_string(),
+    };
     let mut status = Status::failed_precondition(format!(
-        "MOVED: {slot} is not served here (its group does not own it at this node's applied          state); nothing was done; refresh the slot map and retry at the owner"
+        "MOVED: {slot} is not served here ({owner_text}); nothing was done; refresh the slot \
+         map and retry at the owner"
     ));
+    let metadata = status.metadata_mut();
     if let Ok(value) = slot.get().to_string().parse() {
-        status.metadata_mut().insert(MOVED_SLOT, value);
+        metadata.insert(MOVED_SLOT, value);
+    }
+    if let Some(owner) = owner {
+        if let Ok(value) = owner.group.0.to_string().parse() {
+            metadata.insert(MOVED_GROUP, value);
+        }
+        if let Ok(value) = owner.epoch.to_string().parse() {
+            metadata.insert(MOVED_EPOCH, value);
+        }
     }
     status
 }

@@ -11,7 +11,7 @@ fn bytes() -> impl Strategy<Value = Vec<u8>> {
 proptest! {
     #[test]
     fn kv_requests_round_trip(key in bytes(), value in bytes(), expect in prop::option::of(bytes()), limit in any::<u32>(), seq in any::<u64>()) {
-        let session = Some(pb::Session { client_id: u64::from(limit), seq, acked_below: seq / 2 });
+        let session = Some(pb::Session { client_id: u64::from(limit), seq, acked_below: seq / 2, group: limit });
         let put = pb::PutRequest { key: key.clone(), value: value.clone(), session };
         prop_assert_eq!(pb::PutRequest::decode(put.encode_to_vec().as_slice()).ok(), Some(put.clone()));
         let cas = pb::CasRequest { key: key.clone(), expect, new_value: Some(value.clone()), session: None };
@@ -25,7 +25,7 @@ proptest! {
             session,
         };
         prop_assert_eq!(pb::BatchRequest::decode(batch.encode_to_vec().as_slice()).ok(), Some(batch));
-        let scan = pb::ScanRequest { prefix: key.clone(), from: value.clone(), to: vec![], limit, consistency: 1 };
+        let scan = pb::ScanRequest { prefix: key.clone(), from: value.clone(), to: vec![], limit, consistency: 1, group: limit };
         prop_assert_eq!(pb::ScanRequest::decode(scan.encode_to_vec().as_slice()).ok(), Some(scan));
         let raft = pb::RaftMessage { group: limit, payload: value, cluster_id: u64::MAX, from: 3, from_incarnation: 1 << 63, to: 1, to_incarnation: 7 };
         prop_assert_eq!(pb::RaftMessage::decode(raft.encode_to_vec().as_slice()).ok(), Some(raft));

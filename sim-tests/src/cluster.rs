@@ -7,7 +7,9 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
 use madsim::runtime::{Handle, NodeHandle};
+use seedkv_core::slot_map::{SlotMap, META_GROUP};
 use seedkv_core::storage::SharedState;
+use seedkv_core::GroupId;
 use seedkv_io_sim::{DiskConfig, DiskFault, NetFaults, SimDisk};
 use seedkv_proto::trace::Tracer;
 use seedkv_proto::{Node, NodeConfig};
@@ -73,6 +75,19 @@ pub struct SimCluster {
     pub wants_every_voter: bool,
     /// Network fault controller over the nodes, in index order.
     pub net: NetFaults,
+    /// The slot map the cluster bootstraps with: its data groups have a replica on every node.
+    pub plan: SlotMap,
+}
+
+/// The data group the staged faults (amnesia from bootstrap, figure 8) and the liveness
+/// check aim at: the one holding the first slots. Plain faults hit every group.
+pub const FOCUS_GROUP: GroupId = GroupId(1);
+
+/// Every Raft group of `plan`: the meta group, then the data groups.
+pub fn raft_groups(plan: &SlotMap) -> Vec<GroupId> {
+    std::iter::once(META_GROUP)
+        .chain(plan.groups().keys().copied())
+        .collect()
 }
 
 fn lock(slot: &Slot) -> std::sync::MutexGuard<'_, Option<Arc<Node>>> {
@@ -80,8 +95,9 @@ fn lock(slot: &Slot) -> std::sync::MutexGuard<'_, Option<Arc<Node>>> {
 }
 
 impl SimCluster {
-    /// Starts `n` nodes. They serve at once but form no cluster until initialized.
-    pub fn start(n: usize, tracer: Tracer, disk: DiskConfig) -> SimCluster {
+    /// Starts `n` nodes that bootstrap a cluster of `groups` data groups, each with a
+    /// replica on every node. They serve at once but form no cluster until initialized.
+    pub fn start(n: usize, groups: u32, tracer: Tracer, disk: DiskConfig) -> SimCluster {
         let handle = Handle::current();
         let mut nodes = Vec::with_capacity(n);
         // Every node bootstraps this membership at each start, as `seedkv server
@@ -93,6 +109,14 @@ impl SimCluster {
                 (id, SocketAddr::new(ip, PORT).to_string())
             })
             .collect();
+        let replicas = u32::try_from(n).unwrap_or(u32::MAX);
+        let plan = match Node::plan(&members, groups, replicas) {
+            Ok(plan) => plan,
+            Err(err) => panic!(
+                "no plan for {n} nodes and {groups} groups: {}",
+                err.message()
+            ),
+        };
         for index in 0..n {
             let id = index as u64 + 1;
             let ip = IpAddr::V4(Ipv4Addr::new(10, 0, 0, id as u8));
@@ -104,6 +128,7 @@ impl SimCluster {
                 let running = running.clone();
                 let tracer = tracer.clone();
                 let members = members.clone();
+                let plan = plan.clone();
                 handle
                     .create_node()
                     .name(format!("node{id}"))
@@ -114,13 +139,14 @@ impl SimCluster {
                         let config = sim_node_config(id, addr.to_string());
                         let tracer = tracer.clone();
                         let members = members.clone();
+                        let plan = plan.clone();
                         async move {
                             let node = match Node::start(config, disk, tracer).await {
                                 Ok(node) => node,
                                 Err(err) => panic!("node {id} failed to start: {err}"),
                             };
                             *lock(&running) = Some(node.clone());
-                            node.bootstrap_in_background(members);
+                            node.bootstrap_in_background(members, plan.clone());
                             if let Err(err) = node.serve(addr).await {
                                 panic!("node {id} stopped serving: {err}");
                             }
@@ -140,6 +166,7 @@ impl SimCluster {
         }
         let net = NetFaults::new(nodes.iter().map(|n| n.host.id()).collect());
         SimCluster {
+            plan,
             handle,
             nodes,
             operator_changes: 0,
@@ -188,12 +215,23 @@ impl SimCluster {
         self.nodes.iter().filter(|n| !n.alive).count()
     }
 
-    /// The index of the node that believes it leads, with the highest term among those.
+    /// The index of the node that believes it leads the focus group, with the highest term
+    /// among those.
     pub fn leader(&self) -> Option<usize> {
+        self.leader_of(FOCUS_GROUP)
+    }
+
+    /// The Raft handle of `group` on the running node at `index`.
+    pub fn raft(&self, index: usize, group: GroupId) -> Option<seedkv_core::Raft> {
+        self.node(index)?.raft_of(group)
+    }
+
+    /// The index of the node that believes it leads `group`, with the highest term among
+    /// those.
+    pub fn leader_of(&self, group: GroupId) -> Option<usize> {
         (0..self.nodes.len())
             .filter_map(|i| {
-                let node = self.node(i)?;
-                let metrics = node.raft().metrics().borrow().clone();
+                let metrics = self.raft(i, group)?.metrics().borrow().clone();
                 (metrics.state == openraft::ServerState::Leader)
                     .then_some((metrics.current_term, i))
             })
@@ -228,10 +266,16 @@ impl SimCluster {
         self.restart(index);
     }
 
-    /// The newest membership any running node holds (appended, perhaps not yet committed).
+    /// The newest membership of the focus group any running node holds.
     pub fn newest_membership(&self) -> Option<MembershipView> {
+        self.newest_membership_of(FOCUS_GROUP)
+    }
+
+    /// The newest membership of `group` any running node holds (appended, perhaps not yet
+    /// committed).
+    pub fn newest_membership_of(&self, group: GroupId) -> Option<MembershipView> {
         let metrics = (0..self.nodes.len())
-            .filter_map(|i| Some(self.node(i)?.raft().metrics().borrow().clone()))
+            .filter_map(|i| Some(self.raft(i, group)?.metrics().borrow().clone()))
             .max_by_key(|m| {
                 m.membership_config
                     .log_id()
@@ -264,14 +308,21 @@ impl SimCluster {
 
     /// Members whose incarnation is not the one the newest membership records, with
     /// whether each is a voter: nodes back on a blank disk, refused until replaced.
-    pub fn lost_data(&self) -> Vec<MemberView> {
-        let Some(view) = self.newest_membership() else {
+    pub fn lost_data(&self, group: GroupId) -> Vec<MemberView> {
+        let Some(view) = self.newest_membership_of(group) else {
             return Vec::new();
         };
         view.members
             .into_iter()
             .filter(|m| m.incarnation != 0 && self.incarnation_of(m.index) != Some(m.incarnation))
             .collect()
+    }
+
+    /// True if any group's membership records a node that lost its data since.
+    pub fn lost_data_anywhere(&self) -> bool {
+        raft_groups(&self.plan)
+            .into_iter()
+            .any(|group| !self.lost_data(group).is_empty())
     }
 
     /// Makes the next write or fsync of node `index`'s disk fail.
@@ -324,24 +375,24 @@ impl SimCluster {
         node.alive = true;
     }
 
-    /// The applied index of every running node, from memory (cheap): `(index, applied)`.
-    pub fn applied_indexes(&self) -> Vec<(usize, u64)> {
+    /// The applied index of `group` on every running node hosting it, from memory (cheap):
+    /// `(index, applied)`.
+    pub fn applied_indexes(&self, group: GroupId) -> Vec<(usize, u64)> {
         (0..self.nodes.len())
             .filter_map(|i| {
-                let node = self.node(i)?;
-                let applied = node.state().last_applied().map_or(0, |id| id.index);
+                let state = self.node(i)?.state_of(group)?;
+                let applied = state.last_applied().map_or(0, |id| id.index);
                 Some((i, applied))
             })
             .collect()
     }
 
-    /// The applied state of every running node: `(index, applied index, digest)`. Reads
-    /// every row of every node.
-    pub fn applied(&self) -> Vec<(usize, u64, u64)> {
+    /// The applied state of `group` on every running node hosting it: `(index, applied
+    /// index, digest)`. Reads every row of the group on every node.
+    pub fn applied(&self, group: GroupId) -> Vec<(usize, u64, u64)> {
         (0..self.nodes.len())
             .filter_map(|i| {
-                let node = self.node(i)?;
-                let state: &SharedState = node.state();
+                let state: Arc<SharedState> = self.node(i)?.state_of(group)?;
                 // Index and digest read from one view: a consistent pair.
                 let summary = match state.summary() {
                     Ok(summary) => summary,
@@ -352,10 +403,10 @@ impl SimCluster {
             .collect()
     }
 
-    /// The last log index of the leader, if there is one.
-    pub fn leader_last_log(&self) -> Option<u64> {
-        let node = self.node(self.leader()?)?;
-        let last = node.raft().metrics().borrow().last_log_index;
+    /// The last log index of `group`'s leader, if there is one.
+    pub fn leader_last_log(&self, group: GroupId) -> Option<u64> {
+        let raft = self.raft(self.leader_of(group)?, group)?;
+        let last = raft.metrics().borrow().last_log_index;
         last
     }
 }

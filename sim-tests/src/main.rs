@@ -20,6 +20,9 @@ struct Args {
     /// Cluster size.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=7))]
     nodes: u64,
+    /// Data groups besides the meta group, each with a replica on every node.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=64))]
+    groups: u32,
     /// Concurrent clients.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=64))]
     clients: u64,
@@ -84,6 +87,7 @@ fn run(args: Args) -> Result<ExitCode, String> {
     let config = RunConfig {
         scenario,
         nodes: args.nodes as usize,
+        groups: args.groups,
         workload: WorkloadConfig {
             clients: args.clients as usize,
             keys: args.keys as usize,

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use seedkv_io_sim::DiskFault;
 
-use crate::cluster::SimCluster;
+use crate::cluster::{SimCluster, FOCUS_GROUP};
 use crate::scenario::{FaultKind, Scenario};
 
 /// Shared handle on the cluster for the nemesis and the checker.
@@ -216,7 +216,7 @@ async fn amnesia(
             || voters.len() < 3
             || c.operator_changes > 0
             || view.members.iter().any(|m| m.incarnation == 0)
-            || !c.lost_data().is_empty()
+            || c.lost_data_anywhere()
         {
             log(
                 "amnesia skipped: a membership change, too few voters, an unrecorded \
@@ -307,7 +307,7 @@ async fn amnesia_from_bootstrap(
             Some("its incarnation is not recorded")
         } else if c.operator_changes > 0 {
             Some("the operator is changing the membership")
-        } else if !c.lost_data().is_empty() {
+        } else if c.lost_data_anywhere() {
             Some("a node already lost its data")
         } else if c.leader() != Some(leader) {
             Some("the leader changed")
@@ -396,10 +396,10 @@ async fn figure8(
         let mut c = lock(cluster);
         let mut leader = None;
         for &voter in &rest {
-            let Some(node) = c.node(voter) else {
+            let Some(raft) = c.raft(voter, FOCUS_GROUP) else {
                 continue;
             };
-            let metrics = node.raft().metrics().borrow().clone();
+            let metrics = raft.metrics().borrow().clone();
             if metrics.current_term <= old_term {
                 continue;
             }
@@ -464,9 +464,8 @@ fn figure8_roles(c: &SimCluster) -> Result<(usize, u64, Vec<usize>), &'static st
         return Err("a voter down");
     }
     let old_term = c
-        .node(old)
+        .raft(old, FOCUS_GROUP)
         .ok_or("no leader")?
-        .raft()
         .metrics()
         .borrow()
         .current_term;

@@ -10,6 +10,9 @@
 //! ends, the voters the leader holds must equal the model (unless a change's outcome is
 //! unknown): a change reported done must have happened, a change refused must not have. Then
 //! the operator adds every removed node back, so that every replica can converge.
+//!
+//! One operator runs per Raft group (the meta group and every data group), each with its own
+//! model, so the groups' memberships change independently and race one another.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -21,6 +24,7 @@ use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 use crate::nemesis::SharedCluster;
+use seedkv_core::GroupId;
 
 fn lock(cluster: &SharedCluster) -> std::sync::MutexGuard<'_, crate::cluster::SimCluster> {
     cluster
@@ -42,6 +46,8 @@ pub struct OperatorReport {
 /// change whose outcome is unknown leaves only that node's membership unknown, until a later
 /// acknowledged change of that node settles it.
 struct Model {
+    /// The Raft group this operator changes.
+    group: GroupId,
     voters: BTreeSet<u64>,
     unknown: BTreeSet<u64>,
     /// Nodes some change is working on now (racing changes pick different nodes).
@@ -60,12 +66,14 @@ fn client(members: &[(u64, String)]) -> Client {
 /// voter (within `restore_within`). `min_voters` bounds removals.
 pub async fn run(
     cluster: SharedCluster,
+    group: GroupId,
     members: Vec<(u64, String)>,
     deadline: Instant,
     restore_within: Duration,
     min_voters: usize,
 ) -> OperatorReport {
     let model = Arc::new(Mutex::new(Model {
+        group,
         voters: members.iter().map(|(id, _)| *id).collect(),
         unknown: BTreeSet::new(),
         busy: BTreeSet::new(),
@@ -90,7 +98,7 @@ pub async fn run(
         }
     }
     let mut model = model.lock().await;
-    if let Some(voters) = settled_voters(&client, &members, Duration::from_secs(20)).await {
+    if let Some(voters) = settled_voters(&client, group, &members, Duration::from_secs(20)).await {
         let unknown = &model.unknown;
         let known = |set: &BTreeSet<u64>| -> BTreeSet<u64> {
             set.iter()
@@ -100,15 +108,23 @@ pub async fn run(
         };
         if known(&voters) != known(&model.voters) {
             model.report.failure = Some(format!(
-                "voters are {voters:?}, but the acknowledged changes make them {:?} \
+                "group {}: voters are {voters:?}, but the acknowledged changes make them {:?} \
                  (unknown for {:?})",
-                model.voters, model.unknown
+                group.0, model.voters, model.unknown
             ));
         }
     }
     if model.report.failure.is_none() {
         let mut restored = Vec::new();
-        if let Err(why) = restore(&client, &cluster, &members, restore_within, &mut restored).await
+        if let Err(why) = restore(
+            &client,
+            group,
+            &cluster,
+            &members,
+            restore_within,
+            &mut restored,
+        )
+        .await
         {
             model.report.failure = Some(why);
         }
@@ -131,19 +147,28 @@ async fn change(
     // As an operator watching `cluster status` would: a node that lost its data is replaced
     // before anything else changes (removing another voter meanwhile could leave a
     // configuration that needs the lost node, which then nothing could change).
+    let group = model.lock().await.group;
     let lost = {
         let mut c = lock(&cluster);
         if c.staged_fault_under_way {
             return;
         }
-        let lost = c.lost_data();
+        let lost = c.lost_data(group);
         if lost.is_empty() {
             c.operator_changes += 1;
         }
         lost
     };
     if let Some(lost) = lost.first() {
-        replace_lost(&client, &members, &model, lost.index as u64 + 1, lost.voter).await;
+        replace_lost(
+            &client,
+            group,
+            &members,
+            &model,
+            lost.index as u64 + 1,
+            lost.voter,
+        )
+        .await;
         return;
     }
     change_voters(client, cluster.clone(), members, model, min_voters).await;
@@ -154,6 +179,7 @@ async fn change(
 /// the incarnation it now runs.
 async fn replace_lost(
     client: &Client,
+    group: GroupId,
     members: &[(u64, String)],
     model: &Mutex<Model>,
     id: u64,
@@ -164,7 +190,7 @@ async fn replace_lost(
     }
     let addr = address(members, id);
     let removed = if voter {
-        let outcome = client.change_membership(&[], &[id], &[]).await;
+        let outcome = client.change_membership(group.0, &[], &[id], &[]).await;
         let removed = outcome.is_ok();
         record(model, "remove (lost its data)", id, &[], 0, outcome).await;
         removed
@@ -172,7 +198,7 @@ async fn replace_lost(
         true
     };
     if removed {
-        let outcome = add(client, id, &addr, &[]).await;
+        let outcome = add(client, group, id, &addr, &[]).await;
         record(model, "add (blank disk)", id, &[], 0, outcome).await;
     }
     model.lock().await.busy.remove(&id);
@@ -187,8 +213,9 @@ async fn change_voters(
     min_voters: usize,
 ) {
     // The voters as some node sees them: the basis of the compare-and-set.
+    let group = model.lock().await.group;
     let (reader, reader_addr) = &members[thread_rng().gen_range(0..members.len())];
-    let Ok(status) = client.status(reader_addr).await else {
+    let Ok(status) = client.group_status(reader_addr, group.0, false).await else {
         return;
     };
     let read: Vec<u64> = status.voters.iter().map(|m| m.id).collect();
@@ -211,17 +238,30 @@ async fn change_voters(
     };
     let addr = address(&members, target);
     if !read.contains(&target) {
-        let outcome = add(&client, target, &addr, &read).await;
+        let outcome = add(&client, group, target, &addr, &read).await;
         record(&model, "add", target, &read, *reader, outcome).await;
     } else if read.len() > min_voters && !lock(&cluster).wants_every_voter {
-        let outcome = client.change_membership(&[], &[target], &read).await;
+        let outcome = client
+            .change_membership(group.0, &[], &[target], &read)
+            .await;
         let removed = outcome.is_ok();
         record(&model, "remove", target, &read, *reader, outcome).await;
-        if removed && thread_rng().gen_bool(0.3) {
+        // A disk is replaced only on a node no other group counts as a voter.
+        let voter_elsewhere = {
+            let c = lock(&cluster);
+            crate::cluster::raft_groups(&c.plan)
+                .into_iter()
+                .filter(|other| *other != group)
+                .any(|other| {
+                    c.newest_membership_of(other)
+                        .is_some_and(|view| view.voters().contains(&(target as usize - 1)))
+                })
+        };
+        if removed && !voter_elsewhere && thread_rng().gen_bool(0.3) {
             // Its disk is replaced, and it joins again, blank, as a new incarnation.
             lock(&cluster).wipe(target as usize - 1);
             let basis: Vec<u64> = read.iter().copied().filter(|v| *v != target).collect();
-            let outcome = add(&client, target, &addr, &basis).await;
+            let outcome = add(&client, group, target, &addr, &basis).await;
             record(&model, "add (blank disk)", target, &basis, *reader, outcome).await;
         }
     }
@@ -229,16 +269,24 @@ async fn change_voters(
 }
 
 /// Adds `target` as a learner, then as a voter, based on the voters `read`.
-async fn add(client: &Client, target: u64, addr: &str, read: &[u64]) -> Result<u64, ClientError> {
+async fn add(
+    client: &Client,
+    group: GroupId,
+    target: u64,
+    addr: &str,
+    read: &[u64],
+) -> Result<u64, ClientError> {
     client
-        .add_learner(target, addr)
+        .add_learner(group.0, target, addr)
         .await
         .map_err(|err| match err {
             // A learner is not a voter: whatever became of this step, the voters are as they were.
             ClientError::Unknown(message) => ClientError::Unavailable(message),
             other => other,
         })?;
-    client.change_membership(&[target], &[], read).await
+    client
+        .change_membership(group.0, &[target], &[], read)
+        .await
 }
 
 /// Folds the outcome of one change into the model.
@@ -251,8 +299,10 @@ async fn record(
     outcome: Result<u64, ClientError>,
 ) {
     let mut m = model.lock().await;
-    let line =
-        format!("operator: {verb} {target} based on {read:?} read from {reader}: {outcome:?}");
+    let line = format!(
+        "operator of group {}: {verb} {target} based on {read:?} read from {reader}: {outcome:?}",
+        m.group.0
+    );
     m.report.actions.push(line);
     match outcome {
         Ok(_) => {
@@ -284,16 +334,17 @@ fn address(members: &[(u64, String)], id: u64) -> String {
 /// operator would, by asking for no change.
 async fn settled_voters(
     client: &Client,
+    group: GroupId,
     members: &[(u64, String)],
     within: Duration,
 ) -> Option<BTreeSet<u64>> {
     let until = Instant::now() + within;
     while Instant::now() < until {
-        let (voters, changing) = leader_voters(client, members, within).await?;
+        let (voters, changing) = leader_voters(client, group, members, within).await?;
         if !changing {
             return Some(voters);
         }
-        let _ = client.change_membership(&[], &[], &[]).await;
+        let _ = client.change_membership(group.0, &[], &[], &[]).await;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     None
@@ -303,6 +354,7 @@ async fn settled_voters(
 /// (within `within`).
 async fn leader_voters(
     client: &Client,
+    group: GroupId,
     members: &[(u64, String)],
     within: Duration,
 ) -> Option<(BTreeSet<u64>, bool)> {
@@ -315,7 +367,7 @@ async fn leader_voters(
         // campaign on at ever higher terms; it is not a voter, so it does not count.)
         let mut statuses = Vec::new();
         for (id, addr) in members {
-            if let Ok(status) = client.status(addr).await {
+            if let Ok(status) = client.group_status(addr, group.0, false).await {
                 statuses.push((*id, status));
             }
         }
@@ -338,10 +390,10 @@ async fn leader_voters(
 }
 
 /// One line per node: its role, term, identity and membership, as its status reports them.
-async fn describe_nodes(client: &Client, members: &[(u64, String)]) -> Vec<String> {
+async fn describe_nodes(client: &Client, group: GroupId, members: &[(u64, String)]) -> Vec<String> {
     let mut seen = Vec::new();
     for (id, addr) in members {
-        seen.push(match client.status(addr).await {
+        seen.push(match client.group_status(addr, group.0, false).await {
             Ok(s) => format!(
                 "{id}: {} term {} leader {} cluster {:x} incarnation {:x} voters {:?} learners {:?} changing {} last {} applied {}",
                 s.role,
@@ -364,6 +416,7 @@ async fn describe_nodes(client: &Client, members: &[(u64, String)]) -> Vec<Strin
 /// Makes every node a voter again.
 async fn restore(
     client: &Client,
+    group: GroupId,
     cluster: &SharedCluster,
     members: &[(u64, String)],
     within: Duration,
@@ -372,25 +425,27 @@ async fn restore(
     let all: BTreeSet<u64> = members.iter().map(|(id, _)| *id).collect();
     let until = Instant::now() + within;
     loop {
-        let Some(voters) = settled_voters(client, members, within).await else {
-            let seen = describe_nodes(client, members).await;
+        let Some(voters) = settled_voters(client, group, members, within).await else {
+            let seen = describe_nodes(client, group, members).await;
             return Err(format!(
-                "no leader without a change half done while restoring the membership: {}",
+                "group {}: no leader without a change half done while restoring the membership: {}",
+                group.0,
                 seen.join("; ")
             ));
         };
         // A voter back on a blank disk is refused by the others until it is removed and
         // added again as the new incarnation it is (a learner is just added again).
-        let lost = lock(cluster).lost_data();
+        let lost = lock(cluster).lost_data(group);
         if let Some(lost) = lost.first() {
             let id = lost.index as u64 + 1;
             let removed = if lost.voter {
-                client.change_membership(&[], &[id], &[]).await
+                client.change_membership(group.0, &[], &[id], &[]).await
             } else {
-                client.add_learner(id, &address(members, id)).await
+                client.add_learner(group.0, id, &address(members, id)).await
             };
             log.push(format!(
-                "operator: replace {id}, back on a blank disk: {removed:?}"
+                "operator of group {}: replace {id}, back on a blank disk: {removed:?}",
+                group.0
             ));
             tokio::time::sleep(Duration::from_millis(100)).await;
             if Instant::now() > until {
@@ -407,21 +462,23 @@ async fn restore(
             return Ok(());
         };
         if Instant::now() > until {
-            let seen = describe_nodes(client, members).await;
+            let seen = describe_nodes(client, group, members).await;
             return Err(format!(
-                "could not restore the membership within {} s: voters {voters:?}; {}",
+                "group {}: could not restore the membership within {} s: voters {voters:?}; {}",
+                group.0,
                 within.as_secs(),
                 seen.join("; ")
             ));
         }
         let addr = address(members, id);
-        let learner = client.add_learner(id, &addr).await;
+        let learner = client.add_learner(group.0, id, &addr).await;
         let voter = match learner {
-            Ok(_) => Some(client.change_membership(&[id], &[], &[]).await),
+            Ok(_) => Some(client.change_membership(group.0, &[id], &[], &[]).await),
             Err(_) => None,
         };
         log.push(format!(
-            "operator: restore {id} (voters {voters:?}): learner {learner:?}, voter {voter:?}"
+            "operator of group {}: restore {id} (voters {voters:?}): learner {learner:?}, voter {voter:?}",
+            group.0
         ));
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -10,17 +10,21 @@ use seedkv_proto::trace::{TraceEvent, Tracer};
 use seedkv_proto::{Client, ClientConfig};
 use tokio::time::Instant;
 
-use crate::cluster::{initialized, SimCluster};
+use crate::cluster::{initialized, raft_groups, SimCluster, FOCUS_GROUP};
 use crate::nemesis::{self, PlannedFault, SharedCluster};
 use crate::operator;
 use crate::scenario::Scenario;
 use crate::workload::{self, History, WorkloadConfig};
+use seedkv_core::slot::Slot;
+use seedkv_core::GroupId;
 
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct RunConfig {
     pub scenario: Scenario,
     pub nodes: usize,
+    /// Data groups, each with a replica on every node, besides the meta group.
+    pub groups: u32,
     pub workload: WorkloadConfig,
     /// Bound on reaching convergence after the faults end (virtual time).
     pub converge_timeout: Duration,
@@ -95,9 +99,11 @@ pub async fn run(config: RunConfig) -> RunReport {
         }
     };
 
-    let cluster = SimCluster::start(config.nodes, tracer, DiskConfig::default());
+    let cluster = SimCluster::start(config.nodes, config.groups, tracer, DiskConfig::default());
     let members = cluster.members();
     let operator_members = members.clone();
+    let groups = config.groups;
+    let replicas = u32::try_from(config.nodes).unwrap_or(u32::MAX);
     let endpoints = cluster.addrs();
     let cluster: SharedCluster = Arc::new(Mutex::new(cluster));
     let handle = madsim::runtime::Handle::current();
@@ -110,7 +116,7 @@ pub async fn run(config: RunConfig) -> RunReport {
             async move {
                 let client = Client::new(ClientConfig::new(endpoints.clone()));
                 for _ in 0..50 {
-                    if initialized(client.init(&endpoints[0], &members).await) {
+                    if initialized(client.init(&endpoints[0], &members, groups, replicas).await) {
                         return true;
                     }
                     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -154,14 +160,28 @@ pub async fn run(config: RunConfig) -> RunReport {
         )));
     }
     // Membership changes come from an operator of their own (not with a fuzzer's plan).
+    // One operator per Raft group, all on one host.
     let operator = (config.scenario.changes_membership() && config.plan.is_none()).then(|| {
-        extra_host(&handle, "operator", 2).spawn(operator::run(
-            cluster.clone(),
-            operator_members,
-            deadline,
-            Duration::from_secs(60),
-            config.nodes / 2 + 1,
-        ))
+        let groups = raft_groups(&lock_cluster(&cluster).plan);
+        let (cluster, nodes) = (cluster.clone(), config.nodes);
+        extra_host(&handle, "operator", 2).spawn(async move {
+            let runs = groups.into_iter().map(|group| {
+                operator::run(
+                    cluster.clone(),
+                    group,
+                    operator_members.clone(),
+                    deadline,
+                    Duration::from_secs(60),
+                    nodes / 2 + 1,
+                )
+            });
+            let mut merged = operator::OperatorReport::default();
+            for report in futures::future::join_all(runs).await {
+                merged.actions.extend(report.actions);
+                merged.failure = merged.failure.or(report.failure);
+            }
+            merged
+        })
     });
     match &config.plan {
         Some(plan) => nemesis::run_plan(plan, cluster.clone(), deadline, &mut note).await,
@@ -298,22 +318,44 @@ fn one_owner_per_slot(cluster: &SimCluster) -> Result<(), String> {
     Ok(())
 }
 
+/// Every Raft group converges: each replica applies the leader's whole log, and replicas
+/// at the same index hold the same state. Returns `(group, node, applied, digest)`.
 async fn converge(
     cluster: &SharedCluster,
     bound: Duration,
-) -> Result<Vec<(usize, u64, u64)>, String> {
+) -> Result<Vec<(u32, usize, u64, u64)>, String> {
     let give_up = Instant::now() + bound;
+    let groups = {
+        let c = cluster.lock().unwrap_or_else(|p| p.into_inner());
+        raft_groups(&c.plan)
+    };
+    let mut all = Vec::new();
+    for group in groups {
+        let applied = converge_group(cluster, group, give_up, bound).await?;
+        all.extend(applied.into_iter().map(|(i, a, d)| (group.0, i, a, d)));
+    }
+    let c = cluster.lock().unwrap_or_else(|p| p.into_inner());
+    one_owner_per_slot(&c)?;
+    Ok(all)
+}
+
+async fn converge_group(
+    cluster: &SharedCluster,
+    group: GroupId,
+    give_up: Instant,
+    bound: Duration,
+) -> Result<Vec<(usize, u64, u64)>, String> {
     let mut last = Vec::new();
     while Instant::now() < give_up {
         {
             let c = cluster.lock().unwrap_or_else(|p| p.into_inner());
-            let target = c.leader_last_log();
+            let target = c.leader_last_log(group);
             // Digests read every row: only once every node has reached the leader's log.
-            let indexes = c.applied_indexes();
+            let indexes = c.applied_indexes(group);
             let ready = indexes.len() == c.len()
                 && target.is_some_and(|t| indexes.iter().all(|(_, index)| *index == t));
             let applied = if ready {
-                c.applied()
+                c.applied(group)
             } else {
                 indexes
                     .into_iter()
@@ -325,7 +367,6 @@ async fn converge(
                 let caught_up = applied.iter().all(|(_, index, _)| *index == target);
                 let same = applied.windows(2).all(|w| w[0].2 == w[1].2);
                 if all_up && caught_up && same {
-                    one_owner_per_slot(&c)?;
                     return Ok(applied);
                 }
                 // Equal applied index with different digests is divergence, not lag.
@@ -334,7 +375,8 @@ async fn converge(
                     if let Some((_, _, digest)) = first {
                         if applied.iter().any(|(_, _, d)| *d != digest) {
                             return Err(format!(
-                                "replicas diverged at the same index: {applied:?}"
+                                "replicas of group {} diverged at the same index: {applied:?}",
+                                group.0
                             ));
                         }
                     }
@@ -345,7 +387,8 @@ async fn converge(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     Err(format!(
-        "replicas did not converge within {} s: (node, applied, digest) = {last:?}",
+        "replicas of group {} did not converge within {} s: (node, applied, digest) = {last:?}",
+        group.0,
         bound.as_secs()
     ))
 }
@@ -367,14 +410,21 @@ async fn every_voter_leads(
     cluster: &SharedCluster,
     client_host: &madsim::runtime::NodeHandle,
 ) -> Result<(), String> {
-    let (voters, addrs) = {
+    let (voters, addrs, tag) = {
         let c = cluster.lock().unwrap_or_else(|p| p.into_inner());
         let view = c
             .newest_membership()
             .ok_or_else(|| "no node holds a membership".to_string())?;
         let voters = view.voters();
-        (voters, c.addrs())
+        // A hash tag whose slot the focus group owns, so the writes go through its leader.
+        let tag = (0u32..)
+            .map(|n| format!("liveness{n}"))
+            .take(100_000)
+            .find(|tag| c.plan.owner(Slot::of(tag.as_bytes())).group == FOCUS_GROUP)
+            .ok_or_else(|| "no hash tag falls in the focus group".to_string())?;
+        (voters, c.addrs(), tag)
     };
+    let raft = |node: &seedkv_proto::node::Node| node.raft_of(FOCUS_GROUP);
     let running = |cluster: &SharedCluster| -> Vec<Arc<seedkv_proto::node::Node>> {
         let c = cluster.lock().unwrap_or_else(|p| p.into_inner());
         (0..c.len()).filter_map(|i| c.node(i)).collect()
@@ -391,9 +441,9 @@ async fn every_voter_leads(
         while Instant::now() < caught_up {
             let target = {
                 let c = cluster.lock().unwrap_or_else(|p| p.into_inner());
-                c.leader_last_log()
+                c.leader_last_log(FOCUS_GROUP)
             };
-            let last = node.raft().metrics().borrow().last_log_index;
+            let last = raft(&node).and_then(|r| r.metrics().borrow().last_log_index);
             if target.is_some() && last >= target {
                 break;
             }
@@ -401,36 +451,41 @@ async fn every_voter_leads(
         }
         // Followers refuse votes while their leader's lease lasts: quiet every other node
         // (no heartbeats, no elections of their own) until the chosen one has won.
+        let chosen = raft(&node)
+            .ok_or_else(|| format!("voter {} does not host the focus group", index + 1))?;
         for other in running(cluster) {
             let quiet = other.id() != node.id();
-            other.raft().runtime_config().heartbeat(!quiet);
-            other.raft().runtime_config().elect(!quiet);
+            if let Some(other) = raft(&other) {
+                other.runtime_config().heartbeat(!quiet);
+                other.runtime_config().elect(!quiet);
+            }
         }
         for _ in 0..ELECT_TRIES {
-            if node.raft().metrics().borrow().state == openraft::ServerState::Leader {
+            if chosen.metrics().borrow().state == openraft::ServerState::Leader {
                 break;
             }
-            if let Err(err) = node.raft().trigger().elect().await {
+            if let Err(err) = chosen.trigger().elect().await {
                 return Err(format!("node {}: raft stopped: {err}", index + 1));
             }
-            let _ = node
-                .raft()
+            let _ = chosen
                 .wait(Some(ELECT_WAIT))
                 .state(openraft::ServerState::Leader, "elected")
                 .await;
         }
         for other in running(cluster) {
-            other.raft().runtime_config().heartbeat(true);
-            other.raft().runtime_config().elect(true);
+            if let Some(other) = raft(&other) {
+                other.runtime_config().heartbeat(true);
+                other.runtime_config().elect(true);
+            }
         }
-        if node.raft().metrics().borrow().state != openraft::ServerState::Leader {
+        if chosen.metrics().borrow().state != openraft::ServerState::Leader {
             return Err(format!(
                 "node {} did not win any of {ELECT_TRIES} elections it started after the heal",
                 index + 1
             ));
         }
         let addr = addrs[index].clone();
-        let key = format!("{{liveness}}n{}", index + 1);
+        let key = format!("{{{tag}}}n{}", index + 1);
         let write = client_host.spawn(async move {
             let client = workload::client(vec![addr]);
             let revision = client.put(key.as_bytes(), b"led").await?;
@@ -463,6 +518,10 @@ async fn every_voter_leads(
         }
     }
     Ok(())
+}
+
+fn lock_cluster(cluster: &SharedCluster) -> std::sync::MutexGuard<'_, SimCluster> {
+    cluster.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// A simulated host beside the nodes (clients, operator), at 10.0.1.`last`.

@@ -97,6 +97,9 @@ struct SimArgs {
     /// Cluster size (3 or 5).
     #[arg(long, default_value_t = 3)]
     nodes: u64,
+    /// Data groups besides the meta group (each with a replica on every node).
+    #[arg(long, default_value_t = 3)]
+    groups: u64,
     /// Concurrent clients.
     #[arg(long)]
     clients: Option<u64>,
@@ -247,8 +250,8 @@ fn parse_seeds(args: &SimArgs) -> Result<Vec<u64>> {
 /// The command that replays one seed exactly.
 fn replay_command(args: &SimArgs, seed: u64) -> String {
     let mut line = format!(
-        "cargo xtask sim --scenario {} --seed {seed} --nodes {}",
-        args.scenario, args.nodes
+        "cargo xtask sim --scenario {} --seed {seed} --nodes {} --groups {}",
+        args.scenario, args.nodes, args.groups
     );
     if let Some(clients) = args.clients {
         line.push_str(&format!(" --clients {clients}"));
@@ -280,6 +283,7 @@ fn run_seed(binary: &Path, args: &SimArgs, seed: u64) -> SeedRun {
     let mut cmd = Command::new(binary);
     cmd.args(["--scenario", &args.scenario, "--seed", &seed.to_string()])
         .args(["--nodes", &args.nodes.to_string()])
+        .args(["--groups", &args.groups.to_string()])
         .stdin(Stdio::null());
     if let Some(clients) = args.clients {
         cmd.args(["--clients", &clients.to_string()]);
@@ -476,6 +480,7 @@ fn bites(args: &BitesArgs) -> Result<bool> {
             seeds: Some(format!("0..{}", args.max_seeds)),
             seed: None,
             nodes,
+            groups: 3,
             clients: None,
             duration_s: None,
             faults: vec![bug.into()],
@@ -618,6 +623,7 @@ fn test(args: &TestArgs) -> Result<bool> {
         seeds: Some(format!("0..{}", args.sim_seeds)),
         seed: None,
         nodes: 5,
+        groups: 3,
         clients: None,
         duration_s: None,
         faults: vec![],

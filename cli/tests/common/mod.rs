@@ -126,15 +126,44 @@ where
     }
 }
 
+/// The leader of the meta group among `addrs`.
 pub async fn leader(client: &Client, addrs: &[String]) -> Option<(u64, String)> {
+    group_leader(client, addrs, 0).await
+}
+
+/// The leader of Raft group `group` among `addrs`.
+pub async fn group_leader(client: &Client, addrs: &[String], group: u32) -> Option<(u64, String)> {
     for addr in addrs {
-        if let Ok(status) = client.status(addr).await {
+        if let Ok(status) = client.group_status(addr, group, false).await {
             if status.role == "leader" {
                 return Some((status.node_id, addr.clone()));
             }
         }
     }
     None
+}
+
+/// True once the node at `addr` has applied, in every group it hosts, its leader's whole log
+/// and holds the same state.
+pub async fn caught_up(client: &Client, addrs: &[String], addr: &str) -> bool {
+    let Ok(status) = client.status(addr).await else {
+        return false;
+    };
+    for group in status.hosted_groups {
+        let Some((_, leader_addr)) = group_leader(client, addrs, group).await else {
+            return false;
+        };
+        let (Ok(lead), Ok(node)) = (
+            client.group_status(&leader_addr, group, true).await,
+            client.group_status(addr, group, true).await,
+        ) else {
+            return false;
+        };
+        if node.applied_index < lead.last_log_index || node.state_digest != lead.state_digest {
+            return false;
+        }
+    }
+    true
 }
 
 pub fn cli(endpoints: &str, args: &[&str]) -> std::process::Output {

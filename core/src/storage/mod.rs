@@ -245,6 +245,23 @@ pub mod keys {
     pub fn log_end(group: GroupId) -> Vec<u8> {
         group_key(group, LOG + 1)
     }
+    /// The start of every key of `group`.
+    pub fn group_start(group: GroupId) -> Vec<u8> {
+        let mut key = Vec::with_capacity(5);
+        key.push(b'g');
+        key.extend_from_slice(&group.0.to_be_bytes());
+        key
+    }
+    /// The end of every group's keys (exclusive).
+    pub const GROUPS_END: &[u8] = b"h";
+    /// The group a key of some group belongs to.
+    pub fn group_of(key: &[u8]) -> Option<GroupId> {
+        if key.first() != Some(&b'g') {
+            return None;
+        }
+        let id: [u8; 4] = key.get(1..5)?.try_into().ok()?;
+        Some(GroupId(u32::from_be_bytes(id)))
+    }
     /// True if `key` is any group's vote: lets a test disk single votes out.
     pub fn is_vote(key: &[u8]) -> bool {
         key.len() == 6 && key[0] == b'g' && key[5] == VOTE
@@ -393,6 +410,29 @@ fn read_err(err: &(impl std::error::Error + 'static)) -> StorageError {
 
 fn write_err(err: &(impl std::error::Error + 'static)) -> StorageError {
     io_err(StorageIOError::write, err)
+}
+
+/// Every group with anything on `disk`, in id order: the groups a node hosts when it starts.
+/// Reads one key per group.
+pub fn groups_on(disk: &dyn DiskRead) -> Result<Vec<GroupId>, DiskError> {
+    let mut found = Vec::new();
+    let mut from = keys::group_start(GroupId(0));
+    // Bounded: every turn finds a greater group id or ends.
+    loop {
+        let rows = disk.scan(&from, keys::GROUPS_END, 1, false)?;
+        let Some((key, _)) = rows.first() else {
+            return Ok(found);
+        };
+        let Some(group) = keys::group_of(key) else {
+            return Err(corrupt(key, "a key among the groups' keys names no group"));
+        };
+        debug_assert!(found.last().is_none_or(|last: &GroupId| last.0 < group.0));
+        found.push(group);
+        match group.0.checked_add(1) {
+            Some(next) => from = keys::group_start(GroupId(next)),
+            None => return Ok(found),
+        }
+    }
 }
 
 fn corrupt(key: &[u8], reason: impl std::fmt::Display) -> DiskError {
