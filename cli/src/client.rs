@@ -466,13 +466,13 @@ pub enum ClusterCommand {
         #[arg(long, default_value_t = 0)]
         group: u32,
     },
-    /// Remove node ID from a Raft group (from every group it votes in, to take it out of the
-    /// cluster; stop it afterwards).
+    /// Remove node ID from the cluster: from every data group it votes in, then from the
+    /// meta group (stop it afterwards); or from one Raft group only.
     RemoveNode {
         id: u64,
-        /// The Raft group (0: the meta group).
-        #[arg(long, default_value_t = 0)]
-        group: u32,
+        /// Only this Raft group (0: the meta group).
+        #[arg(long)]
+        group: Option<u32>,
     },
 }
 
@@ -710,25 +710,40 @@ pub async fn cluster(conn: &Connection, command: ClusterCommand) -> Result<bool>
             Ok(true)
         }
         ClusterCommand::RemoveNode { id, group } => {
-            let voters = current_voters(&client, conn, group).await?;
-            if !voters.contains(&id) {
-                bail!("node {id} is not a voter; voters are {voters:?}");
+            let group_given = group.is_some();
+            // Without --group: out of every data group it votes in, then the meta group.
+            let groups = match group {
+                Some(group) => vec![group],
+                None => {
+                    let map = client.slot_map().await.map_err(fail)?;
+                    map.groups().chain(std::iter::once(0)).collect()
+                }
+            };
+            let mut removed = Vec::new();
+            for group in groups {
+                let voters = current_voters(&client, conn, group).await?;
+                if !voters.contains(&id) {
+                    if group_given {
+                        bail!("node {id} is not a voter of group {group}; voters are {voters:?}");
+                    }
+                    continue;
+                }
+                let next: Vec<u64> = voters.iter().copied().filter(|v| *v != id).collect();
+                if next.is_empty() {
+                    bail!("cannot remove the last voter of group {group}");
+                }
+                let index = client
+                    .change_membership(group, &[], &[id], &voters)
+                    .await
+                    .map_err(fail)?;
+                if json {
+                    removed.push(json!({ "group": group, "voters": next, "log_index": index }));
+                } else {
+                    println!("node {id} removed from group {group}; voters are now {next:?}");
+                }
             }
-            let next: Vec<u64> = voters.iter().copied().filter(|v| *v != id).collect();
-            if next.is_empty() {
-                bail!("cannot remove the last voter");
-            }
-            let index = client
-                .change_membership(group, &[], &[id], &voters)
-                .await
-                .map_err(fail)?;
             if json {
-                println!(
-                    "{}",
-                    json!({ "removed": id, "group": group, "voters": next, "log_index": index })
-                );
-            } else {
-                println!("node {id} removed from group {group}; voters are now {next:?}");
+                println!("{}", json!({ "removed": id, "groups": removed }));
             }
             Ok(true)
         }

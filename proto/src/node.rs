@@ -597,12 +597,20 @@ impl Node {
         let meta = self.meta();
         let metrics = meta.raft.metrics().borrow().clone();
         let members = metrics.membership_config.membership();
+        // The replica after this node in the group's list (the first if this node is not in
+        // it): nodes that do not host the group name different replicas, so a client sent
+        // round by stale replicas still reaches every one of them.
         let replica = self.slot_map().and_then(|map| {
-            let info = map.groups().get(&group)?;
-            info.replicas
+            let replicas = &map.groups().get(&group)?.replicas;
+            let after = replicas
                 .iter()
-                .filter(|id| **id != self.id)
-                .find_map(|id| Some((*id, members.get_node(id)?.clone())))
+                .position(|id| *id == self.id)
+                .map_or(0, |at| at + 1);
+            let n = replicas.len();
+            (0..n)
+                .map(|k| replicas[(after + k) % n])
+                .filter(|id| *id != self.id)
+                .find_map(|id| Some((id, members.get_node(&id)?.clone())))
         });
         let (leader_id, leader_node) = match replica {
             Some((id, member)) => (Some(id), Some(member)),
