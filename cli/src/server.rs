@@ -331,11 +331,11 @@ async fn wait_for_signal() -> Result<()> {
 
 /// Starts a new cluster, joins one, or does nothing if this node already belongs to one.
 async fn bootstrap(node: &Arc<Node>, settings: &Settings) -> Result<()> {
-    let initialized = node.raft().is_initialized().await.unwrap_or(false);
-    if initialized {
-        return Ok(());
-    }
     if let Some(seed) = &settings.join {
+        let initialized = node.raft().is_initialized().await.unwrap_or(false);
+        if initialized {
+            return Ok(());
+        }
         return join(settings, seed).await;
     }
     let members: BTreeMap<u64, String> = match &settings.initial_cluster {
@@ -344,7 +344,9 @@ async fn bootstrap(node: &Arc<Node>, settings: &Settings) -> Result<()> {
     };
     // Every member bootstraps with the same membership, each member's incarnation asked
     // from it first, so the bootstrap waits until every member is up; in the background,
-    // so the server answers (and stops on a signal) meanwhile.
+    // so the server answers (and stops on a signal) meanwhile. An initialized node only
+    // keeps the plan: its meta group's leader proposes it as the first slot map if the
+    // cluster stopped before one committed.
     let plan = Node::plan(&members, settings.groups, 0)
         .map_err(|status| anyhow::anyhow!("{}", status.message()))?;
     node.bootstrap_in_background(members, plan);

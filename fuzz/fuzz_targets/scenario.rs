@@ -51,6 +51,8 @@ fuzz_target!(|data: &[u8]| {
     let config = RunConfig {
         scenario: Scenario::Mixed,
         nodes: 3,
+        groups: 2,
+        replicas: 0,
         workload: WorkloadConfig {
             clients: 3,
             keys: 4,

@@ -280,13 +280,19 @@ impl Client {
         let mut route = self.route();
         route.channels.remove(failed);
         if let Some(group) = group {
-            // The next replica of the group after the one that failed.
-            let next = route.map.as_ref().and_then(|map| {
-                let replicas = map.replicas.get(&group)?;
-                let at = replicas.iter().position(|addr| addr == failed);
-                let next = at.map_or(0, |at| (at + 1) % replicas.len());
-                replicas.get(next).cloned()
-            });
+            // The next replica of the group after the one that failed (the next endpoint
+            // without a map): never back to a node that pointed at the one that failed.
+            let next = {
+                let candidates = route
+                    .map
+                    .as_ref()
+                    .and_then(|map| map.replicas.get(&group))
+                    .filter(|replicas| !replicas.is_empty())
+                    .unwrap_or(&route.endpoints);
+                let at = candidates.iter().position(|addr| addr == failed);
+                let next = at.map_or(0, |at| (at + 1) % candidates.len().max(1));
+                candidates.get(next).cloned()
+            };
             match next {
                 Some(next) => {
                     route.leaders.insert(group, next);
@@ -394,6 +400,7 @@ impl Client {
                 Err(elapsed) => Status::deadline_exceeded(format!("{addr}: {elapsed}")),
             };
             last_error = format!("{addr}: {}", status.message());
+            tracing::debug!(?group, attempt, %addr, code = ?status.code(), "refused: {}", status.message());
             if let Some(hint) = leader_hint(&status) {
                 // A node also says "not the leader" when it truncated a write it had
                 // proposed, which may still commit elsewhere; only a refusal marked as
@@ -497,10 +504,10 @@ impl Client {
 
     /// This client's session id in data group `group`, registering one first if it has none.
     async fn session(&self, group: u32) -> Result<u64, ClientError> {
-        let mut sessions = self.sessions.lock().await;
-        if let Some(client_id) = sessions.get(&group) {
+        if let Some(client_id) = self.sessions.lock().await.get(&group) {
             return Ok(*client_id);
         }
+        // Not under the lock: a group without a leader must not hold up writes to others.
         // Registering twice only leaves an unused session behind: resend freely.
         let reply = self
             .call(Retry::Always, Some(group), |ch| async move {
@@ -513,8 +520,9 @@ impl Client {
                 reply.group
             )));
         }
-        sessions.insert(group, reply.client_id);
-        Ok(reply.client_id)
+        // Of two registered side by side, the first one kept serves both.
+        let mut sessions = self.sessions.lock().await;
+        Ok(*sessions.entry(group).or_insert(reply.client_id))
     }
 
     /// The slot map, fetched from any node if none is cached.

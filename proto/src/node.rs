@@ -297,9 +297,11 @@ impl Node {
                 "the slot map places a replica on node {stray}, which is not a member"
             )));
         }
-        let data_groups = u32::try_from(plan.groups().len()).unwrap_or(u32::MAX);
-        let cluster_id =
-            seedkv_core::storage::identity::cluster_id(&self.cluster_name, &members, data_groups);
+        let cluster_id = seedkv_core::storage::identity::cluster_id(
+            &self.cluster_name,
+            &members,
+            &codec::encode(&plan),
+        );
         let mut nodes: BTreeMap<NodeId, Member> = BTreeMap::new();
         for (&id, addr) in &members {
             let incarnation = if id == self.id {
@@ -316,11 +318,12 @@ impl Node {
                     Some((said_id, _, said_cluster))
                         if said_id == id && said_cluster == cluster_id =>
                     {
+                        self.initialize_late(addr, &plan, cluster_id).await?;
                         return Err(Status::already_exists(format!(
                             "member {id} at {addr} already belongs to the cluster: it was \
                              bootstrapped without this node, which waits for the leader to \
                              reach it; nothing was done"
-                        )))
+                        )));
                     }
                     Some((said_id, _, said_cluster)) => {
                         return Err(Status::failed_precondition(format!(
@@ -368,6 +371,77 @@ impl Node {
         }
     }
 
+    /// An initial member finds the cluster bootstrapped by a member that asked it in time:
+    /// it initializes the data groups `plan` places on it, which perhaps no other replica
+    /// initialized either (their bootstraps stopped the same way), from the meta group's
+    /// first entry as the member at `addr` holds it. See [`Node::initialize_placed`].
+    async fn initialize_late(
+        &self,
+        addr: &str,
+        plan: &SlotMap,
+        cluster_id: u64,
+    ) -> Result<(), Status> {
+        let status = crate::pinning::status_of(addr)
+            .await
+            .ok_or_else(|| Status::unavailable(format!("member at {addr} did not answer")))?;
+        // Only the first entry says which incarnations the first entries were written with.
+        if status.membership_index != 0 {
+            return Ok(());
+        }
+        let first: BTreeMap<NodeId, Member> = status
+            .voters
+            .iter()
+            .chain(&status.learners)
+            .map(|m| (m.id, Member::new(m.addr.clone(), m.incarnation)))
+            .collect();
+        if first.get(&self.id).map(|m| m.incarnation) != Some(self.incarnation()) {
+            return Ok(());
+        }
+        self.identity.settle_cluster(cluster_id).await?;
+        self.initialize_placed(plan, &first).await
+    }
+
+    /// Initializes every data group `plan` places on this node and it has not initialized,
+    /// with the incarnations `first` (the meta group's first entry) records, the ones every
+    /// replica bootstrapping in time used: so every replica writes the same first entry,
+    /// whichever of them initializes the group. Only for a node `first` records as it is
+    /// (one that lost its data initializes nothing: it must be replaced).
+    async fn initialize_placed(
+        &self,
+        plan: &SlotMap,
+        first: &BTreeMap<NodeId, Member>,
+    ) -> Result<(), Status> {
+        if first.get(&self.id).map(|m| m.incarnation) != Some(self.incarnation()) {
+            return Ok(());
+        }
+        let recorded = first;
+        for group in plan.groups_on(self.id).collect::<Vec<_>>() {
+            let Some(info) = plan.groups().get(&group) else {
+                continue;
+            };
+            let replicas: BTreeMap<NodeId, Member> = info
+                .replicas
+                .iter()
+                .filter_map(|id| Some((*id, recorded.get(id)?.clone())))
+                .filter(|(_, member)| member.incarnation != 0)
+                .collect();
+            if replicas.len() != info.replicas.len() {
+                continue;
+            }
+            let raft = self.host(group).await?.raft.clone();
+            match raft.initialize(replicas).await {
+                Ok(()) => tracing::info!(
+                    node = self.id,
+                    group = group.0,
+                    "initialized a data group late"
+                ),
+                Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
+                Err(err) => return Err(membership_error(err)),
+            }
+        }
+        Ok(())
+    }
+
     /// Bootstraps `members` with the data groups of `plan` in the background, as every
     /// initial member does at each start: until this node's meta group holds a membership,
     /// it tries [`Node::initialize`] every [`BOOTSTRAP_RETRY_MS`] (it waits for every member
@@ -387,9 +461,28 @@ impl Node {
                 let Some(node) = node.upgrade() else {
                     return;
                 };
-                if node.raft().metrics().borrow().state == ServerState::Shutdown
-                    || node.raft().is_initialized().await.unwrap_or(true)
-                {
+                if node.raft().metrics().borrow().state == ServerState::Shutdown {
+                    return;
+                }
+                if node.raft().is_initialized().await.unwrap_or(true) {
+                    // The meta group reached this node by replication before its own
+                    // bootstrap ran: its data groups may still need their first entries.
+                    let metrics = node.raft().metrics().borrow().clone();
+                    if metrics.membership_config.log_id().map_or(0, |id| id.index) == 0 {
+                        let first: BTreeMap<NodeId, Member> = metrics
+                            .membership_config
+                            .membership()
+                            .nodes()
+                            .map(|(id, member)| (*id, member.clone()))
+                            .collect();
+                        if let Err(err) = node.initialize_placed(&plan, &first).await {
+                            tracing::info!(
+                                node = node.id,
+                                "initializing data groups: {}",
+                                err.message()
+                            );
+                        }
+                    }
                     return;
                 }
                 match node.initialize(members.clone(), plan.clone()).await {
@@ -744,12 +837,12 @@ async fn open<D: Disk>(
     let dyn_disk: Arc<dyn DynDisk> = disk.clone();
     let state_machine = StateMachineStore::open(dyn_disk, group)
         .await
-        .map_err(|err| NodeError::Storage(err.to_string()))?;
+        .map_err(|err| NodeError::Storage(format!("group {}: {err}", group.0)))?;
     let log = LogStore::new(disk, group, state_machine.durable_applied(), syncer);
     let state = state_machine.state();
     let raft = Raft::new(id, raft_config, network, log, state_machine)
         .await
-        .map_err(|err| NodeError::Raft(err.to_string()))?;
+        .map_err(|err| NodeError::Raft(format!("group {}: {err}", group.0)))?;
     Ok(Group {
         id: group,
         read_index: ReadIndex::start(raft.clone(), state.clone()),
@@ -984,29 +1077,29 @@ impl pb::kv_server::Kv for KvService {
             .limits
             .check_keys(&req.keys)
             .map_err(|err| Status::invalid_argument(err.to_string()))?;
-        // Each key is read from the hosted group serving it, after that group's barrier.
-        let mut groups: Vec<Arc<Group>> = Vec::new();
-        let mut group_of_key = Vec::with_capacity(req.keys.len());
-        for key in &req.keys {
+        // The keys of each hosted group are read together, from one view of its state,
+        // after that group's barrier: atomic within a group.
+        let mut groups: Vec<(Arc<Group>, Vec<usize>)> = Vec::new();
+        for (index, key) in req.keys.iter().enumerate() {
             let group = self.0.serving(Slot::of(key), None)?;
-            let index = match groups.iter().position(|g| g.id == group.id) {
-                Some(index) => index,
-                None => {
-                    groups.push(group);
-                    groups.len() - 1
-                }
-            };
-            group_of_key.push(index);
+            match groups.iter_mut().find(|(g, _)| g.id == group.id) {
+                Some((_, indexes)) => indexes.push(index),
+                None => groups.push((group, vec![index])),
+            }
         }
-        for group in &groups {
+        for (group, _) in &groups {
             self.0.read_barrier(group, req.consistency).await?;
         }
-        let mut values = Vec::with_capacity(req.keys.len());
-        for (key, &index) in req.keys.iter().zip(&group_of_key) {
-            let group = &groups[index];
-            let row = group.state.get(key).map_err(disk_error)?;
-            owned(&self.0, group, key)?;
-            values.push(get_response(row.as_ref()));
+        let mut values = vec![pb::GetResponse::default(); req.keys.len()];
+        for (group, indexes) in &groups {
+            let keys: Vec<Vec<u8>> = indexes.iter().map(|&i| req.keys[i].clone()).collect();
+            let rows = group.state.multi_get(&keys).map_err(disk_error)?;
+            for key in &keys {
+                owned(&self.0, group, key)?;
+            }
+            for (&index, row) in indexes.iter().zip(&rows) {
+                values[index] = get_response(row.as_ref());
+            }
         }
         Ok(GrpcResponse::new(pb::MultiGetResponse { values }))
     }
@@ -1093,8 +1186,17 @@ impl pb::raft_server::Raft for RaftService {
             .await?;
         // A leader reaching a replica new to this node: host the group.
         let group = self.0.host(GroupId(message.group)).await?;
+        // Not while a received snapshot is being installed: openraft takes a snapshot at once
+        // and appends what follows it while the state machine still installs it, so those
+        // entries could be durable, and acknowledged, before the state before them; a crash
+        // between the two left a log with a hole and nothing to cover it (a group that could
+        // not start: the simulator found it, an fsync failing during an install). The
+        // install holds the staging lock until it is durable; an append holds it until
+        // openraft has taken the entries, so no install starts in between either.
+        let staging = group.staging.lock().await;
         let rpc = decode_request(&message)?;
         let result = group.raft.append_entries(rpc).await;
+        drop(staging);
         Ok(reply(message.group, &result))
     }
 
@@ -1317,6 +1419,7 @@ impl pb::admin_server::Admin for AdminService {
             cluster_id: self.0.cluster_id(),
             group: group.id.0,
             hosted_groups: self.0.group_ids().into_iter().map(|id| id.0).collect(),
+            membership_index: metrics.membership_config.log_id().map_or(0, |id| id.index),
         }))
     }
 

@@ -124,9 +124,14 @@ async fn pin_once(node: &Node, group: &Group) -> Result<(), Status> {
 
 /// `(node id, incarnation, cluster id)` of the node at `addr`, if it answers.
 pub(crate) async fn ask(addr: &str) -> Option<(NodeId, u64, u64)> {
+    let status = status_of(addr).await?;
+    Some((status.node_id, status.incarnation, status.cluster_id))
+}
+
+/// The meta group's status at `addr`, if the node answers within [`ASK_TIMEOUT_MS`].
+pub(crate) async fn status_of(addr: &str) -> Option<crate::pb::StatusResponse> {
     let mut config = ClientConfig::new(vec![addr.to_string()]);
     config.request_timeout_ms = ASK_TIMEOUT_MS;
     config.max_attempts = 1;
-    let status = Client::new(config).status(addr).await.ok()?;
-    Some((status.node_id, status.incarnation, status.cluster_id))
+    Client::new(config).status(addr).await.ok()
 }

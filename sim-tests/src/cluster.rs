@@ -75,7 +75,7 @@ pub struct SimCluster {
     pub wants_every_voter: bool,
     /// Network fault controller over the nodes, in index order.
     pub net: NetFaults,
-    /// The slot map the cluster bootstraps with: its data groups have a replica on every node.
+    /// The slot map the cluster bootstraps with.
     pub plan: SlotMap,
 }
 
@@ -95,9 +95,16 @@ fn lock(slot: &Slot) -> std::sync::MutexGuard<'_, Option<Arc<Node>>> {
 }
 
 impl SimCluster {
-    /// Starts `n` nodes that bootstrap a cluster of `groups` data groups, each with a
-    /// replica on every node. They serve at once but form no cluster until initialized.
-    pub fn start(n: usize, groups: u32, tracer: Tracer, disk: DiskConfig) -> SimCluster {
+    /// Starts `n` nodes that bootstrap a cluster of `groups` data groups of `replicas`
+    /// replicas each (0: every node). They serve at once but form no cluster until
+    /// initialized.
+    pub fn start(
+        n: usize,
+        groups: u32,
+        replicas: u32,
+        tracer: Tracer,
+        disk: DiskConfig,
+    ) -> SimCluster {
         let handle = Handle::current();
         let mut nodes = Vec::with_capacity(n);
         // Every node bootstraps this membership at each start, as `seedkv server
@@ -109,7 +116,10 @@ impl SimCluster {
                 (id, SocketAddr::new(ip, PORT).to_string())
             })
             .collect();
-        let replicas = u32::try_from(n).unwrap_or(u32::MAX);
+        let replicas = match replicas {
+            0 => u32::try_from(n).unwrap_or(u32::MAX),
+            r => r,
+        };
         let plan = match Node::plan(&members, groups, replicas) {
             Ok(plan) => plan,
             Err(err) => panic!(
@@ -378,7 +388,8 @@ impl SimCluster {
     /// The applied index of `group` on every running node hosting it, from memory (cheap):
     /// `(index, applied)`.
     pub fn applied_indexes(&self, group: GroupId) -> Vec<(usize, u64)> {
-        (0..self.nodes.len())
+        self.members_of(group)
+            .into_iter()
             .filter_map(|i| {
                 let state = self.node(i)?.state_of(group)?;
                 let applied = state.last_applied().map_or(0, |id| id.index);
@@ -390,7 +401,8 @@ impl SimCluster {
     /// The applied state of `group` on every running node hosting it: `(index, applied
     /// index, digest)`. Reads every row of the group on every node.
     pub fn applied(&self, group: GroupId) -> Vec<(usize, u64, u64)> {
-        (0..self.nodes.len())
+        self.members_of(group)
+            .into_iter()
             .filter_map(|i| {
                 let state: Arc<SharedState> = self.node(i)?.state_of(group)?;
                 // Index and digest read from one view: a consistent pair.
@@ -401,6 +413,14 @@ impl SimCluster {
                 Some((i, summary.applied_index, summary.digest))
             })
             .collect()
+    }
+
+    /// The nodes `group`'s newest membership names (voters and learners); a node removed
+    /// from a group keeps its stale replica, which is not expected to converge.
+    pub fn members_of(&self, group: GroupId) -> Vec<usize> {
+        self.newest_membership_of(group)
+            .map(|view| view.members.iter().map(|m| m.index).collect())
+            .unwrap_or_default()
     }
 
     /// The last log index of `group`'s leader, if there is one.

@@ -23,6 +23,9 @@ struct Args {
     /// Data groups besides the meta group, each with a replica on every node.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=64))]
     groups: u32,
+    /// Replicas per data group (0: every node).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=7))]
+    replicas: u32,
     /// Concurrent clients.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=64))]
     clients: u64,
@@ -88,6 +91,7 @@ fn run(args: Args) -> Result<ExitCode, String> {
         scenario,
         nodes: args.nodes as usize,
         groups: args.groups,
+        replicas: args.replicas,
         workload: WorkloadConfig {
             clients: args.clients as usize,
             keys: args.keys as usize,

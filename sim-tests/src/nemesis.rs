@@ -211,9 +211,21 @@ async fn amnesia(
         // A blank voter is lost for good until the operator replaces it: only when the
         // voters can spare one, and never across a membership change (a new configuration
         // that needs the lost node could never commit, and nothing could replace it).
+        // Every group must spare the lost node, not only the one the fault aims at.
+        let every_group_spares_one =
+            crate::cluster::raft_groups(&c.plan)
+                .into_iter()
+                .all(|group| {
+                    c.newest_membership_of(group).is_some_and(|view| {
+                        !view.changing
+                            && view.voters().len() >= 3
+                            && view.members.iter().all(|m| m.incarnation != 0)
+                    })
+                });
         let voters = view.voters();
         if view.changing
             || voters.len() < 3
+            || !every_group_spares_one
             || c.operator_changes > 0
             || view.members.iter().any(|m| m.incarnation == 0)
             || c.lost_data_anywhere()

@@ -23,8 +23,10 @@ use seedkv_core::GroupId;
 pub struct RunConfig {
     pub scenario: Scenario,
     pub nodes: usize,
-    /// Data groups, each with a replica on every node, besides the meta group.
+    /// Data groups besides the meta group.
     pub groups: u32,
+    /// Replicas per data group (0: every node).
+    pub replicas: u32,
     pub workload: WorkloadConfig,
     /// Bound on reaching convergence after the faults end (virtual time).
     pub converge_timeout: Duration,
@@ -99,11 +101,20 @@ pub async fn run(config: RunConfig) -> RunReport {
         }
     };
 
-    let cluster = SimCluster::start(config.nodes, config.groups, tracer, DiskConfig::default());
+    let cluster = SimCluster::start(
+        config.nodes,
+        config.groups,
+        config.replicas,
+        tracer,
+        DiskConfig::default(),
+    );
     let members = cluster.members();
     let operator_members = members.clone();
     let groups = config.groups;
-    let replicas = u32::try_from(config.nodes).unwrap_or(u32::MAX);
+    let replicas = match config.replicas {
+        0 => u32::try_from(config.nodes).unwrap_or(u32::MAX),
+        r => r,
+    };
     let endpoints = cluster.addrs();
     let cluster: SharedCluster = Arc::new(Mutex::new(cluster));
     let handle = madsim::runtime::Handle::current();
@@ -162,17 +173,35 @@ pub async fn run(config: RunConfig) -> RunReport {
     // Membership changes come from an operator of their own (not with a fuzzer's plan).
     // One operator per Raft group, all on one host.
     let operator = (config.scenario.changes_membership() && config.plan.is_none()).then(|| {
-        let groups = raft_groups(&lock_cluster(&cluster).plan);
-        let (cluster, nodes) = (cluster.clone(), config.nodes);
+        // Each group's operator works on its replicas: every node for the meta group.
+        let groups: Vec<(GroupId, Vec<(u64, String)>)> = {
+            let c = lock_cluster(&cluster);
+            raft_groups(&c.plan)
+                .into_iter()
+                .map(|group| {
+                    let members = match c.plan.groups().get(&group) {
+                        Some(info) => operator_members
+                            .iter()
+                            .filter(|(id, _)| info.replicas.contains(id))
+                            .cloned()
+                            .collect(),
+                        None => operator_members.clone(),
+                    };
+                    (group, members)
+                })
+                .collect()
+        };
+        let cluster = cluster.clone();
         extra_host(&handle, "operator", 2).spawn(async move {
-            let runs = groups.into_iter().map(|group| {
+            let runs = groups.into_iter().map(|(group, members)| {
+                let min_voters = members.len() / 2 + 1;
                 operator::run(
                     cluster.clone(),
                     group,
-                    operator_members.clone(),
+                    members,
                     deadline,
                     Duration::from_secs(60),
-                    nodes / 2 + 1,
+                    min_voters,
                 )
             });
             let mut merged = operator::OperatorReport::default();
@@ -293,26 +322,37 @@ pub async fn run(config: RunConfig) -> RunReport {
     report
 }
 
-/// On every node, each hash slot is owned by exactly one of the groups it hosts, as their
-/// applied states say (a group's grant lost in a snapshot, or taken twice, fails here).
+/// Each hash slot is owned by exactly one group, as the applied states of every replica say:
+/// no node holds two groups owning one slot, and no two groups anywhere own it (a group's
+/// grant lost in a snapshot, or taken twice, fails here).
 fn one_owner_per_slot(cluster: &SimCluster) -> Result<(), String> {
+    let mut owners: Vec<std::collections::BTreeSet<GroupId>> =
+        vec![Default::default(); usize::from(seedkv_core::slot::SLOT_COUNT)];
     for index in 0..cluster.len() {
         let Some(node) = cluster.node(index) else {
             continue;
         };
         let states = node.group_states();
-        for slot in seedkv_core::slot::Slot::all() {
-            let owners: Vec<_> = states
+        for slot in Slot::all() {
+            let here: Vec<GroupId> = states
                 .iter()
                 .filter(|(_, state)| state.owns(slot))
                 .map(|(group, _)| *group)
                 .collect();
-            if owners.len() != 1 {
+            if here.len() > 1 {
                 return Err(format!(
-                    "node {}: {slot} is owned by groups {owners:?}, not by exactly one",
+                    "node {}: {slot} is owned by groups {here:?}, not by one",
                     index + 1
                 ));
             }
+            owners[usize::from(slot.get())].extend(here);
+        }
+    }
+    for (slot, groups) in Slot::all().zip(&owners) {
+        if groups.len() != 1 {
+            return Err(format!(
+                "{slot} is owned by groups {groups:?} across the nodes, not by exactly one"
+            ));
         }
     }
     Ok(())
@@ -352,7 +392,9 @@ async fn converge_group(
             let target = c.leader_last_log(group);
             // Digests read every row: only once every node has reached the leader's log.
             let indexes = c.applied_indexes(group);
-            let ready = indexes.len() == c.len()
+            let expected = c.members_of(group).len();
+            let ready = expected > 0
+                && indexes.len() == expected
                 && target.is_some_and(|t| indexes.iter().all(|(_, index)| *index == t));
             let applied = if ready {
                 c.applied(group)
@@ -363,7 +405,7 @@ async fn converge_group(
                     .collect()
             };
             if let Some(target) = target.filter(|_| ready) {
-                let all_up = applied.len() == c.len();
+                let all_up = applied.len() == expected;
                 let caught_up = applied.iter().all(|(_, index, _)| *index == target);
                 let same = applied.windows(2).all(|w| w[0].2 == w[1].2);
                 if all_up && caught_up && same {

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context, Result};
 
+mod groups;
 mod handover;
 use clap::{Args, Parser, Subcommand};
 
@@ -67,6 +68,22 @@ enum Task {
         #[arg(long, default_value_t = 10)]
         rounds: usize,
     },
+    /// What many Raft groups cost a release 3-node cluster: idle CPU of its processes, and
+    /// puts/s of 64 clients, per data group count.
+    MeasureGroups {
+        /// Group counts whose idle CPU is measured, comma-separated.
+        #[arg(long, value_delimiter = ',', default_values_t = [3u32, 32, 128])]
+        idle: Vec<u32>,
+        /// Group counts whose put throughput is measured, comma-separated.
+        #[arg(long, value_delimiter = ',', default_values_t = [1u32, 3, 32])]
+        puts: Vec<u32>,
+        /// Seconds of idle measured.
+        #[arg(long, default_value_t = 10)]
+        idle_s: u64,
+        /// Seconds of puts per row.
+        #[arg(long, default_value_t = 10.0)]
+        bench_s: f64,
+    },
     /// Measure the release server: binary size, idle RSS, and a scale table (one node per key
     /// count: load rate, 64-client puts, RSS, disk, restart to the first linearizable read),
     /// then a fourth node catching up by snapshot with a 3-node cluster.
@@ -100,6 +117,9 @@ struct SimArgs {
     /// Data groups besides the meta group (each with a replica on every node).
     #[arg(long, default_value_t = 3)]
     groups: u64,
+    /// Replicas per data group (every node when not given).
+    #[arg(long)]
+    replicas: Option<u64>,
     /// Concurrent clients.
     #[arg(long)]
     clients: Option<u64>,
@@ -151,6 +171,12 @@ fn main() -> ExitCode {
         Task::Server { args } => server(&args),
         Task::CheckerTimes => checker_times(),
         Task::Handover { rounds } => handover::handover(rounds),
+        Task::MeasureGroups {
+            idle,
+            puts,
+            idle_s,
+            bench_s,
+        } => groups::measure_groups(&idle, &puts, idle_s, bench_s),
         Task::Measure {
             keys,
             catch_up_keys,
@@ -253,6 +279,9 @@ fn replay_command(args: &SimArgs, seed: u64) -> String {
         "cargo xtask sim --scenario {} --seed {seed} --nodes {} --groups {}",
         args.scenario, args.nodes, args.groups
     );
+    if let Some(replicas) = args.replicas {
+        line.push_str(&format!(" --replicas {replicas}"));
+    }
     if let Some(clients) = args.clients {
         line.push_str(&format!(" --clients {clients}"));
     }
@@ -285,6 +314,9 @@ fn run_seed(binary: &Path, args: &SimArgs, seed: u64) -> SeedRun {
         .args(["--nodes", &args.nodes.to_string()])
         .args(["--groups", &args.groups.to_string()])
         .stdin(Stdio::null());
+    if let Some(replicas) = args.replicas {
+        cmd.args(["--replicas", &replicas.to_string()]);
+    }
     if let Some(clients) = args.clients {
         cmd.args(["--clients", &clients.to_string()]);
     }
@@ -481,6 +513,7 @@ fn bites(args: &BitesArgs) -> Result<bool> {
             seed: None,
             nodes,
             groups: 3,
+            replicas: None,
             clients: None,
             duration_s: None,
             faults: vec![bug.into()],
@@ -624,6 +657,7 @@ fn test(args: &TestArgs) -> Result<bool> {
         seed: None,
         nodes: 5,
         groups: 3,
+        replicas: None,
         clients: None,
         duration_s: None,
         faults: vec![],
@@ -651,6 +685,15 @@ fn test(args: &TestArgs) -> Result<bool> {
         println!("--- sweep: {scenario}, 3 nodes, seeds 0..20");
         tally(sweep(&binary, &args)?);
     }
+    // Data groups on three of five nodes: placement, late initialization, per-group
+    // operators on different replica sets.
+    let placed = SimArgs {
+        seeds: Some("0..30".into()),
+        replicas: Some(3),
+        ..mixed.clone()
+    };
+    println!("--- sweep: mixed, 5 nodes, 3 replicas per data group, seeds 0..30");
+    tally(sweep(&binary, &placed)?);
     let twice = SimArgs {
         seeds: Some("1000..1020".into()),
         twice: true,

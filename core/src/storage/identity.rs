@@ -99,16 +99,17 @@ impl NodeIdentity {
     }
 }
 
-/// The id of the cluster bootstrapped under `name` with `members` (id to address) and
-/// `data_groups` data groups: the same on every initial member, since each derives it from
-/// the same flags, and different for a different name, member list or group count (as etcd
-/// derives its cluster id from `--initial-cluster-token` and the members). Initial members
-/// given different flags thus form different clusters, which refuse each other's messages,
-/// instead of one cluster bootstrapped from two different plans. Never 0.
-pub fn cluster_id(name: &str, members: &BTreeMap<NodeId, String>, data_groups: u32) -> u64 {
+/// The id of the cluster bootstrapped under `name` with `members` (id to address) and the
+/// placement `plan` (the encoded initial slot map): the same on every initial member, since
+/// each derives it from the same flags, and different for a different name, member list or
+/// plan (as etcd derives its cluster id from `--initial-cluster-token` and the members).
+/// Initial members given different flags thus form different clusters, which refuse each
+/// other's messages, instead of one cluster bootstrapped from two different plans. Never 0.
+pub fn cluster_id(name: &str, members: &BTreeMap<NodeId, String>, plan: &[u8]) -> u64 {
     let crc = crc::Crc::<u64>::new(&crc::CRC_64_XZ);
     let mut digest = crc.digest();
-    digest.update(&data_groups.to_be_bytes());
+    digest.update(&(plan.len() as u64).to_be_bytes());
+    digest.update(plan);
     digest.update(&(name.len() as u64).to_be_bytes());
     digest.update(name.as_bytes());
     for (id, addr) in members {
@@ -124,21 +125,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cluster_id_depends_on_name_members_and_groups_only() {
+    fn cluster_id_depends_on_name_members_and_plan_only() {
         let members = |list: &[(u64, &str)]| -> BTreeMap<NodeId, String> {
             list.iter().map(|(id, a)| (*id, a.to_string())).collect()
         };
         let a = members(&[(1, "10.0.0.1:7379"), (2, "10.0.0.2:7379")]);
         let b = members(&[(2, "10.0.0.2:7379"), (1, "10.0.0.1:7379")]);
-        assert_eq!(cluster_id("prod", &a, 3), cluster_id("prod", &b, 3));
-        assert_ne!(cluster_id("prod", &a, 3), cluster_id("test", &a, 3));
+        assert_eq!(cluster_id("prod", &a, b"3"), cluster_id("prod", &b, b"3"));
+        assert_ne!(cluster_id("prod", &a, b"3"), cluster_id("test", &a, b"3"));
         let c = members(&[(1, "10.0.0.1:7379"), (3, "10.0.0.2:7379")]);
-        assert_ne!(cluster_id("prod", &a, 3), cluster_id("prod", &c, 3));
+        assert_ne!(cluster_id("prod", &a, b"3"), cluster_id("prod", &c, b"3"));
         // The name and an address cannot trade bytes.
         let d = members(&[(1, "x")]);
         let e = members(&[(1, "")]);
-        assert_ne!(cluster_id("ab", &d, 3), cluster_id("abx", &e, 3));
-        assert_ne!(cluster_id("prod", &a, 3), 0);
-        assert_ne!(cluster_id("prod", &a, 3), cluster_id("prod", &a, 4));
+        assert_ne!(cluster_id("ab", &d, b"3"), cluster_id("abx", &e, b"3"));
+        assert_ne!(cluster_id("prod", &a, b"3"), 0);
+        assert_ne!(cluster_id("prod", &a, b"3"), cluster_id("prod", &a, b"4"));
     }
 }

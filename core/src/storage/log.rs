@@ -66,6 +66,8 @@ pub struct LogStore<D> {
     syncer: LogSyncer,
     /// The applied index the state machine has made durable: a purge waits for it.
     durable_applied: tokio::sync::watch::Receiver<u64>,
+    /// Set once the start-up repair of the log's head has run (see `repair_head`).
+    repaired_head: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// How long a purge waits for the state machine to make the state covering it durable
@@ -79,6 +81,7 @@ impl<D> Clone for LogStore<D> {
             group: self.group,
             syncer: self.syncer.clone(),
             durable_applied: self.durable_applied.clone(),
+            repaired_head: self.repaired_head.clone(),
         }
     }
 }
@@ -97,6 +100,7 @@ impl<D: Disk> LogStore<D> {
             group,
             syncer,
             durable_applied,
+            repaired_head: Arc::default(),
         }
     }
 
@@ -106,6 +110,69 @@ impl<D: Disk> LogStore<D> {
             Some(bytes) => decode_at(&key, &bytes),
             None => Ok(None),
         }
+    }
+
+    /// At start (openraft reads the log state first), records as purged what the applied
+    /// state covers at the head of the log. A snapshot installed on a node whose log held
+    /// nothing below it leaves the entries after it with nothing before them until openraft's
+    /// purge writes the purged mark; a crash in between restarted the node believing the
+    /// entries below the snapshot were still there, and as leader it sent a follower entries
+    /// with a hole before them (the simulator found it). Entries the durable applied state
+    /// covers may always be purged; a hole the state does not cover is a refusal to start.
+    async fn repair_head(&self) -> Result<(), StorageError> {
+        let from = keys::log(self.group, 0);
+        let to = keys::log_end(self.group);
+        let head = self
+            .disk
+            .scan(&from, &to, 1, false)
+            .map_err(|e| read_err(&e))?;
+        let Some((key, bytes)) = head.first() else {
+            return Ok(());
+        };
+        let first: Entry = decode_at(key, bytes)?;
+        let first_index = first.log_id.index;
+        let purged = self.read_purged()?;
+        if purged.map_or(0, |id| id.index + 1) >= first_index {
+            return Ok(());
+        }
+        let applied = super::AppliedMeta::read(&*self.disk, self.group)
+            .map_err(|e| read_err(&e))?
+            .last_applied;
+        let mark = match applied {
+            // The state ends right before the log: it stands for everything below.
+            Some(applied) if applied.index + 1 == first_index => applied,
+            // The state covers the first entry too: purge it, its id is known.
+            Some(applied) if applied.index >= first_index => first.log_id,
+            _ => {
+                return Err(io_err(
+                    StorageIOError::read_logs,
+                    &DiskError::Corrupt {
+                        key: format!("group {} log", self.group.0),
+                        reason: format!(
+                            "the log starts at {first_index} but the applied state ends at \
+                             {:?} and nothing is purged: entries are missing",
+                            applied.map(|id| id.index)
+                        ),
+                    },
+                ))
+            }
+        };
+        tracing::info!(
+            group = self.group.0,
+            first_index,
+            purged = mark.index,
+            "recording the purge a snapshot install left unwritten"
+        );
+        let mut batch = WriteBatch::default();
+        batch.put(keys::purged(self.group), codec::encode(&Some(mark)));
+        batch.delete_range(
+            keys::log(self.group, 0),
+            keys::log(self.group, mark.index.saturating_add(1)),
+        );
+        self.disk
+            .write(batch, Durability::Sync)
+            .await
+            .map_err(|e| io_err(StorageIOError::write_logs, &e))
     }
 
     fn last_entry(&self) -> Result<Option<Entry>, StorageError> {
@@ -156,6 +223,20 @@ impl<D: Disk> RaftLogReader<TypeConfig> for LogStore<D> {
             }
             entries.push(entry);
         }
+        // The entries asked for start at `start` or are not there: never hand out a run
+        // with a hole before it (a leader would send it as if it followed `start - 1`).
+        if entries
+            .first()
+            .is_some_and(|entry| entry.log_id.index != start)
+        {
+            tracing::warn!(
+                group = self.group.0,
+                start,
+                first = entries.first().map(|entry| entry.log_id.index),
+                "log entries asked for are not in the log"
+            );
+            return Ok(Vec::new());
+        }
         Ok(entries)
     }
 }
@@ -164,6 +245,12 @@ impl<D: Disk> RaftLogStorage<TypeConfig> for LogStore<D> {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        if !self
+            .repaired_head
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            self.repair_head().await?;
+        }
         let last_purged_log_id = self.read_purged()?;
         let last_log_id = match self.last_entry()? {
             Some(entry) => Some(entry.log_id),
