@@ -163,6 +163,8 @@ pub struct Client {
     route: Mutex<Route>,
     /// One session per data group (client ids are numbered per group).
     sessions: tokio::sync::Mutex<BTreeMap<u32, u64>>,
+    /// One registration at a time per group, none holding up another group's writes.
+    registering: Mutex<BTreeMap<u32, Arc<tokio::sync::Mutex<()>>>>,
     /// The session's sequence numbers: the lowest still waiting is the acknowledged mark.
     sequence: Mutex<Sequence>,
 }
@@ -249,6 +251,7 @@ impl Client {
             config,
             route: Mutex::new(route),
             sessions: tokio::sync::Mutex::new(BTreeMap::new()),
+            registering: Mutex::new(BTreeMap::new()),
             sequence: Mutex::new(Sequence::default()),
         }
     }
@@ -507,7 +510,19 @@ impl Client {
         if let Some(client_id) = self.sessions.lock().await.get(&group) {
             return Ok(*client_id);
         }
-        // Not under the lock: a group without a leader must not hold up writes to others.
+        // Under the group's own lock, not the sessions' lock: a group without a leader must
+        // not hold up writes to others, and concurrent first writes register once.
+        let lock = self
+            .registering
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(group)
+            .or_default()
+            .clone();
+        let _registering = lock.lock().await;
+        if let Some(client_id) = self.sessions.lock().await.get(&group) {
+            return Ok(*client_id);
+        }
         // Registering twice only leaves an unused session behind: resend freely.
         let reply = self
             .call(Retry::Always, Some(group), |ch| async move {

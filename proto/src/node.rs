@@ -95,6 +95,11 @@ pub(crate) struct Group {
     proposer: Proposer,
     /// Where snapshots from the leader arrive; one transfer at a time.
     staging: Arc<tokio::sync::Mutex<Staging>>,
+    /// Taken to write by a snapshot install until it is durable, and to read by every
+    /// AppendEntries until openraft has taken its entries: openraft takes a snapshot at
+    /// once and appends what follows while the state machine still installs it, so those
+    /// entries could be durable and acknowledged before the state before them.
+    install_gate: Arc<tokio::sync::RwLock<()>>,
     /// Held across each membership change of this group that this node leads, from its
     /// compare to its last entry: a change is a read-modify-write of the voters, and two
     /// interleaved on one leader could each pass the compare. Holds the log index of the
@@ -131,7 +136,7 @@ pub struct Node {
     opening: tokio::sync::Mutex<()>,
     /// The slot map this node bootstraps the cluster with (set by `--initial-cluster`): the
     /// meta group's leader proposes it if the meta group holds no map yet.
-    plan: std::sync::Mutex<Option<SlotMap>>,
+    plan: std::sync::Mutex<Option<(SlotMap, u64)>>,
     /// How long a sender waits for one snapshot frame (openraft's
     /// `install_snapshot_timeout`); a frame handled longer is abandoned.
     snapshot_frame_timeout_ms: u64,
@@ -297,11 +302,7 @@ impl Node {
                 "the slot map places a replica on node {stray}, which is not a member"
             )));
         }
-        let cluster_id = seedkv_core::storage::identity::cluster_id(
-            &self.cluster_name,
-            &members,
-            &codec::encode(&plan),
-        );
+        let cluster_id = self.derived_cluster_id(&members, &plan);
         let mut nodes: BTreeMap<NodeId, Member> = BTreeMap::new();
         for (&id, addr) in &members {
             let incarnation = if id == self.id {
@@ -343,7 +344,7 @@ impl Node {
             nodes.insert(id, Member::new(addr.clone(), incarnation));
         }
         self.identity.settle_cluster(cluster_id).await?;
-        *self.plan.lock().unwrap_or_else(|p| p.into_inner()) = Some(plan.clone());
+        *self.plan.lock().unwrap_or_else(|p| p.into_inner()) = Some((plan.clone(), cluster_id));
         // Data groups first, the meta group last: a node whose meta group is initialized has
         // initialized every data group placed on it, so a restart never bootstraps again.
         for group in plan.groups_on(self.id).collect::<Vec<_>>() {
@@ -453,7 +454,8 @@ impl Node {
         members: BTreeMap<NodeId, String>,
         plan: SlotMap,
     ) {
-        *self.plan.lock().unwrap_or_else(|p| p.into_inner()) = Some(plan.clone());
+        let cluster_id = self.derived_cluster_id(&members, &plan);
+        *self.plan.lock().unwrap_or_else(|p| p.into_inner()) = Some((plan.clone(), cluster_id));
         let node = Arc::downgrade(self);
         tokio::spawn(async move {
             let mut logged = false;
@@ -466,7 +468,16 @@ impl Node {
                 }
                 if node.raft().is_initialized().await.unwrap_or(true) {
                     // The meta group reached this node by replication before its own
-                    // bootstrap ran: its data groups may still need their first entries.
+                    // bootstrap ran: its data groups may still need their first entries,
+                    // written from this plan only if the cluster was bootstrapped from it.
+                    if node.cluster_id() != cluster_id {
+                        tracing::warn!(
+                            node = node.id,
+                            "the initial members and data groups given to this node are not \
+                             the ones the cluster was bootstrapped with; they are ignored"
+                        );
+                        return;
+                    }
                     let metrics = node.raft().metrics().borrow().clone();
                     if metrics.membership_config.log_id().map_or(0, |id| id.index) == 0 {
                         let first: BTreeMap<NodeId, Member> = metrics
@@ -478,9 +489,15 @@ impl Node {
                         if let Err(err) = node.initialize_placed(&plan, &first).await {
                             tracing::info!(
                                 node = node.id,
-                                "initializing data groups: {}",
+                                "initializing data groups, will retry: {}",
                                 err.message()
                             );
+                            drop(node);
+                            tokio::time::sleep(std::time::Duration::from_millis(
+                                BOOTSTRAP_RETRY_MS,
+                            ))
+                            .await;
+                            continue;
                         }
                     }
                     return;
@@ -507,9 +524,22 @@ impl Node {
         });
     }
 
-    /// The slot map this node bootstraps with, if it was given one.
+    /// The slot map this node bootstraps with, if it was given one and the cluster was
+    /// bootstrapped from it (a node started with other flags never proposes its own).
     pub(crate) fn bootstrap_plan(&self) -> Option<SlotMap> {
-        self.plan.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        let held = self.plan.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let (plan, cluster_id) = held?;
+        (cluster_id == self.cluster_id()).then_some(plan)
+    }
+
+    /// The cluster id a bootstrap of `members` with `plan` under this node's cluster name
+    /// derives.
+    fn derived_cluster_id(&self, members: &BTreeMap<NodeId, String>, plan: &SlotMap) -> u64 {
+        seedkv_core::storage::identity::cluster_id(
+            &self.cluster_name,
+            members,
+            &codec::encode(plan),
+        )
     }
 
     /// This node's id.
@@ -848,6 +878,7 @@ async fn open<D: Disk>(
         read_index: ReadIndex::start(raft.clone(), state.clone()),
         proposer: Proposer::start(raft.clone()),
         staging: Arc::new(tokio::sync::Mutex::new(Staging::new(state.clone()))),
+        install_gate: Arc::new(tokio::sync::RwLock::new(())),
         membership: Arc::new(tokio::sync::Mutex::new(0)),
         raft,
         state,
@@ -1190,13 +1221,12 @@ impl pb::raft_server::Raft for RaftService {
         // and appends what follows it while the state machine still installs it, so those
         // entries could be durable, and acknowledged, before the state before them; a crash
         // between the two left a log with a hole and nothing to cover it (a group that could
-        // not start: the simulator found it, an fsync failing during an install). The
-        // install holds the staging lock until it is durable; an append holds it until
-        // openraft has taken the entries, so no install starts in between either.
-        let staging = group.staging.lock().await;
+        // not start: the simulator found it, an fsync failing during an install). See
+        // `Group::install_gate`.
+        let gate = group.install_gate.read().await;
         let rpc = decode_request(&message)?;
         let result = group.raft.append_entries(rpc).await;
-        drop(staging);
+        drop(gate);
         Ok(reply(message.group, &result))
     }
 
@@ -1311,9 +1341,12 @@ impl RaftService {
                     // task of its own, so no new transfer clears the staged generation
                     // before the install has switched to it.
                     let raft = group.raft.clone();
+                    let gate = group.install_gate.clone();
                     let install = tokio::spawn(async move {
                         let held = staging;
+                        let appends_wait = gate.write_owned().await;
                         let result = raft.install_full_snapshot(vote, snapshot).await;
+                        drop(appends_wait);
                         drop(held);
                         result
                     });

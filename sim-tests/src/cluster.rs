@@ -67,6 +67,10 @@ pub struct SimCluster {
     nodes: Vec<SimNode>,
     /// Membership changes the operator is making right now.
     pub operator_changes: usize,
+    /// Nodes some operator's change is working on now, in whatever group: changes racing
+    /// pick different nodes, so no operator gives a node a blank disk while another one is
+    /// adding it back as the node it was.
+    pub operator_busy: std::collections::BTreeSet<u64>,
     /// True while the nemesis stages a fault that needs the membership to stay put (a
     /// node losing its disk, figure 8).
     pub staged_fault_under_way: bool,
@@ -180,6 +184,7 @@ impl SimCluster {
             handle,
             nodes,
             operator_changes: 0,
+            operator_busy: Default::default(),
             staged_fault_under_way: false,
             wants_every_voter: false,
             net,

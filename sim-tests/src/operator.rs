@@ -50,8 +50,6 @@ struct Model {
     group: GroupId,
     voters: BTreeSet<u64>,
     unknown: BTreeSet<u64>,
-    /// Nodes some change is working on now (racing changes pick different nodes).
-    busy: BTreeSet<u64>,
     report: OperatorReport,
 }
 
@@ -76,7 +74,6 @@ pub async fn run(
         group,
         voters: members.iter().map(|(id, _)| *id).collect(),
         unknown: BTreeSet::new(),
-        busy: BTreeSet::new(),
         report: OperatorReport::default(),
     }));
     let client = Arc::new(client(&members));
@@ -162,6 +159,7 @@ async fn change(
     if let Some(lost) = lost.first() {
         replace_lost(
             &client,
+            &cluster,
             group,
             &members,
             &model,
@@ -179,13 +177,14 @@ async fn change(
 /// the incarnation it now runs.
 async fn replace_lost(
     client: &Client,
+    cluster: &SharedCluster,
     group: GroupId,
     members: &[(u64, String)],
     model: &Mutex<Model>,
     id: u64,
     voter: bool,
 ) {
-    if !model.lock().await.busy.insert(id) {
+    if !lock(cluster).operator_busy.insert(id) {
         return;
     }
     let addr = address(members, id);
@@ -201,7 +200,7 @@ async fn replace_lost(
         let outcome = add(client, group, id, &addr, &[]).await;
         record(model, "add (blank disk)", id, &[], 0, outcome).await;
     }
-    model.lock().await.busy.remove(&id);
+    lock(cluster).operator_busy.remove(&id);
 }
 
 /// A change of the voters (see [`change`]).
@@ -220,20 +219,20 @@ async fn change_voters(
     };
     let read: Vec<u64> = status.voters.iter().map(|m| m.id).collect();
     let target = {
-        let mut m = model.lock().await;
         // While the nemesis wants every node a voter, only the others are worth a change.
-        let adding_only = lock(&cluster).wants_every_voter;
+        let mut c = lock(&cluster);
+        let adding_only = c.wants_every_voter;
         let candidates: Vec<u64> = members
             .iter()
             .map(|(id, _)| *id)
-            .filter(|id| !m.busy.contains(id))
+            .filter(|id| !c.operator_busy.contains(id))
             .filter(|id| !adding_only || !read.contains(id))
             .collect();
         if candidates.is_empty() {
             return;
         }
         let target = candidates[thread_rng().gen_range(0..candidates.len())];
-        m.busy.insert(target);
+        c.operator_busy.insert(target);
         target
     };
     let addr = address(&members, target);
@@ -265,7 +264,7 @@ async fn change_voters(
             record(&model, "add (blank disk)", target, &basis, *reader, outcome).await;
         }
     }
-    model.lock().await.busy.remove(&target);
+    lock(&cluster).operator_busy.remove(&target);
 }
 
 /// Adds `target` as a learner, then as a voter, based on the voters `read`.

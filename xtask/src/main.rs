@@ -702,7 +702,7 @@ fn test(args: &TestArgs) -> Result<bool> {
     println!("--- determinism: mixed, 20 seeds, each twice in fresh processes");
     tally(sweep(&binary, &twice)?);
     println!("--- the harness bites");
-    let bites_ok = bites(&BitesArgs { max_seeds: 200 })?;
+    let bites_ok = bites(&BitesArgs { max_seeds: 400 })?;
     if bites_ok {
         passed += 1;
     } else {
