@@ -517,3 +517,28 @@ async fn hand_over_leadership(node: &Arc<Node>, group: seedkv_core::GroupId) -> 
     }
     None
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_group_count_outside_the_slots_is_refused() {
+        for bad in [0, 1_025] {
+            let args = ServerArgs {
+                groups: Some(bad),
+                ..ServerArgs::default()
+            };
+            let err = match args.settings() {
+                Ok(settings) => panic!("--groups {bad} accepted: {settings:?}"),
+                Err(err) => err.to_string(),
+            };
+            assert!(err.contains("--groups must be between 1 and 1024"), "{err}");
+        }
+        let args = ServerArgs {
+            groups: Some(32),
+            ..ServerArgs::default()
+        };
+        assert_eq!(args.settings().map(|s| s.groups).ok(), Some(32));
+    }
+}
