@@ -347,22 +347,7 @@ impl Node {
         *self.plan.lock().unwrap_or_else(|p| p.into_inner()) = Some((plan.clone(), cluster_id));
         // Data groups first, the meta group last: a node whose meta group is initialized has
         // initialized every data group placed on it, so a restart never bootstraps again.
-        for group in plan.groups_on(self.id).collect::<Vec<_>>() {
-            let Some(info) = plan.groups().get(&group) else {
-                continue;
-            };
-            let replicas: BTreeMap<NodeId, Member> = info
-                .replicas
-                .iter()
-                .filter_map(|id| Some((*id, nodes.get(id)?.clone())))
-                .collect();
-            debug_assert_eq!(replicas.len(), info.replicas.len());
-            let raft = self.host(group).await?.raft.clone();
-            match raft.initialize(replicas).await {
-                Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
-                Err(err) => return Err(membership_error(err)),
-            }
-        }
+        self.initialize_placed(&plan, &nodes).await?;
         match self.raft().initialize(nodes).await {
             Ok(()) => Ok(()),
             Err(RaftError::APIError(InitializeError::NotAllowed(err))) => Err(
@@ -431,11 +416,9 @@ impl Node {
             }
             let raft = self.host(group).await?.raft.clone();
             match raft.initialize(replicas).await {
-                Ok(()) => tracing::info!(
-                    node = self.id,
-                    group = group.0,
-                    "initialized a data group late"
-                ),
+                Ok(()) => {
+                    tracing::info!(node = self.id, group = group.0, "initialized a data group")
+                }
                 Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
                 Err(err) => return Err(membership_error(err)),
             }
