@@ -369,14 +369,25 @@ async fn converge(
         let c = cluster.lock().unwrap_or_else(|p| p.into_inner());
         raft_groups(&c.plan)
     };
-    let mut all = Vec::new();
-    for group in groups {
-        let applied = converge_group(cluster, group, give_up, bound).await?;
-        all.extend(applied.into_iter().map(|(i, a, d)| (group.0, i, a, d)));
+    // A cluster healed just after it bootstrapped may still be setting its first slot map
+    // and taking the grants (each one more entry): converge again until every slot has its
+    // owner, within the same bound.
+    loop {
+        let mut all = Vec::new();
+        for group in &groups {
+            let applied = converge_group(cluster, *group, give_up, bound).await?;
+            all.extend(applied.into_iter().map(|(i, a, d)| (group.0, i, a, d)));
+        }
+        let owners = {
+            let c = cluster.lock().unwrap_or_else(|p| p.into_inner());
+            one_owner_per_slot(&c)
+        };
+        match owners {
+            Ok(()) => return Ok(all),
+            Err(why) if Instant::now() >= give_up => return Err(why),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
     }
-    let c = cluster.lock().unwrap_or_else(|p| p.into_inner());
-    one_owner_per_slot(&c)?;
-    Ok(all)
 }
 
 async fn converge_group(
