@@ -15,6 +15,7 @@
 
 pub mod client;
 pub mod convert;
+mod heartbeat;
 pub mod identity;
 mod keeper;
 pub mod network;

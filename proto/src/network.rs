@@ -29,7 +29,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::identity::Identity;
 use crate::pb::raft_client::RaftClient;
-use crate::pb::RaftMessage;
+use crate::pb::{RaftBatch, RaftMessage};
 use crate::trace::{RaftRpc, TraceEvent, Tracer};
 
 /// How long to wait for a connection to a peer.
@@ -50,12 +50,35 @@ static TRANSFERS: AtomicU64 = AtomicU64::new(0);
 /// The channels from one node to its peers, shared by every group it hosts: groups on the
 /// same pair of nodes share one connection (gRPC multiplexes their calls). A channel that
 /// failed a call is dropped, and the next call to that peer, from any group, connects again.
+///
+/// AppendEntries without entries (heartbeats and commit updates) to one peer are coalesced:
+/// while one batch is on its way, those that come are queued, and go together in the next
+/// call. The node fires every group's heartbeat at once (see `crate::heartbeat`), so an idle
+/// node sends one or two calls per peer per beat whatever the number of groups. Appends that
+/// carry entries go alone, at once.
 #[derive(Default)]
 pub struct Peers {
     /// By peer address: the channel and the generation it was opened at.
     channels: std::sync::Mutex<std::collections::HashMap<String, (u64, Channel)>>,
     opened: AtomicU64,
+    /// By peer address: the empty appends waiting for the next batch.
+    lanes: std::sync::Mutex<std::collections::HashMap<String, Lane>>,
 }
+
+/// Most requests in one `AppendEntriesBatch` (a node hosts at most one replica of each of
+/// the 1,024 data groups and the meta group); the receiver refuses a larger batch.
+pub const MAX_BATCH_MESSAGES: usize = 1_025;
+
+/// The coalesced requests bound for one peer.
+#[derive(Default)]
+struct Lane {
+    /// A batch is on its way; requests that come meanwhile wait in `queue`.
+    sending: bool,
+    queue: Vec<(RaftMessage, Replier)>,
+}
+
+/// Where one coalesced request's reply goes: the peer's reply, or why there is none.
+type Replier = tokio::sync::oneshot::Sender<Result<RaftMessage, String>>;
 
 impl Peers {
     fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, (u64, Channel)>> {
@@ -77,6 +100,91 @@ impl Peers {
             .entry(addr.to_string())
             .or_insert((generation, channel));
         Ok(kept.clone())
+    }
+
+    fn lanes(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Lane>> {
+        self.lanes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Sends `message` (an AppendEntries without entries) to `addr` in the next batch, and
+    /// returns the peer's reply to it.
+    async fn coalesce(
+        self: &Arc<Self>,
+        addr: &str,
+        client: RaftClient<Channel>,
+        message: RaftMessage,
+        ttl: Duration,
+    ) -> Result<RaftMessage, String> {
+        let (reply, replied) = tokio::sync::oneshot::channel();
+        let start = {
+            let mut lanes = self.lanes();
+            let lane = lanes.entry(addr.to_string()).or_default();
+            lane.queue.push((message, reply));
+            !std::mem::replace(&mut lane.sending, true)
+        };
+        if start {
+            tokio::spawn(self.clone().send_batches(addr.to_string(), client, ttl));
+        }
+        replied
+            .await
+            .unwrap_or_else(|_| Err("the batch was dropped".into()))
+    }
+
+    /// Sends the queue for `addr`, batch after batch, until it is empty.
+    async fn send_batches(
+        self: Arc<Self>,
+        addr: String,
+        mut client: RaftClient<Channel>,
+        ttl: Duration,
+    ) {
+        loop {
+            let batch = {
+                let mut lanes = self.lanes();
+                let Some(lane) = lanes.get_mut(&addr) else {
+                    return;
+                };
+                if lane.queue.is_empty() {
+                    lane.sending = false;
+                    return;
+                }
+                let take = lane.queue.len().min(MAX_BATCH_MESSAGES);
+                lane.queue.drain(..take).collect::<Vec<_>>()
+            };
+            let (messages, repliers): (Vec<RaftMessage>, Vec<Replier>) = batch.into_iter().unzip();
+            let sent = messages.len();
+            let answer =
+                match timeout(ttl, client.append_entries_batch(RaftBatch { messages })).await {
+                    Ok(Ok(reply)) => {
+                        let replies = reply.into_inner().messages;
+                        if replies.len() == sent {
+                            Ok(replies)
+                        } else {
+                            Err(format!("a batch of {sent} got {} replies", replies.len()))
+                        }
+                    }
+                    Ok(Err(status)) => Err(format!("AppendEntriesBatch to {addr}: {status}")),
+                    Err(elapsed) => Err(format!("AppendEntriesBatch to {addr}: {elapsed}")),
+                };
+            match answer {
+                Ok(replies) => {
+                    for (replier, reply) in repliers.into_iter().zip(replies) {
+                        let result = if reply.refused.is_empty() {
+                            Ok(reply)
+                        } else {
+                            Err(reply.refused)
+                        };
+                        let _ = replier.send(result);
+                    }
+                }
+                Err(err) => {
+                    for replier in repliers {
+                        let _ = replier.send(Err(err.clone()));
+                    }
+                }
+            }
+        }
     }
 
     /// Drops the channel to `addr` of `generation` after it failed a call (a newer one,
@@ -212,16 +320,30 @@ impl PeerConnection {
             from_incarnation: self.identity.incarnation(),
             to: self.target,
             to_incarnation: self.target_incarnation,
+            refused: String::new(),
         };
         let call = async {
             match rpc {
-                RaftRpc::AppendEntries => client.append_entries(message).await,
-                RaftRpc::Vote => client.vote(message).await,
-                RaftRpc::InstallSnapshot => client.install_snapshot(message).await,
+                RaftRpc::AppendEntries => client
+                    .append_entries(message)
+                    .await
+                    .map(|reply| reply.into_inner())
+                    .map_err(|status| status.to_string()),
+                RaftRpc::Heartbeat => self.peers.coalesce(&self.addr, client, message, ttl).await,
+                RaftRpc::Vote => client
+                    .vote(message)
+                    .await
+                    .map(|reply| reply.into_inner())
+                    .map_err(|status| status.to_string()),
+                RaftRpc::InstallSnapshot => client
+                    .install_snapshot(message)
+                    .await
+                    .map(|reply| reply.into_inner())
+                    .map_err(|status| status.to_string()),
             }
         };
         let reply = match timeout(ttl, call).await {
-            Ok(Ok(reply)) => reply.into_inner(),
+            Ok(Ok(reply)) => reply,
             Ok(Err(status)) => {
                 return Err(RPCError::Network(NetworkError::new(&StringError(format!(
                     "{rpc:?} to node {}: {status}",
@@ -282,8 +404,12 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
             let fit = rpc.entries.len() * MAX_APPEND_BYTES / payload.len();
             return Err(PayloadTooLarge::new_entries_hint(fit.max(1) as u64).into());
         }
-        self.call(RaftRpc::AppendEntries, payload, option.hard_ttl())
-            .await
+        let rpc_kind = if rpc.entries.is_empty() {
+            RaftRpc::Heartbeat
+        } else {
+            RaftRpc::AppendEntries
+        };
+        self.call(rpc_kind, payload, option.hard_ttl()).await
     }
 
     /// Streams a snapshot view in chunks of at most `SNAPSHOT_CHUNK_BYTES`, one RPC each,

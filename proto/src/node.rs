@@ -105,6 +105,8 @@ pub(crate) struct Group {
     /// interleaved on one leader could each pass the compare. Holds the log index of the
     /// last change made.
     membership: Arc<tokio::sync::Mutex<u64>>,
+    /// Whether the node's heartbeat clock beats for this group while it leads it.
+    pub(crate) heartbeats: std::sync::atomic::AtomicBool,
 }
 
 /// Opens one group's storage and Raft on this node's disk.
@@ -159,11 +161,15 @@ impl Node {
         if config.id == 0 {
             return Err(NodeError::ZeroId);
         }
+        // The node fires every group's heartbeats from one clock (`crate::heartbeat`).
+        let heartbeat_interval_ms = config.raft.heartbeat_interval;
         let raft_config = Arc::new(
-            config
-                .raft
-                .validate()
-                .map_err(|err| NodeError::Config(err.to_string()))?,
+            openraft::Config {
+                enable_heartbeat: false,
+                ..config.raft.clone()
+            }
+            .validate()
+            .map_err(|err| NodeError::Config(err.to_string()))?,
         );
         let dyn_disk: Arc<dyn DynDisk> = disk.clone();
         let (record, created) = NodeIdentity::load_or_create(
@@ -229,6 +235,10 @@ impl Node {
         });
         tokio::spawn(crate::pinning::pin_incarnations(Arc::downgrade(&node)));
         tokio::spawn(crate::keeper::keep_grants(Arc::downgrade(&node)));
+        tokio::spawn(crate::heartbeat::beat(
+            Arc::downgrade(&node),
+            heartbeat_interval_ms,
+        ));
         Ok(node)
     }
 
@@ -533,6 +543,19 @@ impl Node {
     /// The Raft handle of the meta group.
     pub fn raft(&self) -> &Raft {
         &self.meta().raft
+    }
+
+    /// Starts or stops the heartbeats of `group` while this node leads it (openraft's
+    /// `runtime_config().heartbeat()` does not reach them: the node drives them). False if
+    /// the node does not host `group`.
+    pub fn set_heartbeats(&self, group: GroupId, enabled: bool) -> bool {
+        let Some(group) = self.hosted(group) else {
+            return false;
+        };
+        group
+            .heartbeats
+            .store(enabled, std::sync::atomic::Ordering::Relaxed);
+        true
     }
 
     /// The Raft handle of `group`, if this node hosts it.
@@ -863,6 +886,7 @@ async fn open<D: Disk>(
         staging: Arc::new(tokio::sync::Mutex::new(Staging::new(state.clone()))),
         install_gate: Arc::new(tokio::sync::RwLock::new(())),
         membership: Arc::new(tokio::sync::Mutex::new(0)),
+        heartbeats: std::sync::atomic::AtomicBool::new(true),
         raft,
         state,
     })
@@ -1179,21 +1203,17 @@ fn decode_request<T: DeserializeOwned>(message: &pb::RaftMessage) -> Result<T, S
         .map_err(|err| Status::invalid_argument(format!("undecodable raft message: {err}")))
 }
 
-fn reply<T: Serialize>(group: u32, result: &T) -> GrpcResponse<pb::RaftMessage> {
-    GrpcResponse::new(pb::RaftMessage {
+fn reply<T: Serialize>(group: u32, result: &T) -> pb::RaftMessage {
+    pb::RaftMessage {
         group,
         payload: codec::encode(result),
         ..Default::default()
-    })
+    }
 }
 
-#[tonic::async_trait]
-impl pb::raft_server::Raft for RaftService {
-    async fn append_entries(
-        &self,
-        request: Request<pb::RaftMessage>,
-    ) -> Result<GrpcResponse<pb::RaftMessage>, Status> {
-        let message = request.into_inner();
+impl RaftService {
+    /// One AppendEntries, alone or from a batch.
+    async fn append(&self, message: pb::RaftMessage) -> Result<pb::RaftMessage, Status> {
         self.0
             .identity
             .admit(&message, Inbound::AppendEntries, None)
@@ -1211,6 +1231,44 @@ impl pb::raft_server::Raft for RaftService {
         let result = group.raft.append_entries(rpc).await;
         drop(gate);
         Ok(reply(message.group, &result))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::raft_server::Raft for RaftService {
+    async fn append_entries(
+        &self,
+        request: Request<pb::RaftMessage>,
+    ) -> Result<GrpcResponse<pb::RaftMessage>, Status> {
+        Ok(GrpcResponse::new(self.append(request.into_inner()).await?))
+    }
+
+    /// Every request of the batch at once (one group waiting on its disk or its lock
+    /// holds up none of the others); a request refused says why in its own reply.
+    async fn append_entries_batch(
+        &self,
+        request: Request<pb::RaftBatch>,
+    ) -> Result<GrpcResponse<pb::RaftBatch>, Status> {
+        let messages = request.into_inner().messages;
+        if messages.len() > crate::network::MAX_BATCH_MESSAGES {
+            return Err(Status::invalid_argument(format!(
+                "a batch of {} raft messages exceeds the limit of {}",
+                messages.len(),
+                crate::network::MAX_BATCH_MESSAGES
+            )));
+        }
+        let replies = futures::future::join_all(messages.into_iter().map(|message| async move {
+            let group = message.group;
+            self.append(message)
+                .await
+                .unwrap_or_else(|status| pb::RaftMessage {
+                    group,
+                    refused: format!("{}: {}", status.code(), status.message()),
+                    ..Default::default()
+                })
+        }))
+        .await;
+        Ok(GrpcResponse::new(pb::RaftBatch { messages: replies }))
     }
 
     async fn vote(
@@ -1242,7 +1300,7 @@ impl pb::raft_server::Raft for RaftService {
         };
         let rpc = decode_request(&message)?;
         let result = group.raft.vote(rpc).await;
-        Ok(reply(message.group, &result))
+        Ok(GrpcResponse::new(reply(message.group, &result)))
     }
 
     /// One frame of a snapshot transfer (see `seedkv_core::storage::snapshot`).
@@ -1268,7 +1326,7 @@ impl pb::raft_server::Raft for RaftService {
                 deadline.as_millis()
             )))
         });
-        Ok(reply(message.group, &result))
+        Ok(GrpcResponse::new(reply(message.group, &result)))
     }
 }
 

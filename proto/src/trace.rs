@@ -11,6 +11,8 @@ use seedkv_core::{GroupId, NodeId};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RaftRpc {
     AppendEntries,
+    /// An AppendEntries without entries, sent in a batch with others to the same node.
+    Heartbeat,
     Vote,
     InstallSnapshot,
 }

@@ -27,8 +27,10 @@ proptest! {
         prop_assert_eq!(pb::BatchRequest::decode(batch.encode_to_vec().as_slice()).ok(), Some(batch));
         let scan = pb::ScanRequest { prefix: key.clone(), from: value.clone(), to: vec![], limit, consistency: 1, group: limit };
         prop_assert_eq!(pb::ScanRequest::decode(scan.encode_to_vec().as_slice()).ok(), Some(scan));
-        let raft = pb::RaftMessage { group: limit, payload: value, cluster_id: u64::MAX, from: 3, from_incarnation: 1 << 63, to: 1, to_incarnation: 7 };
+        let raft = pb::RaftMessage { group: limit, payload: value, cluster_id: u64::MAX, from: 3, from_incarnation: 1 << 63, to: 1, to_incarnation: 7, refused: String::from_utf8_lossy(&key).into_owned() };
+        let batch = pb::RaftBatch { messages: vec![raft.clone(), pb::RaftMessage::default()] };
         prop_assert_eq!(pb::RaftMessage::decode(raft.encode_to_vec().as_slice()).ok(), Some(raft));
+        prop_assert_eq!(pb::RaftBatch::decode(batch.encode_to_vec().as_slice()).ok(), Some(batch));
     }
 
     #[test]
@@ -37,5 +39,6 @@ proptest! {
         let _ = pb::ScanRequest::decode(data.as_slice());
         let _ = pb::StatusResponse::decode(data.as_slice());
         let _ = pb::RaftMessage::decode(data.as_slice());
+        let _ = pb::RaftBatch::decode(data.as_slice());
     }
 }

@@ -508,8 +508,8 @@ async fn every_voter_leads(
             .ok_or_else(|| format!("voter {} does not host the focus group", index + 1))?;
         for other in running(cluster) {
             let quiet = other.id() != node.id();
+            other.set_heartbeats(FOCUS_GROUP, !quiet);
             if let Some(other) = raft(&other) {
-                other.runtime_config().heartbeat(!quiet);
                 other.runtime_config().elect(!quiet);
             }
         }
@@ -526,8 +526,8 @@ async fn every_voter_leads(
                 .await;
         }
         for other in running(cluster) {
+            other.set_heartbeats(FOCUS_GROUP, true);
             if let Some(other) = raft(&other) {
-                other.runtime_config().heartbeat(true);
                 other.runtime_config().elect(true);
             }
         }
