@@ -668,7 +668,7 @@ pub async fn run(conn: &Connection, args: BenchArgs) -> Result<bool> {
         Target::Etcd => "etcd",
     };
     if conn.output == Output::Json {
-        println!(
+        out!(
             "{}",
             json!({
                 "target": target,
@@ -686,21 +686,24 @@ pub async fn run(conn: &Connection, args: BenchArgs) -> Result<bool> {
             })
         );
     } else {
-        println!(
+        out!(
             "{target}: {} x {} clients, {}-byte values, {} keys",
-            args.workload, args.clients, args.value_size, args.key_space
+            args.workload,
+            args.clients,
+            args.value_size,
+            args.key_space
         );
-        println!("  {ok_ops} ops in {elapsed:.1} s: {ops_per_s:.0} ops/s");
-        println!(
+        out!("  {ok_ops} ops in {elapsed:.1} s: {ops_per_s:.0} ops/s");
+        out!(
             "  latency ms: p50 {p50:.3}  p90 {p90:.3}  p99 {p99:.3}  p99.9 {p999:.3}  max {max:.3}"
         );
         if errors.is_empty() {
-            println!("  errors: none");
+            out!("  errors: none");
         } else {
             let list: Vec<String> = errors.iter().map(|(k, n)| format!("{k} {n}")).collect();
-            println!("  errors: {} ({})", error_ops, list.join(", "));
+            out!("  errors: {} ({})", error_ops, list.join(", "));
             for (kind, message) in &examples {
-                println!("  first {kind}: {message}");
+                out!("  first {kind}: {message}");
             }
         }
     }

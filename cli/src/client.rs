@@ -182,9 +182,9 @@ pub async fn run(conn: &Connection, command: KvCommand) -> Result<bool> {
                 .await
                 .map_err(fail)?;
             if json {
-                println!("{}", json!({ "key": key, "revision": revision }));
+                out!("{}", json!({ "key": key, "revision": revision }));
             } else {
-                println!("OK (revision {revision})");
+                out!("OK (revision {revision})");
             }
             Ok(true)
         }
@@ -196,18 +196,18 @@ pub async fn run(conn: &Connection, command: KvCommand) -> Result<bool> {
             match found {
                 Some(v) => {
                     if json {
-                        println!(
+                        out!(
                             "{}",
                             json!({ "key": key, "value": text(&v.value), "revision": v.revision })
                         );
                     } else {
-                        println!("{}", text(&v.value));
+                        out!("{}", text(&v.value));
                     }
                     Ok(true)
                 }
                 None => {
                     if json {
-                        println!("{}", json!({ "key": key, "found": false }));
+                        out!("{}", json!({ "key": key, "found": false }));
                     }
                     eprintln!("not found");
                     Ok(false)
@@ -217,14 +217,14 @@ pub async fn run(conn: &Connection, command: KvCommand) -> Result<bool> {
         KvCommand::Del { key } => {
             let (revision, existed) = client.delete(key.as_bytes()).await.map_err(fail)?;
             if json {
-                println!(
+                out!(
                     "{}",
                     json!({ "key": key, "revision": revision, "existed": existed })
                 );
             } else if existed {
-                println!("OK (revision {revision})");
+                out!("OK (revision {revision})");
             } else {
-                println!("OK, was absent (revision {revision})");
+                out!("OK, was absent (revision {revision})");
             }
             Ok(true)
         }
@@ -284,12 +284,12 @@ pub async fn run(conn: &Connection, command: KvCommand) -> Result<bool> {
                 .await
                 .map_err(fail)?;
             if json {
-                println!(
+                out!(
                     "{}",
                     json!({ "key": key, "succeeded": succeeded, "revision": revision })
                 );
             } else if succeeded {
-                println!("OK (revision {revision})");
+                out!("OK (revision {revision})");
             } else {
                 eprintln!("compare failed: the current value does not match (revision {revision})");
             }
@@ -299,12 +299,12 @@ pub async fn run(conn: &Connection, command: KvCommand) -> Result<bool> {
             let ops = parse_batch(&ops)?;
             let (succeeded, revision) = client.batch(&ops).await.map_err(fail)?;
             if json {
-                println!(
+                out!(
                     "{}",
                     json!({ "ops": ops.len(), "succeeded": succeeded, "revision": revision })
                 );
             } else if succeeded {
-                println!("OK, {} writes (revision {revision})", ops.len());
+                out!("OK, {} writes (revision {revision})", ops.len());
             } else {
                 eprintln!("compare failed: nothing was written");
             }
@@ -328,15 +328,15 @@ fn print_rows<'a>(
             })
             .collect();
         match more {
-            Some(more) => println!("{}", json!({ "entries": entries, "more": more })),
-            None => println!("{}", json!({ "entries": entries })),
+            Some(more) => out!("{}", json!({ "entries": entries, "more": more })),
+            None => out!("{}", json!({ "entries": entries })),
         }
         return;
     }
     for (key, value) in rows {
         match value {
-            Some(v) => println!("{} => {}", text(key), text(&v.value)),
-            None => println!("{} => (not found)", text(key)),
+            Some(v) => out!("{} => {}", text(key), text(&v.value)),
+            None => out!("{} => (not found)", text(key)),
         }
     }
     if more == Some(true) {
@@ -385,9 +385,9 @@ pub async fn load(conn: &Connection, args: LoadArgs) -> Result<bool> {
     }
     let seconds = started.elapsed().as_secs_f64();
     if conn.output == Output::Json {
-        println!("{}", json!({ "keys": args.keys, "seconds": seconds }));
+        out!("{}", json!({ "keys": args.keys, "seconds": seconds }));
     } else {
-        println!(
+        out!(
             "loaded {} keys of {} bytes in {seconds:.1} s ({:.0} keys/s)",
             args.keys,
             args.value_size,
@@ -550,31 +550,47 @@ pub async fn cluster(conn: &Connection, command: ClusterCommand) -> Result<bool>
                         None => json!({ "group": group, "replicas": replicas, "error": "no replica answered" }),
                     })
                     .collect();
-                println!("{}", json!({ "members": out, "groups": groups }));
+                out!("{}", json!({ "members": out, "groups": groups }));
             } else {
-                println!(
+                out!(
                     "{:<4} {:<22} {:<10} {:>6} {:>10} {:>10}",
-                    "ID", "ADDRESS", "ROLE", "TERM", "LAST LOG", "APPLIED"
+                    "ID",
+                    "ADDRESS",
+                    "ROLE",
+                    "TERM",
+                    "LAST LOG",
+                    "APPLIED"
                 );
                 for (m, s) in &rows {
                     match s {
-                        Ok(s) if lost_data(m, s) => println!(
+                        Ok(s) if lost_data(m, s) => out!(
                             "{:<4} {:<22} lost its data (runs incarnation {:016x}, the \
                              membership records {:016x}): remove it, then add it again",
-                            m.id, m.addr, s.incarnation, m.incarnation
+                            m.id,
+                            m.addr,
+                            s.incarnation,
+                            m.incarnation
                         ),
-                        Ok(s) => println!(
+                        Ok(s) => out!(
                             "{:<4} {:<22} {:<10} {:>6} {:>10} {:>10}",
-                            m.id, m.addr, s.role, s.term, s.last_log_index, s.applied_index
+                            m.id,
+                            m.addr,
+                            s.role,
+                            s.term,
+                            s.last_log_index,
+                            s.applied_index
                         ),
-                        Err(_) => println!("{:<4} {:<22} {:<10}", m.id, m.addr, "down"),
+                        Err(_) => out!("{:<4} {:<22} {:<10}", m.id, m.addr, "down"),
                     }
                 }
                 if !groups.is_empty() {
-                    println!();
-                    println!(
+                    out!();
+                    out!(
                         "{:<6} {:<16} {:<16} {:<7}",
-                        "GROUP", "VOTERS", "LEARNERS", "LEADER"
+                        "GROUP",
+                        "VOTERS",
+                        "LEARNERS",
+                        "LEADER"
                     );
                 }
                 let ids = |members: &[seedkv_proto::pb::Member]| {
@@ -587,7 +603,7 @@ pub async fn cluster(conn: &Connection, command: ClusterCommand) -> Result<bool>
                 };
                 for (group, replicas, seen) in &groups {
                     match seen {
-                        Some(s) => println!(
+                        Some(s) => out!(
                             "{:<6} {:<16} {:<16} {:<7}",
                             group,
                             ids(&s.voters),
@@ -599,7 +615,7 @@ pub async fn cluster(conn: &Connection, command: ClusterCommand) -> Result<bool>
                             }
                         ),
                         None => {
-                            println!("{group:<6} no replica answered ({})", replicas.join(", "))
+                            out!("{group:<6} no replica answered ({})", replicas.join(", "))
                         }
                     }
                 }
@@ -658,11 +674,14 @@ pub async fn cluster(conn: &Connection, command: ClusterCommand) -> Result<bool>
                         })
                     })
                     .collect();
-                println!("{}", json!({ "node": answer.node_id, "groups": groups }));
+                out!("{}", json!({ "node": answer.node_id, "groups": groups }));
             } else {
-                println!(
+                out!(
                     "{:<6} {:<16} {:<7} {:>6}  RANGES",
-                    "GROUP", "VOTERS", "LEADER", "SLOTS"
+                    "GROUP",
+                    "VOTERS",
+                    "LEADER",
+                    "SLOTS"
                 );
                 for g in &answer.groups {
                     let voters: Vec<String> = g.voters.iter().map(u64::to_string).collect();
@@ -670,7 +689,7 @@ pub async fn cluster(conn: &Connection, command: ClusterCommand) -> Result<bool>
                         0 => "-".to_string(),
                         id => id.to_string(),
                     };
-                    println!(
+                    out!(
                         "{:<6} {:<16} {:<7} {:>6}  {}",
                         g.group,
                         voters.join(","),
@@ -700,12 +719,12 @@ pub async fn cluster(conn: &Connection, command: ClusterCommand) -> Result<bool>
                 .await
                 .map_err(fail)?;
             if json {
-                println!(
+                out!(
                     "{}",
                     json!({ "added": id, "group": group, "voters": next, "log_index": index })
                 );
             } else {
-                println!("node {id} added to group {group}; voters are now {next:?}");
+                out!("node {id} added to group {group}; voters are now {next:?}");
             }
             Ok(true)
         }
@@ -739,11 +758,11 @@ pub async fn cluster(conn: &Connection, command: ClusterCommand) -> Result<bool>
                 if json {
                     removed.push(json!({ "group": group, "voters": next, "log_index": index }));
                 } else {
-                    println!("node {id} removed from group {group}; voters are now {next:?}");
+                    out!("node {id} removed from group {group}; voters are now {next:?}");
                 }
             }
             if json {
-                println!("{}", json!({ "removed": id, "groups": removed }));
+                out!("{}", json!({ "removed": id, "groups": removed }));
             }
             Ok(true)
         }

@@ -6,6 +6,23 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use seedkv_checker::{check_file_within, Budget, Model, Verdict};
 
+/// Prints one line of a command's output, as `println!` does; a reader that went away
+/// (`seedkv scan | head`) ends the command quietly with success, as Unix tools do, where
+/// `println!` would panic.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let mut stdout = std::io::stdout().lock();
+        if let Err(err) = writeln!(stdout, $($arg)*).and_then(|()| stdout.flush()) {
+            if err.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+            eprintln!("seedkv: cannot write the output: {err}");
+            std::process::exit(1);
+        }
+    }};
+}
+
 mod bench;
 mod client;
 mod server;
@@ -120,7 +137,7 @@ fn check_history(
     let start = std::time::Instant::now();
     match check_file_within(file, model, budget) {
         Ok(report) => {
-            println!("{}", report.verdict);
+            out!("{}", report.verdict);
             if stats {
                 eprintln!(
                     "checked {} operations in {} partitions in {:.3} s; peak RSS {}",

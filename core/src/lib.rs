@@ -6,6 +6,7 @@
 //! - [`slot`]: the 1,024 hash slots keys are stored and sharded by;
 //! - [`slot_map`]: which group owns each slot, how a cluster starts, where a key goes;
 //! - [`ownership`]: the slots a data group owns, as its own log decided;
+//! - [`leadership`]: which node should lead each data group, and when a leader offers it;
 //! - [`storage`]: the [`storage::Disk`] contract, and the Raft log and state machine on it;
 //! - [`types`]: the openraft type config, node and group ids;
 //! - [`runtime`]: the async runtime binding that runs the same code on tokio and on madsim;
@@ -22,6 +23,7 @@ pub mod command;
 pub mod conformance;
 #[cfg(madsim)]
 pub mod faults;
+pub mod leadership;
 pub mod ownership;
 pub mod routing;
 pub mod runtime;

@@ -190,6 +190,11 @@ impl SlotMap {
         ranges
     }
 
+    /// The node that should lead `group`: the first of its replicas.
+    pub fn preferred_leader(&self, group: GroupId) -> Option<NodeId> {
+        self.groups.get(&group)?.replicas.first().copied()
+    }
+
     /// The data groups, by id.
     pub fn groups(&self) -> &BTreeMap<GroupId, GroupInfo> {
         &self.groups

@@ -9,8 +9,13 @@
 //! again. Taking is idempotent and never goes back in epoch, so two leaders proposing the
 //! same grant do no harm. Until the grant applies, requests for the group's slots are
 //! refused `MOVED` (nothing done) and clients retry.
+//!
+//! Leaders also give their groups back to the preferred leader the placement names, so
+//! each node leads a fair share (`seedkv_core::leadership`): at most one offer per group
+//! every [`OFFER_EVERY_MS`], and none before the leader has led that long.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -18,15 +23,29 @@ use openraft::ServerState;
 use seedkv_core::ownership::{OwnedRange, Ownership};
 use seedkv_core::runtime::timeout;
 use seedkv_core::slot_map::META_GROUP;
-use seedkv_core::{Command, GroupId, Raft};
+use seedkv_core::{leadership, Command, GroupId, NodeId, Raft};
+use tokio::time::Instant;
 
-use crate::node::Node;
+use crate::client::{Client, ClientConfig};
+use crate::node::{Group, Node};
 
 /// How often each leader checks that its group holds what the map gives it.
 pub const KEEP_EVERY_MS: u64 = 100;
 
 /// How long a proposal may take to commit before it is proposed again.
 const GRANT_COMMIT_MS: u64 = 10_000;
+
+/// How long a leader leads a group before it offers the leadership to the preferred
+/// leader, and waits between two offers. Far above the election timeout: a new leader's
+/// vote goes to no candidate for that long, and a node that keeps failing to take over
+/// costs one short write pause per period.
+pub const OFFER_EVERY_MS: u64 = 5_000;
+
+/// How long an offer waits for the preferred replica to hold the leader's whole log.
+const OFFER_CATCH_UP_MS: u64 = 1_000;
+
+/// How long an offer waits for the preferred replica to win once asked to campaign.
+const OFFER_ELECTION_MS: u64 = 700;
 
 /// What the group must own that `owned` lacks, if anything.
 pub fn missing(grant: &[OwnedRange], owned: &Ownership) -> Vec<OwnedRange> {
@@ -47,6 +66,8 @@ pub fn missing(grant: &[OwnedRange], owned: &Ownership) -> Vec<OwnedRange> {
 pub(crate) async fn keep_grants(node: Weak<Node>) {
     // Groups with a proposal in flight: one at a time per group, none blocking the others.
     let proposing: Arc<Mutex<BTreeSet<GroupId>>> = Arc::default();
+    // Per group led here: the term, and when this node took it or last offered it.
+    let mut led_since: BTreeMap<GroupId, (u64, Instant)> = BTreeMap::new();
     loop {
         tokio::time::sleep(Duration::from_millis(KEEP_EVERY_MS)).await;
         let Some(node) = node.upgrade() else {
@@ -57,9 +78,19 @@ pub(crate) async fn keep_grants(node: Weak<Node>) {
         }
         let map = node.slot_map();
         for group in node.groups() {
-            if group.raft.metrics().borrow().state != ServerState::Leader {
+            let metrics = group.raft.metrics().borrow().clone();
+            if metrics.state != ServerState::Leader {
+                led_since.remove(&group.id);
                 continue;
             }
+            let since = led_since
+                .entry(group.id)
+                .and_modify(|since| {
+                    if since.0 != metrics.current_term {
+                        *since = (metrics.current_term, Instant::now());
+                    }
+                })
+                .or_insert((metrics.current_term, Instant::now()));
             let command = if group.id == META_GROUP {
                 match (&map, node.bootstrap_plan()) {
                     (None, Some(plan)) => Command::SetMap {
@@ -74,6 +105,22 @@ pub(crate) async fn keep_grants(node: Weak<Node>) {
                 };
                 let lacking = missing(&map.grants_of(group.id), &group.state.ownership());
                 if lacking.is_empty() {
+                    let voters: BTreeSet<NodeId> =
+                        metrics.membership_config.membership().voter_ids().collect();
+                    let preferred = map.preferred_leader(group.id);
+                    let offer = leadership::offer_to(node.id(), preferred, &voters);
+                    if let Some(to) =
+                        offer.filter(|_| since.1.elapsed() >= Duration::from_millis(OFFER_EVERY_MS))
+                    {
+                        since.1 = Instant::now();
+                        if lock(&proposing).insert(group.id) {
+                            let (proposing, id) = (proposing.clone(), node.id());
+                            tokio::spawn(async move {
+                                offer_leadership(id, &group, to).await;
+                                lock(&proposing).remove(&group.id);
+                            });
+                        }
+                    }
                     continue;
                 }
                 Command::Own(lacking)
@@ -92,6 +139,72 @@ pub(crate) async fn keep_grants(node: Weak<Node>) {
 
 fn lock(set: &Mutex<BTreeSet<GroupId>>) -> std::sync::MutexGuard<'_, BTreeSet<GroupId>> {
     set.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Offers the leadership of `group`, led by `me`, to `to`: refuses writes to the group
+/// until `to` holds the whole log, asks it to campaign, and waits for it to win. Any
+/// failure leaves `me` leading (or a new election under way) and writes flowing again.
+async fn offer_leadership(me: NodeId, group: &Group, to: NodeId) {
+    group.handing_over.store(true, Ordering::Release);
+    let result = hand_over(me, group, to).await;
+    group.handing_over.store(false, Ordering::Release);
+    match result {
+        Ok(()) => tracing::info!(
+            node = me,
+            group = group.id.0,
+            to,
+            "gave the group to its preferred leader"
+        ),
+        Err(err) => tracing::debug!(node = me, group = group.id.0, to, "leadership offer: {err}"),
+    }
+}
+
+async fn hand_over(me: NodeId, group: &Group, to: NodeId) -> Result<(), String> {
+    let addr = group
+        .raft
+        .metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .get_node(&to)
+        .map(|member| member.addr.clone())
+        .ok_or("not a member")?;
+    let leads =
+        |m: &openraft::RaftMetrics<NodeId, seedkv_core::Member>| m.current_leader == Some(me);
+    // Writes proposed before the refusal may still land: compare with the log as it is.
+    let ready = group
+        .raft
+        .wait(Some(Duration::from_millis(OFFER_CATCH_UP_MS)))
+        .metrics(
+            |m| {
+                let matched = m
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.get(&to).copied().flatten())
+                    .map(|log_id| log_id.index);
+                !leads(m) || leadership::caught_up(matched, m.last_log_index)
+            },
+            "the preferred leader caught up",
+        )
+        .await
+        .map_err(|err| format!("not caught up: {err}"))?;
+    if !leads(&ready) {
+        return Err("no longer leads".into());
+    }
+    let mut config = ClientConfig::new(vec![addr.clone()]);
+    config.request_timeout_ms = 500;
+    config.max_attempts = 1;
+    Client::new(config)
+        .elect(&addr, group.id.0)
+        .await
+        .map_err(|err| format!("asking it to campaign: {err}"))?;
+    group
+        .raft
+        .wait(Some(Duration::from_millis(OFFER_ELECTION_MS)))
+        .metrics(|m| !leads(m), "another node leads")
+        .await
+        .map_err(|err| format!("it did not take over: {err}"))?;
+    Ok(())
 }
 
 async fn propose(node: u64, group: GroupId, raft: &Raft, command: Command) {

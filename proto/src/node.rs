@@ -107,6 +107,10 @@ pub(crate) struct Group {
     membership: Arc<tokio::sync::Mutex<u64>>,
     /// Whether the node's heartbeat clock beats for this group while it leads it.
     pub(crate) heartbeats: std::sync::atomic::AtomicBool,
+    /// Set while this node offers its leadership of the group to another replica: writes
+    /// are refused (clients retry), so the log stops growing and the other can hold all of
+    /// it (see `seedkv_core::leadership`).
+    pub(crate) handing_over: std::sync::atomic::AtomicBool,
 }
 
 /// Opens one group's storage and Raft on this node's disk.
@@ -801,7 +805,11 @@ impl Node {
 
     /// Proposes `command` to `group`, whose leader this node must be.
     async fn write_to(&self, group: &Group, command: Command) -> Result<Response, Status> {
-        if self.handing_over.load(std::sync::atomic::Ordering::Acquire) {
+        if self.handing_over.load(std::sync::atomic::Ordering::Acquire)
+            || group
+                .handing_over
+                .load(std::sync::atomic::Ordering::Acquire)
+        {
             return Err(not_proposed(&openraft::error::ForwardToLeader {
                 leader_id: None,
                 leader_node: None,
@@ -887,6 +895,7 @@ async fn open<D: Disk>(
         install_gate: Arc::new(tokio::sync::RwLock::new(())),
         membership: Arc::new(tokio::sync::Mutex::new(0)),
         heartbeats: std::sync::atomic::AtomicBool::new(true),
+        handing_over: std::sync::atomic::AtomicBool::new(false),
         raft,
         state,
     })
