@@ -187,9 +187,9 @@ async fn inject(
 /// commit on the leader and the node `blank`, then `blank` comes back on an empty disk and
 /// the leader crashes. If `blank` counted as the member it was, it would elect `cut`, which
 /// lacks the latest acknowledged writes. Returns the crashed leader (restarted at the heal).
-/// Skipped while a member's incarnation is unrecorded (the window right after bootstrap, when
-/// nothing can tell a blank node from the one it replaces), a node already lost its data, the
-/// membership is changing, or the run is about to end.
+/// Staged (see [`stage`]) once every group can spare a voter and every incarnation is
+/// recorded (right after bootstrap nothing can tell a blank node from the one it replaces);
+/// skipped if that does not come in time, or a node already lost its data.
 async fn amnesia(
     cluster: &SharedCluster,
     deadline: Instant,
@@ -197,61 +197,150 @@ async fn amnesia(
 ) -> Vec<usize> {
     // The operator replaces lost nodes until the deadline, and restores the cluster after
     // it: the loss must happen while it is still watching.
-    if Instant::now() + Duration::from_secs(3) > deadline {
-        return Vec::new();
-    }
-    let (leader, voters) = {
-        let mut c = lock(cluster);
-        let Some(leader) = c.leader() else {
-            return Vec::new();
-        };
-        let Some(view) = c.newest_membership() else {
-            return Vec::new();
-        };
-        // A blank voter is lost for good until the operator replaces it: only when the
-        // voters can spare one, and never across a membership change (a new configuration
-        // that needs the lost node could never commit, and nothing could replace it).
-        // Every group must spare the lost node, not only the one the fault aims at.
-        let every_group_spares_one =
-            crate::cluster::raft_groups(&c.plan)
-                .into_iter()
-                .all(|group| {
-                    c.newest_membership_of(group).is_some_and(|view| {
-                        !view.changing
-                            && view.voters().len() >= 3
-                            && view.members.iter().all(|m| m.incarnation != 0)
-                    })
-                });
-        let voters = view.voters();
-        if view.changing
-            || voters.len() < 3
-            || !every_group_spares_one
-            || c.operator_changes > 0
-            || view.members.iter().any(|m| m.incarnation == 0)
-            || c.lost_data_anywhere()
-        {
-            log(
-                "amnesia skipped: a membership change, too few voters, an unrecorded \
-                 incarnation or a node already lost"
-                    .into(),
-            );
+    let staged = stage(cluster, deadline, Duration::from_secs(5), amnesia_roles).await;
+    let (leader, voters) = match staged {
+        Ok(roles) => roles,
+        Err(missing) => {
+            log(format!("amnesia skipped: {missing}"));
             return Vec::new();
         }
-        c.staged_fault_under_way = true;
-        (leader, voters)
     };
     let others: Vec<usize> = voters.into_iter().filter(|&i| i != leader).collect();
     let blank = others[thread_rng().gen_range(0..others.len())];
     let rest: Vec<usize> = others.into_iter().filter(|&i| i != blank).collect();
     let cut = rest[thread_rng().gen_range(0..rest.len())];
     lock(cluster).net.isolate(cut);
-    tokio::time::sleep(millis(200..1_500)).await;
+    // Writes must commit on the leader and `blank` alone for their loss to show.
+    focus_log_moves(cluster, leader, LogWatch::Applied, Duration::from_secs(3)).await;
+    tokio::time::sleep(millis(200..1_000)).await;
     lock(cluster).wipe(blank);
     kill_leader_and_heal(cluster, leader).await;
     log(format!(
         "amnesia: {cut} cut off, {blank} back on a blank disk, leader {leader} killed"
     ));
     vec![leader]
+}
+
+/// How long a staged fault waits for the cluster to be ready for it.
+const STAGING_WAIT: Duration = Duration::from_secs(8);
+
+/// Readies the cluster for a staged fault rather than hoping to find it ready: asks the
+/// operators to make every node a voter of every group (they then only add), waits until
+/// `ready` accepts the cluster (at most [`STAGING_WAIT`], and only while the fault, which
+/// takes `takes`, can end before `deadline`), and holds the operators off from then on
+/// (`staged_fault_under_way`, set under the same lock, so no change can start in between).
+/// Err: what was still missing.
+async fn stage<T>(
+    cluster: &SharedCluster,
+    deadline: Instant,
+    takes: Duration,
+    ready: impl Fn(&SimCluster) -> Result<T, &'static str>,
+) -> Result<T, &'static str> {
+    lock(cluster).wants_every_voter = true;
+    let until = Instant::now() + STAGING_WAIT;
+    let mut missing = "the end of the load near";
+    let staged = loop {
+        if Instant::now() + takes > deadline {
+            break Err("the end of the load near");
+        }
+        if Instant::now() > until {
+            break Err(missing);
+        }
+        {
+            let mut c = lock(cluster);
+            match ready(&c) {
+                Ok(roles) => {
+                    c.staged_fault_under_way = true;
+                    break Ok(roles);
+                }
+                Err(why) => missing = why,
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    lock(cluster).wants_every_voter = false;
+    staged
+}
+
+/// The leader and the voters, when a disk can be lost: 3 voters or more in every group (a
+/// blank voter is lost for good until the operator replaces it, so the voters must spare
+/// one), every incarnation recorded, no membership change under way, and no node already
+/// lost; otherwise what is missing.
+fn amnesia_roles(c: &SimCluster) -> Result<(usize, Vec<usize>), &'static str> {
+    let leader = c.leader().ok_or("no leader")?;
+    let view = c.newest_membership().ok_or("no membership")?;
+    if c.operator_changes > 0 {
+        return Err("a membership change under way");
+    }
+    if c.lost_data_anywhere() {
+        return Err("a node already lost its data");
+    }
+    // Every group must spare the lost node, not only the one the fault aims at, and none may
+    // be changing (a new configuration that needs the lost node could never commit).
+    for group in crate::cluster::raft_groups(&c.plan) {
+        let view = c
+            .newest_membership_of(group)
+            .ok_or("a group without a membership")?;
+        if view.changing {
+            return Err("a membership change under way");
+        }
+        if view.voters().len() < 3 {
+            return Err("fewer than 3 voters");
+        }
+        if view.members.iter().any(|m| m.incarnation == 0) {
+            return Err("an unrecorded incarnation");
+        }
+    }
+    let voters = view.voters();
+    if !voters.contains(&leader) {
+        return Err("no leader");
+    }
+    Ok((leader, voters))
+}
+
+/// Waits (at most `within`) until `index`'s log of the focus group moves past `from`:
+/// `Applied` its applied index (a write committed), `Appended` its last log index.
+async fn focus_log_moves(
+    cluster: &SharedCluster,
+    index: usize,
+    watch: LogWatch,
+    within: Duration,
+) -> bool {
+    let read = || {
+        let c = lock(cluster);
+        let metrics = c.raft(index, FOCUS_GROUP)?.metrics().borrow().clone();
+        match watch {
+            LogWatch::Applied => metrics.last_applied.map(|id| id.index),
+            LogWatch::Appended => metrics.last_log_index,
+        }
+    };
+    let from = read();
+    let until = Instant::now() + within;
+    while Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        if read() > from {
+            return true;
+        }
+    }
+    false
+}
+
+/// Which index of a log [`focus_log_moves`] watches.
+#[derive(Clone, Copy)]
+enum LogWatch {
+    Applied,
+    Appended,
+}
+
+/// Turns the elections of the focus group on or off at `nodes` (a restarted node starts
+/// with them on).
+fn set_elections(cluster: &SharedCluster, nodes: &[usize], enabled: bool) {
+    let c = lock(cluster);
+    for &index in nodes {
+        if let Some(raft) = c.raft(index, FOCUS_GROUP) {
+            raft.runtime_config().elect(enabled);
+        }
+    }
 }
 
 /// The end of an amnesia fault, once a node is back on a blank disk: a moment later the
@@ -351,44 +440,25 @@ async fn amnesia_from_bootstrap(
 ///
 /// The cuts follow the votes as they are cast: once a node of the rest votes for a candidate,
 /// that candidate's messages to it are dropped, so the vote's answer still arrives but the
-/// new leader's first entry (sent the moment it wins) never does. Needs 5 voters or more, all
-/// running, and a membership that stays put; returns the crashed node (restarted at the heal).
+/// new leader's first entry (sent the moment it wins) never does. The rest's elections are
+/// held until `old` has appended entries past the cuts, so there are writes to truncate.
+/// Needs 5 voters or more, all running, and a membership that stays put (see [`stage`]);
+/// returns the crashed node (restarted at the heal).
 async fn figure8(
     cluster: &SharedCluster,
     deadline: Instant,
     log: &mut dyn FnMut(String),
 ) -> Vec<usize> {
-    // Ask the operator to make every node a voter, wait for a steady membership with every
-    // voter running, then hold the operator off (checked and set under one lock, so no change
-    // can start in between). The staging takes a few seconds and needs writes in flight: not
-    // when the load is about to stop.
-    lock(cluster).wants_every_voter = true;
-    let until = Instant::now() + Duration::from_secs(8);
-    let mut missing = "the end of the load near";
-    let staged = loop {
-        if Instant::now() + Duration::from_secs(4) > deadline {
-            break None;
-        }
-        {
-            let mut c = lock(cluster);
-            match figure8_roles(&c) {
-                Ok(staged) => {
-                    c.staged_fault_under_way = true;
-                    break Some(staged);
-                }
-                Err(why) => missing = why,
+    // The staging takes a few seconds and needs writes in flight: not when the load is
+    // about to stop.
+    let (old, old_term, voters) =
+        match stage(cluster, deadline, Duration::from_secs(6), figure8_roles).await {
+            Ok(roles) => roles,
+            Err(missing) => {
+                log(format!("figure 8 skipped: {missing}"));
+                return Vec::new();
             }
-        }
-        if Instant::now() > until {
-            break None;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    lock(cluster).wants_every_voter = false;
-    let Some((old, old_term, voters)) = staged else {
-        log(format!("figure 8 skipped: {missing}"));
-        return Vec::new();
-    };
+        };
     let others: Vec<usize> = voters.into_iter().filter(|&i| i != old).collect();
     let keeper = others[thread_rng().gen_range(0..others.len())];
     let rest: Vec<usize> = others.into_iter().filter(|&i| i != keeper).collect();
@@ -399,6 +469,11 @@ async fn figure8(
             c.net.cut_one_way(r, keeper);
         }
     }
+    // The writes to truncate: the rest stand for election only once `old` has appended
+    // entries that reach `keeper` alone (writes whose clients wait for an answer).
+    set_elections(cluster, &rest, false);
+    let appended = focus_log_moves(cluster, old, LogWatch::Appended, Duration::from_secs(3)).await;
+    set_elections(cluster, &rest, true);
     // Poll faster than a message crosses the network (1 ms at the least), so that a cut made
     // on seeing a vote lands before the winner's first entry leaves.
     let poll = Duration::from_micros(250);
@@ -454,8 +529,13 @@ async fn figure8(
         c.net.heal();
         c.staged_fault_under_way = false;
     }
+    let writes = if appended {
+        "writes"
+    } else {
+        "no writes (none came)"
+    };
     log(format!(
-        "figure 8: {old}'s writes reached only {keeper}; {brief} led briefly, truncated them on {old}, and was killed"
+        "figure 8: {old}'s {writes} reached only {keeper}; {brief} led briefly, truncated them on {old}, and was killed"
     ));
     vec![brief]
 }

@@ -11,6 +11,7 @@ use std::time::Duration;
 use madsim::rand::{thread_rng, Rng};
 use seedkv_checker::{Op, OpResult, ReadValue, Record};
 use seedkv_core::command::{ScanRange, Versioned, WriteOp};
+use seedkv_core::slot::{Slot, SLOT_COUNT};
 use seedkv_proto::{Client, ClientConfig, ClientError, Consistency};
 use tokio::time::Instant;
 
@@ -19,7 +20,7 @@ use tokio::time::Instant;
 pub struct WorkloadConfig {
     /// Concurrent clients.
     pub clients: usize,
-    /// Keys `{p0}k0`, `{p0}k1`, `{p1}k2`, ... (see [`key_name`]).
+    /// Keys `{p0.n}k0`, `{p0.n}k1`, `{p1.m}k2`, ... (see [`key_name`]).
     pub keys: usize,
     /// How long the clients run (virtual time).
     pub duration: Duration,
@@ -30,10 +31,29 @@ pub struct WorkloadConfig {
 /// The shared history the clients append to.
 pub type History = Arc<Mutex<Vec<Record>>>;
 
-/// Key `i` of the workload. Keys come in pairs (`2j`, `2j+1`) that share the hash tag
-/// `{pj}`, so the multi-key operations, which join a pair, stay in one slot.
+/// Key `i` of the workload. Keys come in pairs (`2j`, `2j+1`) that share a hash tag
+/// `{pj.n}`, so the multi-key operations, which join a pair, stay in one slot; the tags
+/// spread the pairs over the slot space (see [`pair_tag`]), so every data group serves some.
 fn key_name(i: usize) -> String {
-    format!("{{p{}}}k{i}", i / 2)
+    format!("{{{}}}k{i}", pair_tag(i / 2))
+}
+
+/// Width of the run of slots a pair's tag is chosen in.
+const PAIR_SLOTS: u16 = 64;
+
+/// The hash tag of pair `j`: the first `pj.n` whose slot falls in a run of [`PAIR_SLOTS`]
+/// slots starting at `j * 633 mod 1024`. Stepping by 633 (about 1024 times the golden ratio)
+/// keeps any number of pairs spread over the whole slot space, so with the groups' slot
+/// ranges contiguous, the first pairs already land in different groups (plain `pj` tags all
+/// fell in one group of three).
+fn pair_tag(j: usize) -> String {
+    let start = (j * 633 % usize::from(SLOT_COUNT)) as u16;
+    let wanted = |slot: u16| (slot + SLOT_COUNT - start) % SLOT_COUNT < PAIR_SLOTS;
+    (0u32..)
+        .take(100_000)
+        .map(|n| format!("p{j}.{n}"))
+        .find(|tag| wanted(Slot::of(tag.as_bytes()).get()))
+        .unwrap_or_else(|| format!("p{j}"))
 }
 
 /// The number of a key [`key_name`] made.
