@@ -33,6 +33,21 @@ pub fn offer_to(
     offer.then_some(preferred)
 }
 
+/// Most log entries the preferred replica may lag behind the leader for an offer to pause
+/// the group's writes: one further behind (down, slow, cut off) is not offered the group
+/// this time, and the writes flow on.
+pub const MAX_OFFER_LAG_ENTRIES: u64 = 64;
+
+/// Whether the candidate, which has `matched` the leader's log up to that index, is close
+/// enough to `last_log` to be offered the group (see [`MAX_OFFER_LAG_ENTRIES`]).
+pub fn close_enough(matched: Option<u64>, last_log: Option<u64>) -> bool {
+    match (matched, last_log) {
+        (_, None) => true,
+        (None, Some(last)) => last < MAX_OFFER_LAG_ENTRIES,
+        (Some(matched), Some(last)) => matched.saturating_add(MAX_OFFER_LAG_ENTRIES) > last,
+    }
+}
+
 /// Whether the candidate, which has `matched` the leader's log up to that index, holds all
 /// of it (`last_log`): only then does the leader's vote go to it.
 pub fn caught_up(matched: Option<u64>, last_log: Option<u64>) -> bool {
@@ -81,5 +96,15 @@ mod tests {
         assert!(!caught_up(Some(6), Some(7)));
         assert!(!caught_up(None, Some(0)));
         assert!(caught_up(None, None));
+    }
+
+    #[test]
+    fn only_a_replica_close_behind_is_offered_the_group() {
+        assert!(close_enough(None, None));
+        assert!(close_enough(Some(10), Some(10)));
+        assert!(close_enough(Some(10), Some(10 + MAX_OFFER_LAG_ENTRIES - 1)));
+        assert!(!close_enough(Some(10), Some(10 + MAX_OFFER_LAG_ENTRIES)));
+        assert!(close_enough(None, Some(MAX_OFFER_LAG_ENTRIES - 1)));
+        assert!(!close_enough(None, Some(MAX_OFFER_LAG_ENTRIES)));
     }
 }

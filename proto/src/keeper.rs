@@ -105,10 +105,14 @@ pub(crate) async fn keep_grants(node: Weak<Node>) {
                 };
                 let lacking = missing(&map.grants_of(group.id), &group.state.ownership());
                 if lacking.is_empty() {
-                    let voters: BTreeSet<NodeId> =
-                        metrics.membership_config.membership().voter_ids().collect();
+                    let membership = metrics.membership_config.membership();
+                    let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
                     let preferred = map.preferred_leader(group.id);
-                    let offer = leadership::offer_to(node.id(), preferred, &voters);
+                    // Never across a membership change: a joint configuration's voters
+                    // are two majorities, not one.
+                    let uniform = membership.get_joint_config().len() == 1;
+                    let offer =
+                        leadership::offer_to(node.id(), preferred, &voters).filter(|_| uniform);
                     if let Some(to) =
                         offer.filter(|_| since.1.elapsed() >= Duration::from_millis(OFFER_EVERY_MS))
                     {
@@ -145,6 +149,25 @@ fn lock(set: &Mutex<BTreeSet<GroupId>>) -> std::sync::MutexGuard<'_, BTreeSet<Gr
 /// until `to` holds the whole log, asks it to campaign, and waits for it to win. Any
 /// failure leaves `me` leading (or a new election under way) and writes flowing again.
 async fn offer_leadership(me: NodeId, group: &Group, to: NodeId) {
+    // A replica far behind (down, slow, cut off) would not catch up in time: offering
+    // would only pause the writes.
+    let lag = {
+        let metrics = group.raft.metrics().borrow().clone();
+        let matched = matched_by(&metrics, to);
+        (!leadership::close_enough(matched, metrics.last_log_index))
+            .then_some((matched, metrics.last_log_index))
+    };
+    if let Some((matched, last_log)) = lag {
+        tracing::debug!(
+            node = me,
+            group = group.id.0,
+            to,
+            ?matched,
+            ?last_log,
+            "no leadership offer: the preferred leader lags"
+        );
+        return;
+    }
     group.handing_over.store(true, Ordering::Release);
     let result = hand_over(me, group, to).await;
     group.handing_over.store(false, Ordering::Release);
@@ -176,14 +199,7 @@ async fn hand_over(me: NodeId, group: &Group, to: NodeId) -> Result<(), String> 
         .raft
         .wait(Some(Duration::from_millis(OFFER_CATCH_UP_MS)))
         .metrics(
-            |m| {
-                let matched = m
-                    .replication
-                    .as_ref()
-                    .and_then(|r| r.get(&to).copied().flatten())
-                    .map(|log_id| log_id.index);
-                !leads(m) || leadership::caught_up(matched, m.last_log_index)
-            },
+            |m| !leads(m) || leadership::caught_up(matched_by(m, to), m.last_log_index),
             "the preferred leader caught up",
         )
         .await
@@ -205,6 +221,18 @@ async fn hand_over(me: NodeId, group: &Group, to: NodeId) -> Result<(), String> 
         .await
         .map_err(|err| format!("it did not take over: {err}"))?;
     Ok(())
+}
+
+/// The last log index the leader knows `to` holds, from the leader's `metrics`.
+fn matched_by(
+    metrics: &openraft::RaftMetrics<NodeId, seedkv_core::Member>,
+    to: NodeId,
+) -> Option<u64> {
+    metrics
+        .replication
+        .as_ref()
+        .and_then(|r| r.get(&to).copied().flatten())
+        .map(|log_id| log_id.index)
 }
 
 async fn propose(node: u64, group: GroupId, raft: &Raft, command: Command) {

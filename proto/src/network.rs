@@ -152,6 +152,14 @@ impl Peers {
                 let take = lane.queue.len().min(MAX_BATCH_MESSAGES);
                 lane.queue.drain(..take).collect::<Vec<_>>()
             };
+            // A request whose caller gave up while it waited is stale: a newer one follows.
+            let batch: Vec<_> = batch
+                .into_iter()
+                .filter(|(_, replier)| !replier.is_closed())
+                .collect();
+            if batch.is_empty() {
+                continue;
+            }
             let (messages, repliers): (Vec<RaftMessage>, Vec<Replier>) = batch.into_iter().unzip();
             let sent = messages.len();
             let answer =

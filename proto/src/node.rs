@@ -110,7 +110,7 @@ pub(crate) struct Group {
     /// Set while this node offers its leadership of the group to another replica: writes
     /// are refused (clients retry), so the log stops growing and the other can hold all of
     /// it (see `seedkv_core::leadership`).
-    pub(crate) handing_over: std::sync::atomic::AtomicBool,
+    pub(crate) handing_over: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Opens one group's storage and Raft on this node's disk.
@@ -887,15 +887,16 @@ async fn open<D: Disk>(
     let raft = Raft::new(id, raft_config, network, log, state_machine)
         .await
         .map_err(|err| NodeError::Raft(format!("group {}: {err}", group.0)))?;
+    let handing_over = Arc::new(std::sync::atomic::AtomicBool::new(false));
     Ok(Group {
         id: group,
         read_index: ReadIndex::start(raft.clone(), state.clone()),
-        proposer: Proposer::start(raft.clone()),
+        proposer: Proposer::start(raft.clone(), handing_over.clone()),
         staging: Arc::new(tokio::sync::Mutex::new(Staging::new(state.clone()))),
         install_gate: Arc::new(tokio::sync::RwLock::new(())),
         membership: Arc::new(tokio::sync::Mutex::new(0)),
         heartbeats: std::sync::atomic::AtomicBool::new(true),
-        handing_over: std::sync::atomic::AtomicBool::new(false),
+        handing_over,
         raft,
         state,
     })

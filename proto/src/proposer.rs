@@ -9,6 +9,9 @@
 //! A write whose caller has gone before its turn is dropped unproposed. An entry carries at
 //! most [`MAX_WRITES_PER_ENTRY`] writes and [`MAX_ENTRY_BYTES`] of their payload.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
 use seedkv_core::command::{Command, Response};
 use seedkv_core::{Raft, TypeConfig};
 use tokio::sync::{mpsc, oneshot};
@@ -18,7 +21,7 @@ use openraft::error::ClientWriteError;
 use openraft::raft::ClientWriteResponse;
 
 use crate::network::MAX_ENTRY_BYTES;
-use crate::status::not_leader;
+use crate::status::{not_leader, not_proposed};
 
 /// Most writes waiting to be proposed; more are refused with `RESOURCE_EXHAUSTED`.
 pub const MAX_WAITING_WRITES: usize = 65_536;
@@ -45,10 +48,11 @@ pub struct Proposer {
 }
 
 impl Proposer {
-    /// Starts the proposing task for `raft`.
-    pub fn start(raft: Raft) -> Proposer {
+    /// Starts the proposing task for `raft`. While `paused` is set (the leader is handing the
+    /// group over), writes are refused unproposed, so the log stops growing.
+    pub fn start(raft: Raft, paused: Arc<AtomicBool>) -> Proposer {
         let (queue, mut waiting) = mpsc::channel::<(Command, Reply)>(MAX_WAITING_WRITES);
-        let in_flight = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_ENTRIES_IN_FLIGHT));
+        let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_ENTRIES_IN_FLIGHT));
         tokio::spawn(async move {
             // A write that did not fit into the last entry opens the next one.
             let mut carried: Option<(Command, Reply)> = None;
@@ -83,6 +87,16 @@ impl Proposer {
                 // nobody would learn its outcome, and it must not apply long after.
                 group.retain(|(_, reply)| !reply.is_closed());
                 if group.is_empty() {
+                    continue;
+                }
+                if paused.load(Ordering::Acquire) {
+                    let nobody = openraft::error::ForwardToLeader {
+                        leader_id: None,
+                        leader_node: None,
+                    };
+                    for (_, reply) in group {
+                        let _ = reply.send(Err(not_proposed(&nobody)));
+                    }
                     continue;
                 }
                 let (commands, replies): (Vec<Command>, Vec<Reply>) = group.into_iter().unzip();
@@ -177,7 +191,7 @@ fn answer(replies: Vec<Reply>, outcome: Outcome) {
             #[cfg(madsim)]
             if seedkv_core::faults::enabled(seedkv_core::faults::Fault::TruncatedWriteResentAsNew) {
                 for reply in replies {
-                    let _ = reply.send(Err(crate::status::not_proposed(&forward)));
+                    let _ = reply.send(Err(not_proposed(&forward)));
                 }
                 return;
             }
