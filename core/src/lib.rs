@@ -25,6 +25,7 @@ pub mod conformance;
 pub mod faults;
 pub mod leadership;
 pub mod ownership;
+pub mod quiet;
 pub mod routing;
 pub mod runtime;
 pub mod session;

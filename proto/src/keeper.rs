@@ -68,6 +68,9 @@ pub(crate) async fn keep_grants(node: Weak<Node>) {
     let proposing: Arc<Mutex<BTreeSet<GroupId>>> = Arc::default();
     // Per group led here: the term, and when this node took it or last offered it.
     let mut led_since: BTreeMap<GroupId, (u64, Instant)> = BTreeMap::new();
+    // Per group led here: the map version and term at which it was found to hold its
+    // whole grant (it keeps it until the map changes: ownership never goes back).
+    let mut holds_grant: BTreeMap<GroupId, (u64, u64)> = BTreeMap::new();
     loop {
         tokio::time::sleep(Duration::from_millis(KEEP_EVERY_MS)).await;
         let Some(node) = node.upgrade() else {
@@ -78,19 +81,24 @@ pub(crate) async fn keep_grants(node: Weak<Node>) {
         }
         let map = node.slot_map();
         for group in node.groups() {
-            let metrics = group.raft.metrics().borrow().clone();
-            if metrics.state != ServerState::Leader {
+            let (state, term) = {
+                let metrics = group.raft.metrics();
+                let metrics = metrics.borrow();
+                (metrics.state, metrics.current_term)
+            };
+            if state != ServerState::Leader {
                 led_since.remove(&group.id);
+                holds_grant.remove(&group.id);
                 continue;
             }
             let since = led_since
                 .entry(group.id)
                 .and_modify(|since| {
-                    if since.0 != metrics.current_term {
-                        *since = (metrics.current_term, Instant::now());
+                    if since.0 != term {
+                        *since = (term, Instant::now());
                     }
                 })
-                .or_insert((metrics.current_term, Instant::now()));
+                .or_insert((term, Instant::now()));
             let command = if group.id == META_GROUP {
                 match (&map, node.bootstrap_plan()) {
                     (None, Some(plan)) => Command::SetMap {
@@ -103,19 +111,29 @@ pub(crate) async fn keep_grants(node: Weak<Node>) {
                 let Some(map) = &map else {
                     continue;
                 };
-                let lacking = missing(&map.grants_of(group.id), &group.state.ownership());
+                let held = holds_grant.get(&group.id) == Some(&(map.version(), term));
+                let lacking = if held {
+                    Vec::new()
+                } else {
+                    missing(&map.grants_of(group.id), &group.state.ownership())
+                };
                 if lacking.is_empty() {
-                    let membership = metrics.membership_config.membership();
-                    let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
-                    let preferred = map.preferred_leader(group.id);
-                    // Never across a membership change: a joint configuration's voters
-                    // are two majorities, not one.
-                    let uniform = membership.get_joint_config().len() == 1;
-                    let offer =
-                        leadership::offer_to(node.id(), preferred, &voters).filter(|_| uniform);
-                    if let Some(to) =
-                        offer.filter(|_| since.1.elapsed() >= Duration::from_millis(OFFER_EVERY_MS))
-                    {
+                    holds_grant.insert(group.id, (map.version(), term));
+                    if since.1.elapsed() < Duration::from_millis(OFFER_EVERY_MS) {
+                        continue;
+                    }
+                    let offer = {
+                        let metrics = group.raft.metrics();
+                        let metrics = metrics.borrow();
+                        let membership = metrics.membership_config.membership();
+                        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+                        // Never across a membership change: a joint configuration's voters
+                        // are two majorities, not one.
+                        let uniform = membership.get_joint_config().len() == 1;
+                        leadership::offer_to(node.id(), map.preferred_leader(group.id), &voters)
+                            .filter(|_| uniform)
+                    };
+                    if let Some(to) = offer {
                         since.1 = Instant::now();
                         if lock(&proposing).insert(group.id) {
                             let (proposing, id) = (proposing.clone(), node.id());

@@ -205,6 +205,39 @@ impl Peers {
     }
 }
 
+/// Names `groups` quiet to the peer `to` at `addr` (see `seedkv_core::quiet`), in one call
+/// within `ttl`; returns the groups the peer refused (it will not keep their elections off,
+/// so they need heartbeats again).
+pub(crate) async fn send_quiet(
+    peers: &Peers,
+    identity: &Identity,
+    (from, to, to_incarnation): (NodeId, NodeId, u64),
+    addr: &str,
+    groups: &[seedkv_core::quiet::QuietGroup],
+    ttl: Duration,
+) -> Result<Vec<u32>, String> {
+    let (generation, channel) = peers.channel(addr).await?;
+    let message = RaftMessage {
+        group: 0,
+        payload: codec::encode(&groups),
+        cluster_id: identity.cluster_id(),
+        from,
+        from_incarnation: identity.incarnation(),
+        to,
+        to_incarnation,
+        refused: String::new(),
+    };
+    let failed = |why: String| {
+        peers.forget(addr, generation);
+        Err(format!("Quiet to node {to}: {why}"))
+    };
+    match timeout(ttl, RaftClient::new(channel).quiet(message)).await {
+        Ok(Ok(reply)) => codec::decode(&reply.into_inner().payload).map_err(|err| err.to_string()),
+        Ok(Err(status)) => failed(status.to_string()),
+        Err(elapsed) => failed(elapsed.to_string()),
+    }
+}
+
 /// Opens [`PeerConnection`]s for one group of one node.
 pub struct GrpcNetwork {
     pub(crate) group: GroupId,

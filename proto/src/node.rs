@@ -111,6 +111,51 @@ pub(crate) struct Group {
     /// are refused (clients retry), so the log stops growing and the other can hold all of
     /// it (see `seedkv_core::leadership`).
     pub(crate) handing_over: Arc<std::sync::atomic::AtomicBool>,
+    /// Whether this replica may stand for election in the group, as its operator (or the
+    /// simulator) wants it; a quiet lease turns elections off meanwhile too.
+    elections: std::sync::atomic::AtomicBool,
+    /// Until when the group's leader has told this follower it leads the group, idle and
+    /// quiet (see `seedkv_core::quiet`): elections stay off until then.
+    quiet_until: std::sync::Mutex<Option<tokio::time::Instant>>,
+}
+
+impl Group {
+    fn quiet_lock(&self) -> std::sync::MutexGuard<'_, Option<tokio::time::Instant>> {
+        self.quiet_until
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Sets openraft's election switch from the wanted state and the quiet lease.
+    fn apply_elections(&self, quiet: bool) {
+        let wanted = self.elections.load(std::sync::atomic::Ordering::Acquire);
+        self.raft.runtime_config().elect(wanted && !quiet);
+    }
+
+    /// Keeps elections off until `until`: the leader named the group quiet. Its Raft needs
+    /// no clock meanwhile (the node's heartbeat clock starts it again).
+    pub(crate) fn quiet_until(&self, until: tokio::time::Instant) {
+        let mut lease = self.quiet_lock();
+        if lease.is_none_or(|held| held < until) {
+            *lease = Some(until);
+        }
+        self.apply_elections(true);
+        self.raft.runtime_config().tick(false);
+    }
+
+    /// Whether this follower holds a quiet lease on the group.
+    pub(crate) fn quiet(&self) -> bool {
+        self.quiet_lock().is_some()
+    }
+
+    /// Gives the group its elections back once the quiet lease ran out (at `now`).
+    pub(crate) fn end_quiet_lease(&self, now: tokio::time::Instant) {
+        let mut lease = self.quiet_lock();
+        if lease.is_some_and(|held| held <= now) {
+            *lease = None;
+            self.apply_elections(false);
+        }
+    }
 }
 
 /// Opens one group's storage and Raft on this node's disk.
@@ -146,6 +191,11 @@ pub struct Node {
     /// How long a sender waits for one snapshot frame (openraft's
     /// `install_snapshot_timeout`); a frame handled longer is abandoned.
     snapshot_frame_timeout_ms: u64,
+    /// How long a follower keeps a quiet group's elections off after the leader last named
+    /// it (see `seedkv_core::quiet`).
+    quiet_lease_ms: u64,
+    /// The channels to the peers, shared by every group (and the quiet messages).
+    pub(crate) peers: Arc<crate::network::Peers>,
     /// Set when the node hands leadership over before stopping: writes are refused
     /// unproposed, so the leader's log stops growing and the chosen node can match it.
     handing_over: std::sync::atomic::AtomicBool,
@@ -197,6 +247,7 @@ impl Node {
         let syncer = LogSyncer::start(disk.clone());
         let peers = Arc::new(crate::network::Peers::default());
         let open_group: OpenGroup = {
+            let peers = peers.clone();
             let (id, identity, raft_config) = (config.id, identity.clone(), raft_config.clone());
             Box::new(move |group| {
                 let network = GrpcNetwork {
@@ -212,6 +263,7 @@ impl Node {
             })
         };
         let snapshot_frame_timeout_ms = raft_config.install_snapshot_timeout;
+        let quiet_lease_ms = seedkv_core::quiet::quiet_lease_ms(raft_config.election_timeout_max);
         let cluster_name = raft_config.cluster_name.clone();
         let mut groups = BTreeMap::new();
         for group in std::iter::once(META_GROUP).chain(on_disk) {
@@ -235,6 +287,8 @@ impl Node {
             opening: tokio::sync::Mutex::new(()),
             plan: std::sync::Mutex::new(None),
             snapshot_frame_timeout_ms,
+            quiet_lease_ms,
+            peers,
             handing_over: std::sync::atomic::AtomicBool::new(false),
         });
         tokio::spawn(crate::pinning::pin_incarnations(Arc::downgrade(&node)));
@@ -559,6 +613,25 @@ impl Node {
         group
             .heartbeats
             .store(enabled, std::sync::atomic::Ordering::Relaxed);
+        true
+    }
+
+    pub(crate) fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// Lets this replica of `group` stand for election, or not (openraft's
+    /// `runtime_config().elect()` would be undone by the quiet leases: the node drives it).
+    /// False if the node does not host `group`.
+    pub fn set_elections(&self, group: GroupId, enabled: bool) -> bool {
+        let Some(group) = self.hosted(group) else {
+            return false;
+        };
+        group
+            .elections
+            .store(enabled, std::sync::atomic::Ordering::Release);
+        let quiet = group.quiet_lock().is_some();
+        group.apply_elections(quiet);
         true
     }
 
@@ -897,6 +970,8 @@ async fn open<D: Disk>(
         membership: Arc::new(tokio::sync::Mutex::new(0)),
         heartbeats: std::sync::atomic::AtomicBool::new(true),
         handing_over,
+        elections: std::sync::atomic::AtomicBool::new(true),
+        quiet_until: std::sync::Mutex::new(None),
         raft,
         state,
     })
@@ -1279,6 +1354,54 @@ impl pb::raft_server::Raft for RaftService {
         }))
         .await;
         Ok(GrpcResponse::new(pb::RaftBatch { messages: replies }))
+    }
+
+    /// A peer names groups it leads that are idle: each one this replica agrees on (it
+    /// elected that leader at that term and holds the same log) keeps its elections off for
+    /// a lease; the others are refused, and the leader heartbeats them again.
+    async fn quiet(
+        &self,
+        request: Request<pb::RaftMessage>,
+    ) -> Result<GrpcResponse<pb::RaftMessage>, Status> {
+        use seedkv_core::quiet::{follower_agrees, FollowerView, QuietGroup, MAX_QUIET_GROUPS};
+        let message = request.into_inner();
+        self.0
+            .identity
+            .admit(&message, Inbound::AppendEntries, None)
+            .await?;
+        let announced: Vec<QuietGroup> = decode_request(&message)?;
+        if announced.len() > MAX_QUIET_GROUPS {
+            return Err(Status::invalid_argument(format!(
+                "{} quiet groups exceed the limit of {MAX_QUIET_GROUPS}",
+                announced.len()
+            )));
+        }
+        let until =
+            tokio::time::Instant::now() + std::time::Duration::from_millis(self.0.quiet_lease_ms);
+        let mut refused = Vec::new();
+        for quiet in &announced {
+            let agreed = self.0.hosted(GroupId(quiet.group)).filter(|group| {
+                let metrics = group.raft.metrics();
+                let metrics = metrics.borrow();
+                let mine = FollowerView {
+                    vote_term: metrics.vote.leader_id().get_term(),
+                    voted_for: metrics.vote.leader_id().voted_for(),
+                    vote_committed: metrics.vote.is_committed(),
+                    last_log_index: metrics.last_log_index,
+                    last_applied_index: metrics.last_applied.map(|id| id.index),
+                    following: matches!(
+                        metrics.state,
+                        ServerState::Follower | ServerState::Learner
+                    ),
+                };
+                follower_agrees(message.from, quiet, &mine)
+            });
+            match agreed {
+                Some(group) => group.quiet_until(until),
+                None => refused.push(quiet.group),
+            }
+        }
+        Ok(GrpcResponse::new(reply(0, &refused)))
     }
 
     async fn vote(

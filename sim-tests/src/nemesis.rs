@@ -337,8 +337,8 @@ enum LogWatch {
 fn set_elections(cluster: &SharedCluster, nodes: &[usize], enabled: bool) {
     let c = lock(cluster);
     for &index in nodes {
-        if let Some(raft) = c.raft(index, FOCUS_GROUP) {
-            raft.runtime_config().elect(enabled);
+        if let Some(node) = c.node(index) {
+            node.set_elections(FOCUS_GROUP, enabled);
         }
     }
 }

@@ -270,6 +270,13 @@ pub async fn run(config: RunConfig) -> RunReport {
             );
         }
         note("read every key".into());
+        if let Err(why) = every_group_serves(&cluster, &endpoints, &client_host).await {
+            let history = std::mem::take(&mut *history.lock().unwrap_or_else(|p| p.into_inner()));
+            let mut report = finish(start, &trace, history);
+            report.failure = Some(why);
+            return report;
+        }
+        note("every group served a write".into());
         if let Err(why) = every_voter_leads(&cluster, &client_host).await {
             let history = std::mem::take(&mut *history.lock().unwrap_or_else(|p| p.into_inner()));
             let mut report = finish(start, &trace, history);
@@ -509,9 +516,7 @@ async fn every_voter_leads(
         for other in running(cluster) {
             let quiet = other.id() != node.id();
             other.set_heartbeats(FOCUS_GROUP, !quiet);
-            if let Some(other) = raft(&other) {
-                other.runtime_config().elect(!quiet);
-            }
+            other.set_elections(FOCUS_GROUP, !quiet);
         }
         for _ in 0..ELECT_TRIES {
             if chosen.metrics().borrow().state == openraft::ServerState::Leader {
@@ -527,9 +532,7 @@ async fn every_voter_leads(
         }
         for other in running(cluster) {
             other.set_heartbeats(FOCUS_GROUP, true);
-            if let Some(other) = raft(&other) {
-                other.runtime_config().elect(true);
-            }
+            other.set_elections(FOCUS_GROUP, true);
         }
         if chosen.metrics().borrow().state != openraft::ServerState::Leader {
             return Err(format!(
@@ -566,6 +569,68 @@ async fn every_voter_leads(
                     "a write through node {} as leader after the heal did not finish within {} s",
                     index + 1,
                     LEADER_WRITE_WAIT.as_secs()
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// How long the write to each data group after the heal may take.
+const GROUP_WRITE_WAIT: Duration = Duration::from_secs(30);
+
+/// Liveness of every data group once the faults are over, idle ones included (the workload's
+/// keys fall in a few groups only): a write to a key of each group, through the cluster's
+/// routing, must commit and read back linearizably. A group left without a leader (its
+/// replicas' elections kept off, a quiet lease never ending) fails the run here.
+async fn every_group_serves(
+    cluster: &SharedCluster,
+    endpoints: &[String],
+    client_host: &madsim::runtime::NodeHandle,
+) -> Result<(), String> {
+    let keys: Vec<(GroupId, String)> = {
+        let c = lock_cluster(cluster);
+        raft_groups(&c.plan)
+            .into_iter()
+            .filter(|group| *group != seedkv_core::slot_map::META_GROUP)
+            .map(|group| {
+                (0u32..)
+                    .take(100_000)
+                    .map(|n| format!("{{group{n}}}served"))
+                    .find(|key| c.plan.owner(Slot::of(key.as_bytes())).group == group)
+                    .map(|key| (group, key))
+                    .ok_or_else(|| format!("no key falls in group {}", group.0))
+            })
+            .collect::<Result<_, _>>()?
+    };
+    let client = workload::client(endpoints.to_vec());
+    for (group, key) in keys {
+        let client = client.clone();
+        let write = client_host.spawn(async move {
+            let revision = client.put(key.as_bytes(), b"served").await?;
+            match client
+                .get(key.as_bytes(), seedkv_proto::Consistency::Linearizable)
+                .await?
+            {
+                Some(found) if found.revision == revision => Ok(revision),
+                other => Err(seedkv_proto::ClientError::Server(format!(
+                    "a linearizable read after the write at revision {revision} found {other:?}"
+                ))),
+            }
+        });
+        match tokio::time::timeout(GROUP_WRITE_WAIT, write).await {
+            Ok(Ok(Ok(_))) => {}
+            Ok(Ok(Err(err))) => {
+                return Err(format!(
+                    "a write to group {} after the heal failed: {err}",
+                    group.0
+                ))
+            }
+            _ => {
+                return Err(format!(
+                    "a write to group {} after the heal did not finish within {} s",
+                    group.0,
+                    GROUP_WRITE_WAIT.as_secs()
                 ))
             }
         }
