@@ -29,9 +29,11 @@ pub const MAX_QUIET_GROUPS: usize = 1_025;
 
 /// How long after the last quiet message naming a group a follower keeps its elections for
 /// the group off: the longest election timeout, so a leader that stops naming it is
-/// replaced about as fast as one that stops heartbeating.
-pub fn quiet_lease_ms(election_timeout_max_ms: u64) -> u64 {
-    election_timeout_max_ms
+/// replaced about as fast as one that stops heartbeating, plus `jitter_ms` (drawn below the
+/// shortest election timeout), so the followers of a leader that died do not all stand at
+/// once.
+pub fn quiet_lease_ms(election_timeout_max_ms: u64, jitter_ms: u64) -> u64 {
+    election_timeout_max_ms + jitter_ms
 }
 
 /// One group a leader announces quiet: it leads `group` at `term`, and its log ends at
@@ -54,6 +56,9 @@ pub struct LeaderView {
     pub matched: Vec<Option<u64>>,
     /// The membership is one configuration, not a joint one.
     pub uniform: bool,
+    /// The leader is a voter of that configuration (a leader that removed itself steps
+    /// down on openraft's tick, which a quiet group stops).
+    pub leader_votes: bool,
 }
 
 /// Whether the leader may stop heartbeating the group: idle long enough, everything
@@ -61,6 +66,7 @@ pub struct LeaderView {
 pub fn may_go_quiet(view: &LeaderView) -> bool {
     view.idle_ms >= QUIET_AFTER_MS
         && view.uniform
+        && view.leader_votes
         && view.last_applied_index == view.last_log_index
         && view.matched.iter().all(|m| *m == view.last_log_index)
 }
@@ -105,6 +111,7 @@ mod tests {
             last_applied_index: Some(9),
             matched: vec![Some(9), Some(9)],
             uniform: true,
+            leader_votes: true,
         }
     }
 
@@ -136,6 +143,11 @@ mod tests {
             ..idle_leader()
         };
         assert!(!may_go_quiet(&joint));
+        let removed = LeaderView {
+            leader_votes: false,
+            ..idle_leader()
+        };
+        assert!(!may_go_quiet(&removed), "it must step down on its tick");
         let alone = LeaderView {
             matched: Vec::new(),
             ..idle_leader()

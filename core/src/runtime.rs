@@ -67,6 +67,13 @@ pub fn random_nonzero_u64() -> u64 {
     }
 }
 
+/// A random number below `bound` (which must not be 0) from the runtime's generator.
+pub fn random_below(bound: u64) -> u64 {
+    use rand::Rng;
+    assert!(bound > 0, "an empty range has no random member");
+    <SeedRuntime as AsyncRuntime>::thread_rng().gen_range(0..bound)
+}
+
 /// Sleeps until `deadline`, converting openraft's instant to the runtime's clock.
 fn sleep_until_instant(deadline: TokioInstant) -> tokio::time::Sleep {
     let deadline_std = deadline.into_std();

@@ -22,40 +22,68 @@ use tokio::time::Instant;
 
 use crate::node::{Group, Node};
 
-/// Runs until the node is dropped or its meta group stops.
+/// Every how many beats a leader asks each quiet group's Raft core itself whether it runs,
+/// rather than trusting its last published metrics: a core that stopped or hangs must not
+/// keep its group quiet (its followers would never elect), and the check costs the core a
+/// wakeup, which quiet groups exist to spare. Five beats (500 ms at the default interval)
+/// is less than one quiet lease.
+const CONFIRM_EVERY_BEATS: u64 = 5;
+
+/// Runs until the node is dropped or every group it hosts has stopped. When it ends, every
+/// quiet lease on the node ends with it (nothing else would end them) and the node refuses
+/// to keep groups quiet from then on.
 pub(crate) async fn beat(node: Weak<Node>, interval_ms: u64) {
     assert!(interval_ms > 0, "a heartbeat interval of 0 would spin");
+    let _leases = EndLeasesOnExit(node.clone());
     let interval = Duration::from_millis(interval_ms);
     // Per group led here: its last log index, and since when it has not changed.
     let mut idle: BTreeMap<GroupId, (Option<u64>, Instant)> = BTreeMap::new();
-    // Groups a follower refused to keep quiet: heartbeat them again.
+    // Groups a follower refused to keep quiet (or that a failed call could not name):
+    // heartbeat them again.
     let refused: Arc<Mutex<BTreeSet<GroupId>>> = Arc::default();
+    // Peers a Quiet call is on its way to: no second one meanwhile.
+    let calling: Arc<Mutex<BTreeSet<NodeId>>> = Arc::default();
     // The groups led here that were quiet at the last beat.
     let mut was_quiet: BTreeSet<GroupId> = BTreeSet::new();
-    loop {
+    for beat_number in 0u64.. {
         tokio::time::sleep(interval).await;
         let Some(node) = node.upgrade() else {
             return;
         };
-        if node.raft().metrics().borrow().state == ServerState::Shutdown {
+        let groups = node.groups();
+        if groups
+            .iter()
+            .all(|group| group.raft.metrics().borrow().state == ServerState::Shutdown)
+        {
             return;
         }
         let now = Instant::now();
         let woken = std::mem::take(&mut *lock(&refused));
+        let confirm = beat_number % CONFIRM_EVERY_BEATS == 0;
         let mut quiet: BTreeMap<NodeId, Peer> = BTreeMap::new();
         let mut led = BTreeSet::new();
         let mut now_quiet = BTreeSet::new();
-        for group in node.groups() {
+        for group in groups {
             // As a follower: a quiet lease its leader stopped renewing gives the group its
             // elections back.
             group.end_quiet_lease(now);
             let leads = group.heartbeats.load(Ordering::Relaxed)
                 && group.raft.metrics().borrow().state == ServerState::Leader;
-            // A quiet group's Raft needs no clock: its elections are off (a follower's
-            // lease) or it leads without heartbeats.
-            let announced = leads
+            let mut announced = leads
                 .then(|| quiet_group(node.id(), &group, &mut idle, &woken, now))
                 .flatten();
+            if announced.is_some()
+                && (confirm || !was_quiet.contains(&group.id))
+                && !core_runs(&group, interval / 2).await
+            {
+                tracing::warn!(
+                    group = group.id.0,
+                    "the group's Raft core does not answer: heartbeating it"
+                );
+                announced = None;
+            }
+            // A quiet group's Raft needs no clock: its elections are off (a follower's
+            // lease) or it leads without heartbeats.
             group
                 .raft
                 .runtime_config()
@@ -97,14 +125,39 @@ pub(crate) async fn beat(node: Weak<Node>, interval_ms: u64) {
             );
         }
         was_quiet = now_quiet;
+        // Half a lease: a slow answer is still an answer, and one lost call in a row does
+        // not end the followers' leases.
+        let ttl = Duration::from_millis(node.quiet_lease_ms / 2).max(interval);
         for (to, peer) in quiet {
-            tokio::spawn(send_quiet(
-                node.clone(),
-                to,
-                peer,
-                interval,
-                refused.clone(),
-            ));
+            if !lock_peers(&calling).insert(to) {
+                // The last call has not ended: the groups keep the lease it renews, or, if
+                // it fails, are heartbeaten again.
+                continue;
+            }
+            let (node, refused, calling) = (node.clone(), refused.clone(), calling.clone());
+            tokio::spawn(async move {
+                send_quiet(node, to, peer, ttl, refused).await;
+                lock_peers(&calling).remove(&to);
+            });
+        }
+    }
+}
+
+/// Whether `group`'s Raft core answers within `within`.
+async fn core_runs(group: &Group, within: Duration) -> bool {
+    matches!(
+        seedkv_core::runtime::timeout(within, group.raft.with_raft_state(|_| ())).await,
+        Ok(Ok(()))
+    )
+}
+
+/// Ends every quiet lease on the node when the heartbeat clock stops.
+struct EndLeasesOnExit(Weak<Node>);
+
+impl Drop for EndLeasesOnExit {
+    fn drop(&mut self) {
+        if let Some(node) = self.0.upgrade() {
+            node.stop_quiet();
         }
     }
 }
@@ -150,6 +203,7 @@ fn quiet_group(
             })
             .collect(),
         uniform: membership.get_joint_config().len() == 1,
+        leader_votes: membership.voter_ids().any(|id| id == me),
     };
     may_go_quiet(&view).then_some(QuietGroup {
         group: group.id.0,
@@ -167,7 +221,12 @@ async fn send_quiet(
     ttl: Duration,
     refused: Arc<Mutex<BTreeSet<GroupId>>>,
 ) {
-    peer.groups.truncate(MAX_QUIET_GROUPS);
+    // More than one call can carry (never on a node within the group limit): those left
+    // out are heartbeaten again.
+    if peer.groups.len() > MAX_QUIET_GROUPS {
+        let left_out = peer.groups.split_off(MAX_QUIET_GROUPS);
+        lock(&refused).extend(left_out.iter().map(|quiet| GroupId(quiet.group)));
+    }
     let result = crate::network::send_quiet(
         &node.peers,
         node.identity(),
@@ -188,6 +247,10 @@ async fn send_quiet(
         }
     };
     lock(&refused).extend(again);
+}
+
+fn lock_peers(set: &Mutex<BTreeSet<NodeId>>) -> std::sync::MutexGuard<'_, BTreeSet<NodeId>> {
+    set.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn lock(set: &Mutex<BTreeSet<GroupId>>) -> std::sync::MutexGuard<'_, BTreeSet<GroupId>> {

@@ -216,7 +216,6 @@ pub(crate) async fn send_quiet(
     groups: &[seedkv_core::quiet::QuietGroup],
     ttl: Duration,
 ) -> Result<Vec<u32>, String> {
-    let (generation, channel) = peers.channel(addr).await?;
     let message = RaftMessage {
         group: 0,
         payload: codec::encode(&groups),
@@ -227,14 +226,22 @@ pub(crate) async fn send_quiet(
         to_incarnation,
         refused: String::new(),
     };
-    let failed = |why: String| {
-        peers.forget(addr, generation);
-        Err(format!("Quiet to node {to}: {why}"))
+    let call = async {
+        let (generation, channel) = peers.channel(addr).await?;
+        RaftClient::new(channel)
+            .quiet(message)
+            .await
+            .map_err(|status| {
+                // A channel that failed a call is dropped (as for any Raft call); a slow
+                // answer keeps it.
+                peers.forget(addr, generation);
+                status.to_string()
+            })
     };
-    match timeout(ttl, RaftClient::new(channel).quiet(message)).await {
+    match timeout(ttl, call).await {
         Ok(Ok(reply)) => codec::decode(&reply.into_inner().payload).map_err(|err| err.to_string()),
-        Ok(Err(status)) => failed(status.to_string()),
-        Err(elapsed) => failed(elapsed.to_string()),
+        Ok(Err(why)) => Err(format!("Quiet to node {to}: {why}")),
+        Err(elapsed) => Err(format!("Quiet to node {to}: {elapsed}")),
     }
 }
 

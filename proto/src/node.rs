@@ -117,6 +117,8 @@ pub(crate) struct Group {
     /// Until when the group's leader has told this follower it leads the group, idle and
     /// quiet (see `seedkv_core::quiet`): elections stay off until then.
     quiet_until: std::sync::Mutex<Option<tokio::time::Instant>>,
+    /// When this follower last gave its Raft the quiet leader's word.
+    vote_refreshed: std::sync::Mutex<Option<tokio::time::Instant>>,
 }
 
 impl Group {
@@ -143,18 +145,45 @@ impl Group {
         self.raft.runtime_config().tick(false);
     }
 
+    /// Whether the follower's Raft should hear the quiet leader's word again (at most every
+    /// `every_ms`); if so, notes that it does now.
+    pub(crate) fn vote_refresh_due(&self, now: tokio::time::Instant, every_ms: u64) -> bool {
+        let mut last = self
+            .vote_refreshed
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let due = last.is_none_or(|at| {
+            now.saturating_duration_since(at) >= std::time::Duration::from_millis(every_ms)
+        });
+        if due {
+            *last = Some(now);
+        }
+        due
+    }
+
     /// Whether this follower holds a quiet lease on the group.
     pub(crate) fn quiet(&self) -> bool {
         self.quiet_lock().is_some()
     }
 
-    /// Gives the group its elections back once the quiet lease ran out (at `now`).
+    /// Gives the group its elections back once the quiet lease ran out (at `now`), and
+    /// sets them again from the wanted state and the lease either way (whatever raced
+    /// with it, the switch is right after every beat).
     pub(crate) fn end_quiet_lease(&self, now: tokio::time::Instant) {
         let mut lease = self.quiet_lock();
         if lease.is_some_and(|held| held <= now) {
             *lease = None;
-            self.apply_elections(false);
         }
+        self.apply_elections(lease.is_some());
+    }
+
+    /// Drops any quiet lease at once (the node's heartbeat clock stopped: nothing would end
+    /// it), and lets the group's Raft tick and elect again.
+    pub(crate) fn drop_quiet_lease(&self) {
+        let mut lease = self.quiet_lock();
+        *lease = None;
+        self.apply_elections(false);
+        self.raft.runtime_config().tick(true);
     }
 }
 
@@ -192,8 +221,16 @@ pub struct Node {
     /// `install_snapshot_timeout`); a frame handled longer is abandoned.
     snapshot_frame_timeout_ms: u64,
     /// How long a follower keeps a quiet group's elections off after the leader last named
-    /// it (see `seedkv_core::quiet`).
-    quiet_lease_ms: u64,
+    /// it, before its jitter (see `seedkv_core::quiet::quiet_lease_ms`).
+    pub(crate) quiet_lease_ms: u64,
+    /// The jitter a lease draws below.
+    quiet_jitter_ms: u64,
+    /// How often a follower of a quiet group tells its Raft the leader spoke (see
+    /// `RaftService::quiet`): the shortest election timeout.
+    quiet_refresh_ms: u64,
+    /// Whether the node's heartbeat clock runs: only then can a quiet lease end, so only
+    /// then does the node agree to keep a group quiet.
+    beating: std::sync::atomic::AtomicBool,
     /// The channels to the peers, shared by every group (and the quiet messages).
     pub(crate) peers: Arc<crate::network::Peers>,
     /// Set when the node hands leadership over before stopping: writes are refused
@@ -263,7 +300,10 @@ impl Node {
             })
         };
         let snapshot_frame_timeout_ms = raft_config.install_snapshot_timeout;
-        let quiet_lease_ms = seedkv_core::quiet::quiet_lease_ms(raft_config.election_timeout_max);
+        let (quiet_lease_ms, quiet_jitter_ms) = (
+            raft_config.election_timeout_max,
+            raft_config.election_timeout_min.max(1),
+        );
         let cluster_name = raft_config.cluster_name.clone();
         let mut groups = BTreeMap::new();
         for group in std::iter::once(META_GROUP).chain(on_disk) {
@@ -288,6 +328,9 @@ impl Node {
             plan: std::sync::Mutex::new(None),
             snapshot_frame_timeout_ms,
             quiet_lease_ms,
+            quiet_jitter_ms,
+            quiet_refresh_ms: quiet_jitter_ms,
+            beating: std::sync::atomic::AtomicBool::new(true),
             peers,
             handing_over: std::sync::atomic::AtomicBool::new(false),
         });
@@ -616,6 +659,16 @@ impl Node {
         true
     }
 
+    /// The heartbeat clock stopped: every quiet lease ends, and no group is kept quiet from
+    /// now on.
+    pub(crate) fn stop_quiet(&self) {
+        self.beating
+            .store(false, std::sync::atomic::Ordering::Release);
+        for group in self.groups() {
+            group.drop_quiet_lease();
+        }
+    }
+
     pub(crate) fn identity(&self) -> &Identity {
         &self.identity
     }
@@ -627,11 +680,12 @@ impl Node {
         let Some(group) = self.hosted(group) else {
             return false;
         };
+        // Under the lease's lock, so a lease ending meanwhile cannot apply a stale wish.
+        let lease = group.quiet_lock();
         group
             .elections
             .store(enabled, std::sync::atomic::Ordering::Release);
-        let quiet = group.quiet_lock().is_some();
-        group.apply_elections(quiet);
+        group.apply_elections(lease.is_some());
         true
     }
 
@@ -972,6 +1026,7 @@ async fn open<D: Disk>(
         handing_over,
         elections: std::sync::atomic::AtomicBool::new(true),
         quiet_until: std::sync::Mutex::new(None),
+        vote_refreshed: std::sync::Mutex::new(None),
         raft,
         state,
     })
@@ -1376,13 +1431,32 @@ impl pb::raft_server::Raft for RaftService {
                 announced.len()
             )));
         }
-        let until =
-            tokio::time::Instant::now() + std::time::Duration::from_millis(self.0.quiet_lease_ms);
+        let lease_ms = seedkv_core::quiet::quiet_lease_ms(
+            self.0.quiet_lease_ms,
+            seedkv_core::runtime::random_below(self.0.quiet_jitter_ms),
+        );
+        let until = tokio::time::Instant::now() + std::time::Duration::from_millis(lease_ms);
+        let now = tokio::time::Instant::now();
         let mut refused = Vec::new();
+        let beating = self.0.beating.load(std::sync::atomic::Ordering::Acquire);
         for quiet in &announced {
+            // The leader's word, as the append a heartbeat would have carried: its vote,
+            // and this replica's own log and commit, which agreement makes the leader's.
+            let mut heartbeat = None;
             let agreed = self.0.hosted(GroupId(quiet.group)).filter(|group| {
+                if !beating {
+                    return false;
+                }
                 let metrics = group.raft.metrics();
                 let metrics = metrics.borrow();
+                heartbeat = Some(
+                    openraft::raft::AppendEntriesRequest::<seedkv_core::TypeConfig> {
+                        vote: metrics.vote,
+                        prev_log_id: metrics.last_applied,
+                        entries: Vec::new(),
+                        leader_commit: metrics.last_applied,
+                    },
+                );
                 let mine = FollowerView {
                     vote_term: metrics.vote.leader_id().get_term(),
                     voted_for: metrics.vote.leader_id().voted_for(),
@@ -1396,9 +1470,29 @@ impl pb::raft_server::Raft for RaftService {
                 };
                 follower_agrees(message.from, quiet, &mine)
             });
-            match agreed {
-                Some(group) => group.quiet_until(until),
-                None => refused.push(quiet.group),
+            let (Some(group), Some(heartbeat)) = (agreed, heartbeat) else {
+                refused.push(quiet.group);
+                continue;
+            };
+            group.quiet_until(until);
+            // openraft refuses a candidate only within an election timeout of the leader's
+            // last append: now and then, give it that append (no entry, nothing changes
+            // but the time of the leader's last word), so a follower whose lease lapsed
+            // cannot depose a leader the others still hear.
+            // Never beside a snapshot install (as any append: see `install_gate`).
+            let gate = group.install_gate.try_read();
+            if gate.is_ok() && group.vote_refresh_due(now, self.0.quiet_refresh_ms) {
+                let wait = std::time::Duration::from_millis(self.0.quiet_refresh_ms);
+                match seedkv_core::runtime::timeout(wait, group.raft.append_entries(heartbeat))
+                    .await
+                {
+                    Ok(Ok(response)) if response.is_success() => {}
+                    other => tracing::debug!(
+                        group = quiet.group,
+                        ?other,
+                        "a quiet group's heartbeat was not taken"
+                    ),
+                }
             }
         }
         Ok(GrpcResponse::new(reply(0, &refused)))

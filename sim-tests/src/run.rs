@@ -284,6 +284,16 @@ pub async fn run(config: RunConfig) -> RunReport {
             return report;
         }
         note("every voter led and wrote".into());
+        match quiet_failover(&cluster, &endpoints, &client_host).await {
+            Ok(note_text) => note(note_text),
+            Err(why) => {
+                let history =
+                    std::mem::take(&mut *history.lock().unwrap_or_else(|p| p.into_inner()));
+                let mut report = finish(start, &trace, history);
+                report.failure = Some(why);
+                return report;
+            }
+        }
     }
     let history = std::mem::take(&mut *history.lock().unwrap_or_else(|p| p.into_inner()));
     let mut report = finish(start, &trace, history);
@@ -636,6 +646,47 @@ async fn every_group_serves(
         }
     }
     Ok(())
+}
+
+/// Failover of quiet groups: once every group has been idle long enough to stop its
+/// heartbeats (`seedkv_core::quiet`), the node leading the most groups crashes; every data
+/// group must elect a leader and serve a write (so the followers' quiet leases ended and
+/// their elections came back), then the node restarts.
+async fn quiet_failover(
+    cluster: &SharedCluster,
+    endpoints: &[String],
+    client_host: &madsim::runtime::NodeHandle,
+) -> Result<String, String> {
+    if lock_cluster(cluster).len() < 3 {
+        return Ok("quiet failover skipped: fewer than 3 nodes".into());
+    }
+    tokio::time::sleep(Duration::from_millis(
+        seedkv_core::quiet::QUIET_AFTER_MS + 1_500,
+    ))
+    .await;
+    let (victim, led) = {
+        let c = lock_cluster(cluster);
+        let groups = raft_groups(&c.plan);
+        let leads = |index: usize| {
+            groups
+                .iter()
+                .filter(|group| c.leader_of(**group) == Some(index))
+                .count()
+        };
+        let victim = (0..c.len()).max_by_key(|&index| leads(index)).unwrap_or(0);
+        (victim, leads(victim))
+    };
+    lock_cluster(cluster).kill(victim);
+    let served = every_group_serves(cluster, endpoints, client_host).await;
+    lock_cluster(cluster).restart(victim);
+    let id = victim + 1;
+    served
+        .map(|()| {
+            format!(
+                "quiet failover: node {id} led {led} idle groups, crashed, and every group served"
+            )
+        })
+        .map_err(|why| format!("after node {id}, leading {led} idle groups, crashed: {why}"))
 }
 
 fn lock_cluster(cluster: &SharedCluster) -> std::sync::MutexGuard<'_, SimCluster> {
