@@ -29,6 +29,11 @@ use crate::node::{Group, Node};
 /// is less than one quiet lease.
 const CONFIRM_EVERY_BEATS: u64 = 5;
 
+/// Every how many beats the quiet groups are named to each peer (a group that just went
+/// quiet is named at once): a lease lasts six beats and more, so two calls in a row may be
+/// lost before a follower's lease runs out, and an idle node makes half the calls.
+const QUIET_EVERY_BEATS: u64 = 2;
+
 /// Runs until the node is dropped or every group it hosts has stopped. When it ends, every
 /// quiet lease on the node ends with it (nothing else would end them) and the node refuses
 /// to keep groups quiet from then on.
@@ -60,6 +65,7 @@ pub(crate) async fn beat(node: Weak<Node>, interval_ms: u64) {
         let now = Instant::now();
         let woken = std::mem::take(&mut *lock(&refused));
         let confirm = beat_number % CONFIRM_EVERY_BEATS == 0;
+        let renew = beat_number % QUIET_EVERY_BEATS == 0;
         let mut quiet: BTreeMap<NodeId, Peer> = BTreeMap::new();
         let mut led = BTreeSet::new();
         let mut now_quiet = BTreeSet::new();
@@ -124,11 +130,18 @@ pub(crate) async fn beat(node: Weak<Node>, interval_ms: u64) {
                 if quiet { "stopped: idle" } else { "resumed" }
             );
         }
-        was_quiet = now_quiet;
+        let previously_quiet = std::mem::replace(&mut was_quiet, now_quiet);
         // Half a lease: a slow answer is still an answer, and one lost call in a row does
         // not end the followers' leases.
         let ttl = Duration::from_millis(node.quiet_lease_ms / 2).max(interval);
         for (to, peer) in quiet {
+            let news = peer
+                .groups
+                .iter()
+                .any(|quiet| !previously_quiet.contains(&GroupId(quiet.group)));
+            if !renew && !news {
+                continue;
+            }
             if !lock_peers(&calling).insert(to) {
                 // The last call has not ended: the groups keep the lease it renews, or, if
                 // it fails, are heartbeaten again.

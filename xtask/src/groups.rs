@@ -1,7 +1,8 @@
 //! `cargo xtask measure-groups`: what many Raft groups cost a 3-node cluster.
 //!
 //! For each group count, a release 3-node cluster on loopback starts with `--groups G`, every
-//! group elects a leader and takes its slots, then the cluster idles while the CPU time of
+//! group elects a leader and takes its slots, the cluster settles (leadership spreads over
+//! the nodes, idle groups go quiet), then it idles while the CPU time of
 //! its three processes is read from `/proc` (utime + stime); for the put counts, `seedkv
 //! bench` then runs 64 clients of puts against it.
 
@@ -13,8 +14,11 @@ use anyhow::{bail, Context, Result};
 
 use crate::{bench_json, build_release, free_port, start_server, succeeds_quietly, ServerProcess};
 
-/// Seconds the cluster settles (elections, slot grants) before the idle measurement.
-const SETTLE_S: u64 = 5;
+/// Seconds the cluster settles before the idle measurement: elections and slot grants,
+/// leaders handing groups to their preferred replicas (the first offers come 5 s after a
+/// leader took over, and may repeat), and idle groups going quiet (2 s after their last
+/// entry).
+const SETTLE_S: u64 = 20;
 
 /// Clock ticks per second of `/proc/PID/stat` times (Linux reports them in USER_HZ, 100).
 const TICKS_PER_S: f64 = 100.0;
