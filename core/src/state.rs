@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -22,14 +23,15 @@ use crate::slot_map::SlotMap;
 pub struct ShardState {
     /// The slots this group serves; a write to any other slot applies nothing.
     pub owned: Ownership,
-    /// The cluster's slot map, in the meta group; `None` until the first one is set.
-    pub map: Option<SlotMap>,
+    /// The cluster's slot map, in the meta group; `None` until the first one is set. Shared,
+    /// as every request routes by it: readers take a pointer, not a copy of 1,024 owners.
+    pub map: Option<Arc<SlotMap>>,
 }
 
 impl ShardState {
     /// The version of the map held (0: none).
     pub fn map_version(&self) -> u64 {
-        self.map.as_ref().map_or(0, SlotMap::version)
+        self.map.as_deref().map_or(0, SlotMap::version)
     }
 
     /// The invariants of both parts.
@@ -206,7 +208,7 @@ pub fn apply<S: RowStore>(
             let succeeded =
                 current == *expect_version && map.version() > current && map.check().is_ok();
             if succeeded {
-                shard.map = Some((**map).clone());
+                shard.map = Some(Arc::new((**map).clone()));
             }
             Response::MapSet {
                 succeeded,
@@ -685,6 +687,6 @@ mod tests {
             },
             "the same version again is not newer"
         );
-        assert_eq!(state.shard().map.as_ref(), Some(&first));
+        assert_eq!(state.shard().map.as_deref(), Some(&first));
     }
 }

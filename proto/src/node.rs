@@ -718,7 +718,7 @@ impl Node {
     }
 
     /// The slot map as this node's replica of the meta group applied it.
-    pub fn slot_map(&self) -> Option<SlotMap> {
+    pub fn slot_map(&self) -> Option<Arc<SlotMap>> {
         self.meta().state.slot_map()
     }
 
@@ -828,7 +828,7 @@ impl Node {
             .collect();
         let ids: Vec<GroupId> = owning.iter().map(|group| group.id).collect();
         let map = self.slot_map();
-        match routing::route(slot, &ids, session_group, map.as_ref()) {
+        match routing::route(slot, &ids, session_group, map.as_deref()) {
             Decision::Serve(id) => owning
                 .into_iter()
                 .find(|group| group.id == id)

@@ -68,6 +68,21 @@ impl Trace {
         self.hash.write(line.as_bytes());
         self.hash.write(b"\n");
     }
+
+    /// Records `event` as [`Trace::record`] records its `Debug` text, without building the
+    /// text: the formatter writes straight into the hash.
+    fn record_debug(&mut self, event: &impl std::fmt::Debug) {
+        struct Into<'a>(&'a mut Fnv64);
+        impl std::fmt::Write for Into<'_> {
+            fn write_str(&mut self, s: &str) -> std::fmt::Result {
+                self.0.write(s.as_bytes());
+                Ok(())
+            }
+        }
+        // Writing into a hash cannot fail.
+        let _ = std::fmt::write(&mut Into(&mut self.hash), format_args!("{event:?}"));
+        self.hash.write(b"\n");
+    }
 }
 
 /// Runs one simulated scenario in the current madsim runtime.
@@ -84,7 +99,7 @@ pub async fn run(config: RunConfig) -> RunReport {
             } else {
                 t.dropped += 1;
             }
-            t.record(&format!("{event:?}"));
+            t.record_debug(&event);
         })
     };
     let mut note = {

@@ -202,7 +202,7 @@ impl SharedState {
     }
 
     /// The slot map the group holds (the meta group), if any.
-    pub fn slot_map(&self) -> Option<crate::slot_map::SlotMap> {
+    pub fn slot_map(&self) -> Option<Arc<crate::slot_map::SlotMap>> {
         self.read().meta.shard.map.clone()
     }
 
