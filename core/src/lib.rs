@@ -7,6 +7,7 @@
 //! - [`slot_map`]: which group owns each slot, how a cluster starts, where a key goes;
 //! - [`ownership`]: the slots a data group owns, as its own log decided;
 //! - [`leadership`]: which node should lead each data group, and when a leader offers it;
+//! - [`lease`]: leader leases, when a leader may read without a network round;
 //! - [`storage`]: the [`storage::Disk`] contract, and the Raft log and state machine on it;
 //! - [`types`]: the openraft type config, node and group ids;
 //! - [`runtime`]: the async runtime binding that runs the same code on tokio and on madsim;
@@ -24,6 +25,7 @@ pub mod conformance;
 #[cfg(madsim)]
 pub mod faults;
 pub mod leadership;
+pub mod lease;
 pub mod ownership;
 pub mod quiet;
 pub mod routing;

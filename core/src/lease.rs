@@ -1,0 +1,416 @@
+//! Leader leases: a linearizable read with no network round.
+//!
+//! A read index costs a heartbeat round to a quorum per batch of reads. A leader that knows
+//! no other leader can be elected before some moment may instead serve a read from its own
+//! applied state until then. The knowledge comes from Raft itself: a follower that accepted
+//! an AppendEntries of the leader's vote refuses every vote request for the longest election
+//! timeout after it (openraft's `leader_lease`), and does not stand itself for at least that
+//! long. So once a quorum of every voting configuration accepted appends the leader *sent*
+//! at time `t` (its own clock), no candidate can gather a quorum before `t` plus that
+//! timeout, measured on the followers' clocks.
+//!
+//! Clocks are not trusted to agree, only to run at rates within `max_drift_ppm` of true
+//! time: a timeout of `base` on a fast follower lasts at least `base / (1 + ρ)` of real
+//! time, and `d` on a slow leader's clock may be `d / (1 - ρ)` of real time, so the leader
+//! counts `base · (1 - ρ) / (1 + ρ)`, less a margin for clock granularity. Monotonic clocks
+//! only; wall clocks play no part.
+//!
+//! What could let another leader be elected inside a lease ends it first (the node wires
+//! each of these, see `docs/LEASES.md`):
+//! - a vote request for a higher term reaching the leader ([`LeaseClock::revoke`]): the
+//!   leader's own vote is not refreshed by its heartbeats, so openraft grants it once old;
+//! - a leadership offer ([`LeaseClock::exclude`]): the node offered it elects itself at
+//!   once, ignoring its own refusal window, so its acknowledgements stop counting for the
+//!   rest of the term;
+//! - a change of membership ([`LeaseClock::set_configs`]): acknowledgements gathered under
+//!   other configurations do not count.
+//!
+//! A process can stop between deciding and reading (a pause, a long GC): the caller checks
+//! the lease again *after* reading its state ([`LeaseClock::holds`]), and serves only if it
+//! still held then. Everything here is plain data: time comes in as milliseconds of the
+//! caller's monotonic clock, nothing is read or awaited.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::NodeId;
+
+/// Parts per million: the unit of a clock rate bound.
+pub const PPM: u64 = 1_000_000;
+
+/// The default bound on how far any node's clock rate may stray from true time: 5%, far
+/// beyond a quartz clock's 100 ppm, to cover virtual machines whose clocks are steered.
+pub const DEFAULT_MAX_DRIFT_PPM: u64 = 50_000;
+
+/// The default margin subtracted from every lease, for clock granularity and the time a
+/// lease check takes.
+pub const DEFAULT_LEASE_MARGIN_MS: u64 = 5;
+
+/// Why a lease configuration leaves no usable lease.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LeaseConfigError {
+    #[error("a clock drift bound of {ppm} ppm is 100% or more: no clock could be trusted")]
+    DriftTooLarge { ppm: u64 },
+    #[error(
+        "a clock drift bound of {ppm} ppm and a margin of {margin_ms} ms leave a lease of \
+         {lease_ms} ms, not longer than the heartbeat interval of {heartbeat_interval_ms} ms: \
+         every lease would lapse between two rounds (lower the drift bound or the margin, or \
+         turn leases off)"
+    )]
+    NoLease {
+        ppm: u64,
+        margin_ms: u64,
+        lease_ms: u64,
+        heartbeat_interval_ms: u64,
+    },
+}
+
+/// How long a lease lasts, from the Raft timing and the drift bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseConfig {
+    lease_ms: u64,
+}
+
+impl LeaseConfig {
+    /// The lease of a group whose followers refuse votes for `refusal_ms` after an accepted
+    /// append (openraft: the longest election timeout), heartbeated every
+    /// `heartbeat_interval_ms`, with clock rates within `max_drift_ppm` and `margin_ms` off.
+    pub fn new(
+        refusal_ms: u64,
+        heartbeat_interval_ms: u64,
+        max_drift_ppm: u64,
+        margin_ms: u64,
+    ) -> Result<LeaseConfig, LeaseConfigError> {
+        if max_drift_ppm >= PPM {
+            return Err(LeaseConfigError::DriftTooLarge { ppm: max_drift_ppm });
+        }
+        let shrunk = u128::from(refusal_ms) * u128::from(PPM - max_drift_ppm)
+            / u128::from(PPM + max_drift_ppm);
+        // Never above `refusal_ms`, so it fits.
+        let lease_ms = u64::try_from(shrunk)
+            .unwrap_or(refusal_ms)
+            .saturating_sub(margin_ms);
+        if lease_ms <= heartbeat_interval_ms {
+            return Err(LeaseConfigError::NoLease {
+                ppm: max_drift_ppm,
+                margin_ms,
+                lease_ms,
+                heartbeat_interval_ms,
+            });
+        }
+        assert!(lease_ms <= refusal_ms, "a lease outlasting the refusal");
+        Ok(LeaseConfig { lease_ms })
+    }
+
+    /// How long a lease lasts after the send time of the round a quorum accepted.
+    pub fn lease_ms(&self) -> u64 {
+        self.lease_ms
+    }
+}
+
+/// What a leader knows about its lease in one term. Fed by the node: the term it leads,
+/// its voting configurations, and the send time of each append a voter accepted.
+#[derive(Debug, Clone)]
+pub struct LeaseClock {
+    config: LeaseConfig,
+    me: NodeId,
+    /// The term led; acknowledgements of any other term are ignored.
+    term: u64,
+    /// The voting configurations (two while a membership change is joint); a lease needs a
+    /// quorum of each.
+    configs: Vec<BTreeSet<NodeId>>,
+    /// Per voter, the latest send time of an append of `term` it accepted.
+    acked_at_ms: BTreeMap<NodeId, u64>,
+    /// Voters whose acknowledgements no longer count this term (offered the leadership).
+    excluded: BTreeSet<NodeId>,
+    /// No lease for the rest of the term.
+    revoked: bool,
+}
+
+impl LeaseClock {
+    /// A clock for node `me`, holding no lease.
+    pub fn new(config: LeaseConfig, me: NodeId) -> LeaseClock {
+        LeaseClock {
+            config,
+            me,
+            term: 0,
+            configs: Vec::new(),
+            acked_at_ms: BTreeMap::new(),
+            excluded: BTreeSet::new(),
+            revoked: false,
+        }
+    }
+
+    /// The node leads at `term` with voting `configs`. A new term starts from nothing:
+    /// acknowledgements, exclusions and revocations belong to one term.
+    pub fn lead(&mut self, term: u64, configs: Vec<BTreeSet<NodeId>>) {
+        assert!(
+            term >= self.term,
+            "term went back from {} to {term}",
+            self.term
+        );
+        if term != self.term {
+            self.term = term;
+            self.acked_at_ms.clear();
+            self.excluded.clear();
+            self.revoked = false;
+        }
+        self.set_configs(configs);
+    }
+
+    /// The voting configurations are now `configs`: acknowledgements gathered under other
+    /// configurations are dropped.
+    pub fn set_configs(&mut self, configs: Vec<BTreeSet<NodeId>>) {
+        if configs != self.configs {
+            self.configs = configs;
+            self.acked_at_ms.clear();
+        }
+    }
+
+    /// `peer` accepted an append of `term` that this node sent at `sent_at_ms`. Responses
+    /// may arrive out of order: the latest send time is kept.
+    pub fn on_ack(&mut self, term: u64, peer: NodeId, sent_at_ms: u64) {
+        if term != self.term || self.revoked || self.excluded.contains(&peer) {
+            return;
+        }
+        if !self.configs.iter().any(|voters| voters.contains(&peer)) {
+            return;
+        }
+        let at = self.acked_at_ms.entry(peer).or_insert(sent_at_ms);
+        *at = (*at).max(sent_at_ms);
+    }
+
+    /// The leadership is being offered to `peer`: it may stand at once, whatever it
+    /// accepted, so nothing it accepted counts for the rest of the term.
+    pub fn exclude(&mut self, peer: NodeId) {
+        self.excluded.insert(peer);
+        self.acked_at_ms.remove(&peer);
+    }
+
+    /// Something may let another leader be elected (a vote request for a higher term): no
+    /// lease for the rest of this term.
+    pub fn revoke(&mut self) {
+        self.revoked = true;
+        self.acked_at_ms.clear();
+    }
+
+    /// When the lease ends on this node's clock, if one is held at all: the send time a
+    /// quorum of every configuration accepted, plus the lease.
+    pub fn expires_at_ms(&self) -> Option<u64> {
+        if self.revoked || self.configs.is_empty() {
+            return None;
+        }
+        let mut earliest: Option<u64> = None;
+        for voters in &self.configs {
+            let quorum_at = self.quorum_at_ms(voters)?;
+            earliest = Some(earliest.map_or(quorum_at, |at| at.min(quorum_at)));
+        }
+        let quorum_at = earliest?;
+        Some(quorum_at.saturating_add(self.config.lease_ms))
+    }
+
+    /// Whether the lease holds at `now_ms`. Check it before serving a read locally, and
+    /// again after reading the state: serve only if it held both times.
+    pub fn holds(&self, now_ms: u64) -> bool {
+        self.expires_at_ms().is_some_and(|end| now_ms < end)
+    }
+
+    /// The term this clock follows.
+    pub fn term(&self) -> u64 {
+        self.term
+    }
+
+    /// The latest time by which a quorum of `voters` accepted an append: the leader itself
+    /// counts as accepting everything it sends.
+    fn quorum_at_ms(&self, voters: &BTreeSet<NodeId>) -> Option<u64> {
+        if voters.is_empty() {
+            return None;
+        }
+        let quorum = voters.len() / 2 + 1;
+        let mut times: Vec<u64> = voters
+            .iter()
+            .filter_map(|id| {
+                if *id == self.me {
+                    Some(u64::MAX)
+                } else {
+                    self.acked_at_ms.get(id).copied()
+                }
+            })
+            .collect();
+        if times.len() < quorum {
+            return None;
+        }
+        times.sort_unstable_by(|a, b| b.cmp(a));
+        let at = times[quorum - 1];
+        assert!(
+            times.iter().filter(|t| **t >= at).count() >= quorum,
+            "a quorum time not reached by a quorum"
+        );
+        Some(at)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn set(ids: &[NodeId]) -> BTreeSet<NodeId> {
+        ids.iter().copied().collect()
+    }
+
+    fn clock(voters: &[NodeId]) -> LeaseClock {
+        let config = LeaseConfig::new(600, 100, 0, 0).expect("a lease");
+        let mut clock = LeaseClock::new(config, 1);
+        clock.lead(3, vec![set(voters)]);
+        clock
+    }
+
+    #[test]
+    fn lease_shrinks_by_the_drift_bound_and_the_margin() {
+        assert_eq!(
+            LeaseConfig::new(600, 100, 0, 0)
+                .expect("a lease")
+                .lease_ms(),
+            600
+        );
+        // 600 · 0.95 / 1.05 = 542.86
+        assert_eq!(
+            LeaseConfig::new(600, 100, 50_000, 5)
+                .expect("a lease")
+                .lease_ms(),
+            537
+        );
+    }
+
+    #[test]
+    fn a_drift_bound_leaving_no_lease_is_refused() {
+        assert_eq!(
+            LeaseConfig::new(600, 100, PPM, 0),
+            Err(LeaseConfigError::DriftTooLarge { ppm: PPM })
+        );
+        // 600 · 0.5 / 1.5 = 200, not above a 200 ms heartbeat.
+        assert!(matches!(
+            LeaseConfig::new(600, 200, 500_000, 0),
+            Err(LeaseConfigError::NoLease { lease_ms: 200, .. })
+        ));
+        assert!(LeaseConfig::new(600, 100, 0, 600).is_err());
+    }
+
+    #[test]
+    fn no_lease_without_a_quorum() {
+        let mut clock = clock(&[1, 2, 3, 4, 5]);
+        assert_eq!(clock.expires_at_ms(), None);
+        clock.on_ack(3, 2, 100);
+        assert_eq!(clock.expires_at_ms(), None, "two of five");
+        clock.on_ack(3, 3, 80);
+        assert_eq!(
+            clock.expires_at_ms(),
+            Some(680),
+            "three of five, the older send"
+        );
+        assert!(clock.holds(679));
+        assert!(!clock.holds(680));
+    }
+
+    #[test]
+    fn the_latest_send_time_counts() {
+        let mut clock = clock(&[1, 2, 3]);
+        clock.on_ack(3, 2, 100);
+        clock.on_ack(3, 2, 40);
+        assert_eq!(clock.expires_at_ms(), Some(700));
+        clock.on_ack(3, 3, 150);
+        assert_eq!(clock.expires_at_ms(), Some(750));
+    }
+
+    #[test]
+    fn other_terms_learners_excluded_and_revoked_do_not_count() {
+        let mut clock = clock(&[1, 2, 3]);
+        clock.on_ack(2, 2, 100);
+        clock.on_ack(3, 9, 100);
+        assert_eq!(clock.expires_at_ms(), None, "old term, learner");
+        clock.on_ack(3, 2, 100);
+        clock.exclude(2);
+        assert_eq!(clock.expires_at_ms(), None, "offered the leadership");
+        clock.on_ack(3, 2, 200);
+        assert_eq!(clock.expires_at_ms(), None, "excluded for the term");
+        clock.on_ack(3, 3, 200);
+        assert_eq!(clock.expires_at_ms(), Some(800));
+        clock.revoke();
+        clock.on_ack(3, 3, 300);
+        assert_eq!(clock.expires_at_ms(), None, "revoked for the term");
+        clock.lead(4, vec![set(&[1, 2, 3])]);
+        clock.on_ack(4, 2, 400);
+        assert_eq!(
+            clock.expires_at_ms(),
+            Some(1000),
+            "a new term starts afresh"
+        );
+    }
+
+    #[test]
+    fn a_joint_membership_needs_both_quorums_and_a_change_drops_acks() {
+        let mut clock = clock(&[1, 2, 3]);
+        clock.on_ack(3, 2, 100);
+        clock.set_configs(vec![set(&[1, 2, 3]), set(&[1, 4, 5])]);
+        assert_eq!(
+            clock.expires_at_ms(),
+            None,
+            "acks under the old configuration"
+        );
+        clock.on_ack(3, 2, 200);
+        assert_eq!(
+            clock.expires_at_ms(),
+            None,
+            "the new configuration has no quorum"
+        );
+        clock.on_ack(3, 5, 150);
+        assert_eq!(clock.expires_at_ms(), Some(750));
+    }
+
+    #[test]
+    fn a_leader_outside_the_configuration_needs_a_quorum_of_others() {
+        let mut clock = clock(&[2, 3, 4]);
+        clock.on_ack(3, 2, 100);
+        assert_eq!(clock.expires_at_ms(), None);
+        clock.on_ack(3, 4, 90);
+        assert_eq!(clock.expires_at_ms(), Some(690));
+    }
+
+    proptest! {
+        /// The lease starts at a time a quorum of every configuration reached (the leader
+        /// counting as always reached), and is never held when some configuration has no
+        /// such quorum.
+        #[test]
+        fn a_lease_rests_on_a_quorum(
+            acks in proptest::collection::vec((1u64..8, 0u64..1_000), 0..20),
+            voters in proptest::collection::btree_set(1u64..8, 1..6),
+        ) {
+            let mut clock = clock(&[]);
+            clock.set_configs(vec![voters.clone()]);
+            for (peer, at) in &acks {
+                clock.on_ack(3, *peer, *at);
+            }
+            let latest = |id: u64| if id == 1 { Some(u64::MAX) } else {
+                acks.iter().filter(|(p, _)| *p == id).map(|(_, at)| *at).max()
+            };
+            let quorum = voters.len() / 2 + 1;
+            match clock.expires_at_ms() {
+                Some(u64::MAX) => {
+                    // Only the leader's own vote is needed: a one-voter group.
+                    prop_assert!(voters.contains(&1) && quorum == 1);
+                }
+                Some(end) => {
+                    let start = end - 600;
+                    let reached = voters.iter().filter(|id| latest(**id) >= Some(start)).count();
+                    prop_assert!(reached >= quorum);
+                    let later = voters.iter().filter(|id| latest(**id) > Some(start)).count();
+                    prop_assert!(later < quorum, "a later start was possible");
+                }
+                None => {
+                    let heard = voters.iter().filter(|id| latest(**id).is_some()).count();
+                    prop_assert!(heard < quorum);
+                }
+            }
+        }
+    }
+}
