@@ -17,13 +17,15 @@
 //!
 //! What could let another leader be elected inside a lease ends it first (the node wires
 //! each of these, see `docs/LEASES.md`):
-//! - a vote request for a higher term reaching the leader ([`LeaseClock::revoke`]): the
+//! - a vote request carrying a vote above the leader's ([`LeaseClock::revoke`]): the
 //!   leader's own vote is not refreshed by its heartbeats, so openraft grants it once old;
-//! - a leadership offer ([`LeaseClock::exclude`]): the node offered it elects itself at
-//!   once, ignoring its own refusal window, so its acknowledgements stop counting for the
-//!   rest of the term;
-//! - a change of membership ([`LeaseClock::set_configs`]): acknowledgements gathered under
-//!   other configurations do not count.
+//! - a leadership offer, or the hand-over at shutdown ([`LeaseClock::exclude`] the target,
+//!   or [`LeaseClock::revoke`]): the target elects itself at once, ignoring its own refusal
+//!   window, so its acknowledgements stop counting for the rest of the term;
+//! - a configuration of one voter other than the leader: openraft lets a lone voter elect
+//!   itself on its next tick, so such a configuration never carries a lease;
+//! - a change of membership ([`LeaseClock::set_configs`]): the configurations must be the
+//!   group's current ones whenever the lease is checked.
 //!
 //! A process can stop between deciding and reading (a pause, a long GC): the caller checks
 //! the lease again *after* reading its state ([`LeaseClock::holds`]), and serves only if it
@@ -225,6 +227,11 @@ impl LeaseClock {
         if voters.is_empty() {
             return None;
         }
+        // A configuration of one voter other than the leader: openraft lets a lone voter
+        // elect itself on its next tick, with no refusal window at all.
+        if voters.len() == 1 && !voters.contains(&self.me) {
+            return None;
+        }
         let quorum = voters.len() / 2 + 1;
         let mut times: Vec<u64> = voters
             .iter()
@@ -376,6 +383,16 @@ mod tests {
         assert_eq!(clock.expires_at_ms(), Some(690));
     }
 
+    #[test]
+    fn a_lone_voter_other_than_the_leader_gives_no_lease() {
+        let mut clock = clock(&[2]);
+        clock.on_ack(3, 2, 100);
+        assert_eq!(clock.expires_at_ms(), None, "it may elect itself at once");
+        clock.set_configs(vec![set(&[1, 2]), set(&[2])]);
+        clock.on_ack(3, 2, 100);
+        assert_eq!(clock.expires_at_ms(), None, "one side of a joint change");
+    }
+
     proptest! {
         /// The lease starts at a time a quorum of every configuration reached (the leader
         /// counting as always reached), and is never held when some configuration has no
@@ -408,7 +425,8 @@ mod tests {
                 }
                 None => {
                     let heard = voters.iter().filter(|id| latest(**id).is_some()).count();
-                    prop_assert!(heard < quorum);
+                    let lone_follower = voters.len() == 1 && !voters.contains(&1);
+                    prop_assert!(heard < quorum || lone_follower);
                 }
             }
         }
