@@ -66,6 +66,14 @@ pub struct ServerArgs {
     /// Most operations in one batch or keys in one multi-get [default: 1024].
     #[arg(long, env = "SEEDKV_MAX_BATCH_OPS")]
     max_batch_ops: Option<usize>,
+    /// Serve linearizable reads from a leader lease, with no network round: on or off
+    /// [default: on]. See docs/LEASES.md.
+    #[arg(long, env = "SEEDKV_READ_LEASE")]
+    read_lease: Option<String>,
+    /// The bound on how far any node's clock rate may stray from true time, in parts per
+    /// million; leases shrink by it [default: 50000, i.e. 5%].
+    #[arg(long, env = "SEEDKV_MAX_CLOCK_DRIFT_PPM")]
+    max_clock_drift_ppm: Option<u64>,
     /// Log level or filter (also RUST_LOG) [default: info,openraft=warn].
     #[arg(long, env = "SEEDKV_LOG_LEVEL")]
     log_level: Option<String>,
@@ -91,6 +99,8 @@ struct FileConfig {
     max_value_bytes: Option<usize>,
     max_request_bytes: Option<usize>,
     max_batch_ops: Option<usize>,
+    read_lease: Option<String>,
+    max_clock_drift_ppm: Option<u64>,
     log_level: Option<String>,
     log_format: Option<String>,
 }
@@ -109,6 +119,8 @@ pub struct Settings {
     pub cluster_name: String,
     pub snapshot_every: u64,
     pub limits: Limits,
+    pub read_lease: bool,
+    pub max_clock_drift_ppm: u64,
     pub log_level: String,
     pub log_json: bool,
 }
@@ -218,9 +230,20 @@ impl ServerArgs {
         if limits.max_key_bytes == 0 || limits.max_batch_ops == 0 || limits.max_request_bytes == 0 {
             bail!("--max-key-bytes, --max-batch-ops and --max-request-bytes must be 1 or more");
         }
+        let read_lease = match self.read_lease.or(file.read_lease).as_deref() {
+            None | Some("on") => true,
+            Some("off") => false,
+            Some(other) => bail!("--read-lease must be on or off, not {other:?}"),
+        };
+        let max_clock_drift_ppm = self
+            .max_clock_drift_ppm
+            .or(file.max_clock_drift_ppm)
+            .unwrap_or(seedkv_core::lease::DEFAULT_MAX_DRIFT_PPM);
         Ok(Settings {
             snapshot_every,
             limits,
+            read_lease,
+            max_clock_drift_ppm,
             node_id,
             listen,
             advertise,
@@ -263,6 +286,16 @@ fn init_logging(settings: &Settings) -> Result<()> {
 pub async fn run(args: ServerArgs) -> Result<()> {
     let settings = args.settings()?;
     init_logging(&settings)?;
+    let mut config = NodeConfig::new(settings.node_id, settings.advertise.clone());
+    config.raft.cluster_name = settings.cluster_name.clone();
+    config.limits = settings.limits;
+    config.raft.snapshot_policy = openraft::SnapshotPolicy::LogsSinceLast(settings.snapshot_every);
+    config.raft.max_in_snapshot_log_to_keep = settings.snapshot_every / 5;
+    config.lease.read_lease = settings.read_lease;
+    config.lease.max_drift_ppm = settings.max_clock_drift_ppm;
+    config.lease.clock = seedkv_io_real::clock::boot_clock();
+    // Before anything is written: a drift bound that leaves no lease is a bad flag.
+    config.lease_config()?;
     let listener = tokio::net::TcpListener::bind(&settings.listen)
         .await
         .with_context(|| format!("cannot listen on {}", settings.listen))?;
@@ -274,11 +307,6 @@ pub async fn run(args: ServerArgs) -> Result<()> {
         cluster: settings.cluster_name.clone(),
     };
     let disk = Arc::new(RocksDisk::open(&settings.data_dir, &identity)?);
-    let mut config = NodeConfig::new(settings.node_id, settings.advertise.clone());
-    config.raft.cluster_name = settings.cluster_name.clone();
-    config.limits = settings.limits;
-    config.raft.snapshot_policy = openraft::SnapshotPolicy::LogsSinceLast(settings.snapshot_every);
-    config.raft.max_in_snapshot_log_to_keep = settings.snapshot_every / 5;
     let node = Node::start(config, disk.clone(), discard()).await?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let serving = tokio::spawn(seedkv_io_real::serve::serve(
@@ -458,6 +486,10 @@ async fn hand_over_leadership(node: &Arc<Node>, group: seedkv_core::GroupId) -> 
         .membership()
         .get_node(&target)
         .map(|n| n.addr.clone())?;
+    // The target will stand at once, and with a follower that lost touch with this node
+    // could win without this node's vote: no read lease from here on.
+    node.revoke_lease(group);
+    let term = metrics.vote.leader_id().get_term();
     // No new writes: the log stops growing, so the target can hold all of it.
     node.refuse_writes();
     let caught_up = raft
@@ -489,7 +521,7 @@ async fn hand_over_leadership(node: &Arc<Node>, group: seedkv_core::GroupId) -> 
     let me = node.id();
     // An election can collide with another; ask again, within the budget.
     for attempt in 1..=HAND_OVER_ELECTIONS {
-        if let Err(err) = client.elect(&addr, group.0).await {
+        if let Err(err) = client.elect(&addr, group.0, Some((me, term))).await {
             tracing::warn!(to = target, attempt, "leadership hand-over: {err}");
             continue;
         }

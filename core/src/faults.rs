@@ -26,11 +26,16 @@ pub enum Fault {
     /// the client resends it as a new write (a new sequence number), so the session cannot
     /// recognise it: if the truncated copy commits elsewhere, the write applies twice.
     TruncatedWriteResentAsNew,
+    /// A leader's read lease is the followers' whole refusal window, with no allowance for
+    /// clock drift: a leader whose clock runs slow serves reads after another was elected.
+    LeaseWithoutDriftMargin,
+    /// A leader keeps its read lease when a vote request above its own vote arrives.
+    LeaseKeptOnHigherVote,
 }
 
 impl Fault {
     /// Every switch, with its command-line name.
-    pub const ALL: [(Fault, &'static str); 7] = [
+    pub const ALL: [(Fault, &'static str); 9] = [
         (Fault::VoteNotPersisted, "vote-not-persisted"),
         (Fault::AckBeforeCommit, "ack-before-commit"),
         (Fault::StaleLinearizableRead, "stale-linearizable-read"),
@@ -44,6 +49,8 @@ impl Fault {
             Fault::TruncatedWriteResentAsNew,
             "truncated-write-resent-as-new",
         ),
+        (Fault::LeaseWithoutDriftMargin, "lease-without-drift-margin"),
+        (Fault::LeaseKeptOnHigherVote, "lease-kept-on-higher-vote"),
     ];
 
     /// The switch named `name`.
@@ -51,7 +58,7 @@ impl Fault {
         Fault::ALL.iter().find(|(_, n)| *n == name).map(|(f, _)| *f)
     }
 
-    fn bit(self) -> u8 {
+    fn bit(self) -> u16 {
         match self {
             Fault::VoteNotPersisted => 1,
             Fault::AckBeforeCommit => 2,
@@ -60,13 +67,15 @@ impl Fault {
             Fault::MembershipWithoutCompare => 16,
             Fault::BlankDiskVotes => 32,
             Fault::TruncatedWriteResentAsNew => 64,
+            Fault::LeaseWithoutDriftMargin => 128,
+            Fault::LeaseKeptOnHigherVote => 256,
         }
     }
 }
 
 thread_local! {
     // The simulator runs every node on one thread, so a thread-local is the whole world.
-    static ENABLED: Cell<u8> = const { Cell::new(0) };
+    static ENABLED: Cell<u16> = const { Cell::new(0) };
 }
 
 /// Turns `fault` on for this simulation.

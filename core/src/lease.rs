@@ -126,6 +126,8 @@ pub struct LeaseClock {
     excluded: BTreeSet<NodeId>,
     /// No lease for the rest of the term.
     revoked: bool,
+    /// No lease in this term or any before it (terms this process resumed rather than won).
+    no_lease_through: u64,
 }
 
 impl LeaseClock {
@@ -139,6 +141,17 @@ impl LeaseClock {
             acked_at_ms: BTreeMap::new(),
             excluded: BTreeSet::new(),
             revoked: false,
+            no_lease_through: 0,
+        }
+    }
+
+    /// No lease in `term` or any term before it. A leader restarted in place resumes its
+    /// term with no election, and the exclusions it made before the crash were lost with
+    /// its memory: a delayed offer may still make a target stand.
+    pub fn forbid_through(&mut self, term: u64) {
+        self.no_lease_through = self.no_lease_through.max(term);
+        if self.term <= self.no_lease_through {
+            self.revoke();
         }
     }
 
@@ -154,7 +167,7 @@ impl LeaseClock {
             self.term = term;
             self.acked_at_ms.clear();
             self.excluded.clear();
-            self.revoked = false;
+            self.revoked = term <= self.no_lease_through;
         }
         self.set_configs(configs);
     }
@@ -193,6 +206,20 @@ impl LeaseClock {
     pub fn revoke(&mut self) {
         self.revoked = true;
         self.acked_at_ms.clear();
+    }
+
+    /// A vote request for `candidate` at `term` reached this node. openraft's leader ids
+    /// are ordered by term, then node: one above this node's own at the term it leads may
+    /// be granted once the leader's own vote is old, so it revokes the lease.
+    pub fn on_vote_request(&mut self, term: u64, candidate: NodeId) {
+        if (term, candidate) > (self.term, self.me) {
+            self.revoke();
+        }
+    }
+
+    /// Whether a lease of `term` holds at `now_ms` (see [`LeaseClock::holds`]).
+    pub fn holds_in(&self, term: u64, now_ms: u64) -> bool {
+        self.term == term && self.holds(now_ms)
     }
 
     /// When the lease ends on this node's clock, if one is held at all: the send time a
@@ -381,6 +408,38 @@ mod tests {
         assert_eq!(clock.expires_at_ms(), None);
         clock.on_ack(3, 4, 90);
         assert_eq!(clock.expires_at_ms(), Some(690));
+    }
+
+    #[test]
+    fn a_higher_vote_revokes_and_a_lower_one_does_not() {
+        let mut clock = clock(&[1, 2, 3]);
+        clock.on_ack(3, 2, 100);
+        clock.on_vote_request(2, 3);
+        clock.on_vote_request(3, 1);
+        assert!(clock.holds_in(3, 200));
+        assert!(!clock.holds_in(4, 200));
+        // Same term, a node id above the leader's: openraft orders it above.
+        clock.on_vote_request(3, 2);
+        assert!(!clock.holds(200));
+        clock.on_ack(3, 2, 300);
+        assert!(!clock.holds(400), "revoked for the rest of the term");
+        clock.lead(4, vec![set(&[1, 2, 3])]);
+        clock.on_ack(4, 3, 500);
+        assert!(clock.holds(600), "a new term starts afresh");
+    }
+
+    #[test]
+    fn a_resumed_term_carries_no_lease() {
+        let mut clock = clock(&[1, 2, 3]);
+        clock.forbid_through(5);
+        clock.on_ack(3, 2, 100);
+        assert!(!clock.holds(200));
+        clock.lead(5, vec![set(&[1, 2, 3])]);
+        clock.on_ack(5, 2, 100);
+        assert!(!clock.holds(200), "the term resumed at start");
+        clock.lead(6, vec![set(&[1, 2, 3])]);
+        clock.on_ack(6, 2, 100);
+        assert!(clock.holds(200), "a term won after the start");
     }
 
     #[test]

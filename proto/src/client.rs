@@ -967,11 +967,26 @@ impl Client {
         .await
     }
 
-    /// Asks the node at `addr` to stand for election in Raft group `group` now.
-    pub async fn elect(&self, addr: &str, group: u32) -> Result<(), ClientError> {
+    /// Asks the node at `addr` to stand for election in Raft group `group` now. A leader
+    /// handing the group over names itself and its term in `handed_by` (after excluding
+    /// the node from its read lease); anyone else is refused while the node is within its
+    /// leader's refusal window.
+    pub async fn elect(
+        &self,
+        addr: &str,
+        group: u32,
+        handed_by: Option<(u64, u64)>,
+    ) -> Result<(), ClientError> {
+        let (leader, term) = handed_by.unwrap_or((0, 0));
         match self
             .admin_once(addr, |mut admin| async move {
-                admin.elect(pb::ElectRequest { group }).await
+                admin
+                    .elect(pb::ElectRequest {
+                        group,
+                        leader,
+                        term,
+                    })
+                    .await
             })
             .await?
         {

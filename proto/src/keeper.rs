@@ -225,11 +225,15 @@ async fn hand_over(me: NodeId, group: &Group, to: NodeId) -> Result<(), String> 
     if !leads(&ready) {
         return Err("no longer leads".into());
     }
+    // The target stands at once, whatever it promised: nothing it accepted may count in a
+    // read lease from now on.
+    group.lease.exclude(to);
+    let term = ready.vote.leader_id().get_term();
     let mut config = ClientConfig::new(vec![addr.clone()]);
     config.request_timeout_ms = 500;
     config.max_attempts = 1;
     Client::new(config)
-        .elect(&addr, group.id.0)
+        .elect(&addr, group.id.0, Some((me, term)))
         .await
         .map_err(|err| format!("asking it to campaign: {err}"))?;
     group

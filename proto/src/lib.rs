@@ -18,6 +18,7 @@ pub mod convert;
 mod heartbeat;
 pub mod identity;
 mod keeper;
+pub mod lease;
 pub mod network;
 pub mod node;
 mod pinning;

@@ -28,6 +28,7 @@ use serde::de::DeserializeOwned;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::identity::Identity;
+use crate::lease::{vote_accepted, GroupLease};
 use crate::pb::raft_client::RaftClient;
 use crate::pb::{RaftBatch, RaftMessage};
 use crate::trace::{RaftRpc, TraceEvent, Tracer};
@@ -253,6 +254,8 @@ pub struct GrpcNetwork {
     pub(crate) tracer: Tracer,
     /// The node's channels, shared with its other groups.
     pub(crate) peers: Arc<Peers>,
+    /// The group's read lease, fed with the appends each voter accepted.
+    pub(crate) lease: Arc<GroupLease>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for GrpcNetwork {
@@ -269,6 +272,7 @@ impl RaftNetworkFactory<TypeConfig> for GrpcNetwork {
             client: None,
             peers: self.peers.clone(),
             tracer: self.tracer.clone(),
+            lease: self.lease.clone(),
         }
     }
 }
@@ -286,6 +290,7 @@ pub struct PeerConnection {
     client: Option<(u64, RaftClient<Channel>)>,
     peers: Arc<Peers>,
     tracer: Tracer,
+    lease: Arc<GroupLease>,
 }
 
 /// Opens a gRPC channel to `addr` (`host:port`), waiting at most `connect_timeout`.
@@ -457,7 +462,15 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         } else {
             RaftRpc::AppendEntries
         };
-        self.call(rpc_kind, payload, option.hard_ttl()).await
+        // Stamped before the send: the follower's refusal window starts later than this.
+        let sent_at_ms = self.lease.now_ms();
+        let result: Result<AppendEntriesResponse<NodeId>, _> =
+            self.call(rpc_kind, payload, option.hard_ttl()).await;
+        if rpc.vote.is_committed() && result.as_ref().is_ok_and(vote_accepted) {
+            self.lease
+                .on_ack(rpc.vote.leader_id().get_term(), self.target, sent_at_ms);
+        }
+        result
     }
 
     /// Streams a snapshot view in chunks of at most `SNAPSHOT_CHUNK_BYTES`, one RPC each,

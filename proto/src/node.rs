@@ -28,6 +28,7 @@ use tonic::{Request, Response as GrpcResponse, Status};
 
 use crate::convert;
 use crate::identity::{Identity, Inbound};
+use crate::lease::{GroupLease, LeaseSettings};
 use crate::network::GrpcNetwork;
 use crate::pb;
 use crate::proposer::Proposer;
@@ -46,6 +47,8 @@ pub struct NodeConfig {
     pub raft: openraft::Config,
     /// Request limits.
     pub limits: Limits,
+    /// Read leases and the clock they run on.
+    pub lease: LeaseSettings,
 }
 
 impl NodeConfig {
@@ -67,6 +70,7 @@ impl NodeConfig {
                 ..Default::default()
             },
             limits: Limits::default(),
+            lease: LeaseSettings::default(),
         }
     }
 }
@@ -92,6 +96,8 @@ pub(crate) struct Group {
     pub(crate) raft: Raft,
     pub(crate) state: Arc<SharedState>,
     read_index: ReadIndex,
+    /// The group's read lease as its leader, and its refusal window as a follower.
+    pub(crate) lease: Arc<GroupLease>,
     proposer: Proposer,
     /// Where snapshots from the leader arrive; one transfer at a time.
     staging: Arc<tokio::sync::Mutex<Staging>>,
@@ -262,6 +268,8 @@ impl Node {
             .validate()
             .map_err(|err| NodeError::Config(err.to_string()))?,
         );
+        let lease_config = lease_config(&raft_config, &config.lease)?;
+        let clock = config.lease.clock.clone();
         let dyn_disk: Arc<dyn DynDisk> = disk.clone();
         let (record, created) = NodeIdentity::load_or_create(
             &*dyn_disk,
@@ -287,16 +295,23 @@ impl Node {
             let peers = peers.clone();
             let (id, identity, raft_config) = (config.id, identity.clone(), raft_config.clone());
             Box::new(move |group| {
+                let lease = Arc::new(GroupLease::new(
+                    id,
+                    clock.clone(),
+                    lease_config,
+                    raft_config.election_timeout_max,
+                ));
                 let network = GrpcNetwork {
                     group,
                     from: id,
                     identity: identity.clone(),
                     tracer: tracer.clone(),
                     peers: peers.clone(),
+                    lease: lease.clone(),
                 };
                 let (disk, syncer, raft_config) =
                     (disk.clone(), syncer.clone(), raft_config.clone());
-                Box::pin(open(id, group, disk, syncer, raft_config, network))
+                Box::pin(open(id, group, disk, syncer, raft_config, network, lease))
             })
         };
         let snapshot_frame_timeout_ms = raft_config.install_snapshot_timeout;
@@ -689,6 +704,60 @@ impl Node {
         true
     }
 
+    /// Makes this replica of `group` stand for election now (`Admin.Elect`). `handed_by`
+    /// names the leader handing the group over and its term: if that is still this
+    /// replica's view, the leader excluded it from its read lease first. Anyone else is
+    /// refused while this replica is within its refusal window after its leader's last
+    /// append, since a leader's lease may count on it not standing.
+    pub async fn elect(&self, group: u32, handed_by: Option<(NodeId, u64)>) -> Result<(), Status> {
+        let hosted = self.group(group)?;
+        let offered = handed_by.is_some_and(|(leader, term)| {
+            let vote = hosted.raft.metrics().borrow().vote;
+            vote.leader_id().voted_for() == Some(leader) && vote.leader_id().get_term() == term
+        });
+        if !offered {
+            if let Some(wait_ms) = hosted.lease.refusing_for_ms() {
+                return Err(Status::failed_precondition(format!(
+                    "group {group}: this replica heard its leader within the last election \
+                     timeout, and the leader may serve reads from a lease that counts on it \
+                     not standing; ask the leader to hand over, or retry in {wait_ms} ms"
+                )));
+            }
+        }
+        hosted
+            .raft
+            .trigger()
+            .elect()
+            .await
+            .map_err(|fatal| Status::unavailable(format!("raft stopped: {fatal}")))
+    }
+
+    /// Ends this node's read lease of `group` for the rest of the term (another node is
+    /// about to be asked to stand); false if the node does not host the group.
+    pub fn revoke_lease(&self, group: GroupId) -> bool {
+        let Some(group) = self.hosted(group) else {
+            return false;
+        };
+        group.lease.revoke();
+        true
+    }
+
+    /// Stops counting `peer`'s acknowledgements in this node's read lease of `group` for
+    /// the rest of the term: `peer` is about to be asked to stand.
+    pub fn exclude_from_lease(&self, group: GroupId, peer: NodeId) {
+        if let Some(group) = self.hosted(group) {
+            group.lease.exclude(peer);
+        }
+    }
+
+    /// The term of the read lease this node holds on `group` now, by its own lease clock
+    /// (whatever its Raft believes): the simulator checks no other node leads a later term.
+    pub fn lease_term(&self, group: GroupId) -> Option<u64> {
+        let group = self.hosted(group)?;
+        let metrics = group.raft.metrics().borrow().clone();
+        group.lease.held_term(&metrics)
+    }
+
     /// The Raft handle of `group`, if this node hosts it.
     pub fn raft_of(&self, group: GroupId) -> Option<Raft> {
         Some(self.hosted(group)?.raft.clone())
@@ -981,19 +1050,68 @@ impl Node {
         Ok(response)
     }
 
-    /// Waits until this node may serve a read of `group` of the given consistency.
-    async fn read_barrier(&self, group: &Group, consistency: i32) -> Result<(), Status> {
+    /// Reads `group`'s state with `read` at the given consistency. A linearizable read
+    /// is served from a lease when the leader holds one before and still after reading
+    /// (a process may stop between the two); otherwise, or if the lease lapsed meanwhile,
+    /// after a read-index round.
+    async fn read<T>(
+        &self,
+        group: &Group,
+        consistency: i32,
+        read: impl Fn(&Group) -> Result<T, Status>,
+    ) -> Result<T, Status> {
         let consistency = pb::Consistency::try_from(consistency)
             .map_err(|_| Status::invalid_argument(format!("unknown consistency {consistency}")))?;
         if consistency == pb::Consistency::Serializable {
-            return Ok(());
+            return read(group);
         }
         #[cfg(madsim)]
         if seedkv_core::faults::enabled(seedkv_core::faults::Fault::StaleLinearizableRead) {
-            return Ok(());
+            return read(group);
         }
-        group.read_index.wait().await
+        let leased = group.lease.check(&group.raft.metrics().borrow());
+        if let Some(term) = leased {
+            let value = read(group)?;
+            if group.lease.holds_in(term) {
+                return Ok(value);
+            }
+        }
+        group.read_index.wait().await?;
+        read(group)
     }
+}
+
+impl NodeConfig {
+    /// The lease the node's groups take, if read leases are on; a drift bound that leaves
+    /// no useful lease is refused with the reason.
+    pub fn lease_config(&self) -> Result<Option<seedkv_core::lease::LeaseConfig>, NodeError> {
+        lease_config(&self.raft, &self.lease)
+    }
+}
+
+fn lease_config(
+    raft: &openraft::Config,
+    settings: &LeaseSettings,
+) -> Result<Option<seedkv_core::lease::LeaseConfig>, NodeError> {
+    if !settings.read_lease {
+        return Ok(None);
+    }
+    let (drift_ppm, margin_ms) = (settings.max_drift_ppm, settings.margin_ms);
+    #[cfg(madsim)]
+    let (drift_ppm, margin_ms) =
+        if seedkv_core::faults::enabled(seedkv_core::faults::Fault::LeaseWithoutDriftMargin) {
+            (0, 0)
+        } else {
+            (drift_ppm, margin_ms)
+        };
+    seedkv_core::lease::LeaseConfig::new(
+        raft.election_timeout_max,
+        raft.heartbeat_interval,
+        drift_ppm,
+        margin_ms,
+    )
+    .map(Some)
+    .map_err(|err| NodeError::Config(format!("read lease: {err}")))
 }
 
 /// Opens `group`'s state machine, log and Raft on `disk`.
@@ -1004,6 +1122,7 @@ async fn open<D: Disk>(
     syncer: LogSyncer,
     raft_config: Arc<openraft::Config>,
     network: GrpcNetwork,
+    lease: Arc<GroupLease>,
 ) -> Result<Group, NodeError> {
     let dyn_disk: Arc<dyn DynDisk> = disk.clone();
     let state_machine = StateMachineStore::open(dyn_disk, group)
@@ -1014,10 +1133,14 @@ async fn open<D: Disk>(
     let raft = Raft::new(id, raft_config, network, log, state_machine)
         .await
         .map_err(|err| NodeError::Raft(format!("group {}: {err}", group.0)))?;
+    // openraft resumes a leadership whose vote it finds on disk with no election, and the
+    // exclusions this node made before it stopped are gone: no lease in that term.
+    lease.forbid_through(raft.metrics().borrow().vote.leader_id().get_term());
     let handing_over = Arc::new(std::sync::atomic::AtomicBool::new(false));
     Ok(Group {
         id: group,
         read_index: ReadIndex::start(raft.clone(), state.clone()),
+        lease,
         proposer: Proposer::start(raft.clone(), handing_over.clone()),
         staging: Arc::new(tokio::sync::Mutex::new(Staging::new(state.clone()))),
         install_gate: Arc::new(tokio::sync::RwLock::new(())),
@@ -1192,9 +1315,14 @@ impl pb::kv_server::Kv for KvService {
             .check_key(&req.key)
             .map_err(|err| Status::invalid_argument(err.to_string()))?;
         let group = self.0.serving(Slot::of(&req.key), None)?;
-        self.0.read_barrier(&group, req.consistency).await?;
-        let row = group.state.get(&req.key).map_err(disk_error)?;
-        owned(&self.0, &group, &req.key)?;
+        let row = self
+            .0
+            .read(&group, req.consistency, |group| {
+                let row = group.state.get(&req.key).map_err(disk_error)?;
+                owned(&self.0, group, &req.key)?;
+                Ok(row)
+            })
+            .await?;
         tracing::debug!(
             node = self.0.id,
             key = %String::from_utf8_lossy(&req.key),
@@ -1230,9 +1358,13 @@ impl pb::kv_server::Kv for KvService {
             .check_scan(&range, limit)
             .map_err(|err| Status::invalid_argument(err.to_string()))?;
         let group = self.0.named_group(req.group)?;
-        self.0.read_barrier(&group, req.consistency).await?;
         // One more than asked tells whether the result was cut short.
-        let mut rows = group.state.scan(&range, limit + 1).map_err(disk_error)?;
+        let mut rows = self
+            .0
+            .read(&group, req.consistency, |group| {
+                group.state.scan(&range, limit + 1).map_err(disk_error)
+            })
+            .await?;
         let more = rows.len() > limit;
         rows.truncate(limit);
         let entries = rows
@@ -1255,8 +1387,8 @@ impl pb::kv_server::Kv for KvService {
             .limits
             .check_keys(&req.keys)
             .map_err(|err| Status::invalid_argument(err.to_string()))?;
-        // The keys of each hosted group are read together, from one view of its state,
-        // after that group's barrier: atomic within a group.
+        // The keys of each hosted group are read together, from one view of its state:
+        // atomic within a group.
         let mut groups: Vec<(Arc<Group>, Vec<usize>)> = Vec::new();
         for (index, key) in req.keys.iter().enumerate() {
             let group = self.0.serving(Slot::of(key), None)?;
@@ -1265,16 +1397,19 @@ impl pb::kv_server::Kv for KvService {
                 None => groups.push((group, vec![index])),
             }
         }
-        for (group, _) in &groups {
-            self.0.read_barrier(group, req.consistency).await?;
-        }
         let mut values = vec![pb::GetResponse::default(); req.keys.len()];
         for (group, indexes) in &groups {
             let keys: Vec<Vec<u8>> = indexes.iter().map(|&i| req.keys[i].clone()).collect();
-            let rows = group.state.multi_get(&keys).map_err(disk_error)?;
-            for key in &keys {
-                owned(&self.0, group, key)?;
-            }
+            let rows = self
+                .0
+                .read(group, req.consistency, |group| {
+                    let rows = group.state.multi_get(&keys).map_err(disk_error)?;
+                    for key in &keys {
+                        owned(&self.0, group, key)?;
+                    }
+                    Ok(rows)
+                })
+                .await?;
             for (&index, row) in indexes.iter().zip(&rows) {
                 values[index] = get_response(row.as_ref());
             }
@@ -1370,6 +1505,10 @@ impl RaftService {
         let rpc = decode_request(&message)?;
         let result = group.raft.append_entries(rpc).await;
         drop(gate);
+        // Before the answer leaves: a leader may count it in a lease from then on.
+        if result.as_ref().is_ok_and(crate::lease::vote_accepted) {
+            group.lease.heard_leader();
+        }
         Ok(reply(message.group, &result))
     }
 }
@@ -1486,7 +1625,7 @@ impl pb::raft_server::Raft for RaftService {
                 match seedkv_core::runtime::timeout(wait, group.raft.append_entries(heartbeat))
                     .await
                 {
-                    Ok(Ok(response)) if response.is_success() => {}
+                    Ok(Ok(response)) if response.is_success() => group.lease.heard_leader(),
                     other => tracing::debug!(
                         group = quiet.group,
                         ?other,
@@ -1525,7 +1664,12 @@ impl pb::raft_server::Raft for RaftService {
             Some(group) => group,
             None => self.0.host(GroupId(message.group)).await?,
         };
-        let rpc = decode_request(&message)?;
+        let rpc: openraft::raft::VoteRequest<NodeId> = decode_request(&message)?;
+        // Before openraft may grant it: a leader whose own vote is old grants a higher one.
+        let candidate = rpc.vote.leader_id();
+        group
+            .lease
+            .on_vote_request(candidate.get_term(), candidate.node_id);
         let result = group.raft.vote(rpc).await;
         Ok(GrpcResponse::new(reply(message.group, &result)))
     }
@@ -1890,13 +2034,9 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::ElectRequest>,
     ) -> Result<GrpcResponse<pb::ElectResponse>, Status> {
-        self.0
-            .group(request.into_inner().group)?
-            .raft
-            .trigger()
-            .elect()
-            .await
-            .map_err(|fatal| Status::unavailable(format!("raft stopped: {fatal}")))?;
+        let request = request.into_inner();
+        let handed_by = (request.leader != 0).then_some((request.leader, request.term));
+        self.0.elect(request.group, handed_by).await?;
         Ok(GrpcResponse::new(pb::ElectResponse {}))
     }
 

@@ -150,7 +150,12 @@ impl SimCluster {
                     .init(move || {
                         let disk = disk.open();
                         let running = running.clone();
-                        let config = sim_node_config(id, addr.to_string());
+                        let mut config = sim_node_config(id, addr.to_string());
+                        // Each start, a clock rate of its own within the drift bound.
+                        config.lease.clock =
+                            seedkv_proto::lease::Clock::skewed(clock_skew_ppm(
+                                config.lease.max_drift_ppm,
+                            ));
                         let tracer = tracer.clone();
                         let members = members.clone();
                         let plan = plan.clone();
@@ -378,6 +383,21 @@ impl SimCluster {
             .collect()
     }
 
+    /// Stops every task of the node at `index` (a stopped process, a long GC pause): its
+    /// clock goes on, its work does not.
+    pub fn pause(&self, index: usize) {
+        if let Some(node) = self.nodes.get(index).filter(|node| node.alive) {
+            self.handle.pause(node.host.id());
+        }
+    }
+
+    /// Lets the node at `index` run again after [`SimCluster::pause`].
+    pub fn resume(&self, index: usize) {
+        if let Some(node) = self.nodes.get(index) {
+            self.handle.resume(node.host.id());
+        }
+    }
+
     /// Restarts a killed node from what its disk kept.
     pub fn restart(&mut self, index: usize) {
         let Some(node) = self.nodes.get_mut(index) else {
@@ -443,6 +463,20 @@ pub fn sim_node_config(id: u64, addr: String) -> NodeConfig {
     config.raft.snapshot_policy = openraft::SnapshotPolicy::LogsSinceLast(100);
     config.raft.max_in_snapshot_log_to_keep = 20;
     config
+}
+
+/// A clock rate error within `bound_ppm`, drawn from the seed: a third of the nodes run at
+/// the slowest rate the bound allows, a third at the fastest, the rest in between.
+fn clock_skew_ppm(bound_ppm: u64) -> i64 {
+    let bound = i64::try_from(bound_ppm).unwrap_or(0);
+    match seedkv_core::runtime::random_below(3) {
+        0 => -bound,
+        1 => bound,
+        _ => {
+            let span = u64::try_from(2 * bound + 1).unwrap_or(1);
+            i64::try_from(seedkv_core::runtime::random_below(span)).unwrap_or(0) - bound
+        }
+    }
 }
 
 /// Whether an `Init` call left the cluster bootstrapped: it did, or the cluster already was

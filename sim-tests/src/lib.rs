@@ -10,6 +10,7 @@
 //! - `cluster`: simulated nodes with simulated disks, crash and restart;
 //! - `workload`: clients that record a history;
 //! - `nemesis`: the fault schedule;
+//! - `lease_watch`: no lease held while another node leads a later term;
 //! - `operator`: membership changes, checked against the changes acknowledged;
 //! - `run`: one seed end to end, with its fingerprint.
 
@@ -17,6 +18,8 @@ pub mod scenario;
 
 #[cfg(madsim)]
 pub mod cluster;
+#[cfg(madsim)]
+pub mod lease_watch;
 #[cfg(madsim)]
 pub mod nemesis;
 #[cfg(madsim)]

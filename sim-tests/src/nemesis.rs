@@ -163,6 +163,28 @@ async fn inject(
         }
         FaultKind::Amnesia => amnesia(cluster, deadline, log).await,
         FaultKind::Figure8 => figure8(cluster, deadline, log).await,
+        FaultKind::Pause => {
+            let target = {
+                let c = lock(cluster);
+                let n = c.len();
+                // Most often a leader: its lease is what a pause puts to the test.
+                match c.leader() {
+                    Some(leader) if thread_rng().gen_bool(0.7) => leader,
+                    _ => thread_rng().gen_range(0..n),
+                }
+            };
+            let hold = millis(50..2_000);
+            lock(cluster).pause(target);
+            log(format!("pause {target} for {} ms", hold.as_millis()));
+            tokio::time::sleep(hold).await;
+            lock(cluster).resume(target);
+            log(format!("resume {target}"));
+            Vec::new()
+        }
+        FaultKind::Depose => {
+            depose(cluster, log).await;
+            Vec::new()
+        }
         FaultKind::PowerLoss => {
             // Every node at once: only what each disk made durable survives anywhere.
             let n = lock(cluster).len();
@@ -634,6 +656,64 @@ pub async fn run_plan(
     for index in 0..c.len() {
         c.restart(index);
     }
+}
+
+/// How long the impatient operator of a depose keeps asking replicas to stand.
+const DEPOSE_ASK_MS: u64 = 2_000;
+
+/// Cuts a group's leader off from its peers (clients still reach it) and asks the other
+/// replicas to stand every few milliseconds until one is elected or the time runs out: an
+/// operator forcing a failover. Each replica must refuse while its leader's lease may count
+/// on it; an election that comes too early shows up as a lease held by the old leader while
+/// the new one leads.
+async fn depose(cluster: &SharedCluster, log: &mut dyn FnMut(String)) {
+    let picked = {
+        let mut c = lock(cluster);
+        let groups = crate::cluster::raft_groups(&c.plan);
+        let group = groups[thread_rng().gen_range(0..groups.len())];
+        let leader = c.leader_of(group);
+        let voters = c
+            .newest_membership_of(group)
+            .map(|view| view.voters())
+            .unwrap_or_default();
+        if let Some(leader) = leader {
+            c.net.isolate(leader);
+        }
+        leader.map(|leader| (group, leader, voters))
+    };
+    let Some((group, leader, voters)) = picked else {
+        log("depose: no leader".into());
+        return;
+    };
+    let others: Vec<usize> = voters.into_iter().filter(|v| *v != leader).collect();
+    if others.is_empty() {
+        log(format!("depose group {}: no other voter", group.0));
+        return;
+    }
+    log(format!("depose group {}: isolate leader {leader}", group.0));
+    let until = Instant::now() + Duration::from_millis(DEPOSE_ASK_MS);
+    let mut refused = 0u32;
+    while Instant::now() < until {
+        let target = others[thread_rng().gen_range(0..others.len())];
+        let node = lock(cluster).node(target);
+        if let Some(node) = node {
+            match node.elect(group.0, None).await {
+                Ok(()) => {
+                    log(format!(
+                        "depose group {}: {target} stands after {refused} refusals",
+                        group.0
+                    ));
+                    return;
+                }
+                Err(_) => refused += 1,
+            }
+        }
+        tokio::time::sleep(millis(2..15)).await;
+    }
+    log(format!(
+        "depose group {}: every request refused ({refused})",
+        group.0
+    ));
 }
 
 fn partition(c: &mut SimCluster) -> String {

@@ -11,6 +11,7 @@ use seedkv_proto::{Client, ClientConfig};
 use tokio::time::Instant;
 
 use crate::cluster::{initialized, raft_groups, SimCluster, FOCUS_GROUP};
+use crate::lease_watch::LeaseWatch;
 use crate::nemesis::{self, PlannedFault, SharedCluster};
 use crate::operator;
 use crate::scenario::Scenario;
@@ -132,6 +133,7 @@ pub async fn run(config: RunConfig) -> RunReport {
     };
     let endpoints = cluster.addrs();
     let cluster: SharedCluster = Arc::new(Mutex::new(cluster));
+    let lease_watch = LeaseWatch::start(cluster.clone());
     let handle = madsim::runtime::Handle::current();
     let client_host = extra_host(&handle, "clients", 1);
 
@@ -317,6 +319,9 @@ pub async fn run(config: RunConfig) -> RunReport {
         Err(why) => {
             report.failure = Some(why);
         }
+    }
+    if let Some(why) = lease_watch.finish() {
+        report.failure = report.failure.or(Some(why));
     }
     if report.failure.is_none() {
         match check_records(&report.history, Model::Kv) {
@@ -538,8 +543,11 @@ async fn every_voter_leads(
         // (no heartbeats, no elections of their own) until the chosen one has won.
         let chosen = raft(&node)
             .ok_or_else(|| format!("voter {} does not host the focus group", index + 1))?;
+        // The chosen node stands whatever it promised the leader: as in a hand-over, the
+        // leader stops counting it in its read lease first.
         for other in running(cluster) {
             let quiet = other.id() != node.id();
+            other.exclude_from_lease(FOCUS_GROUP, node.id());
             other.set_heartbeats(FOCUS_GROUP, !quiet);
             other.set_elections(FOCUS_GROUP, !quiet);
         }

@@ -22,6 +22,10 @@ pub enum Scenario {
     /// Disk faults: failed writes and fsyncs, fsync stalls, and every node losing power at
     /// once.
     Disk,
+    /// Clocks and read leases: processes that stop and resume, leaders cut off while an
+    /// impatient operator makes other replicas stand, partitions; every node's clock runs
+    /// at its own rate (as in every scenario).
+    Clock,
 }
 
 /// A kind of fault the nemesis can inject.
@@ -40,11 +44,16 @@ pub enum FaultKind {
     /// Raft's figure 8 (5 nodes or more): the leader's latest entries are truncated on the
     /// leader itself while a copy on a follower can still commit.
     Figure8,
+    /// A node stops for a while (SIGSTOP, a long GC) and resumes: its clock ran meanwhile.
+    Pause,
+    /// A group's leader is cut off from its peers (clients still reach it) while an
+    /// operator asks other replicas to stand, again and again, until one does.
+    Depose,
 }
 
 impl Scenario {
     /// Every scenario with its name.
-    pub const ALL: [(Scenario, &'static str); 7] = [
+    pub const ALL: [(Scenario, &'static str); 8] = [
         (Scenario::Basic, "basic"),
         (Scenario::Partition, "partition"),
         (Scenario::CrashRestart, "crash-restart"),
@@ -52,6 +61,7 @@ impl Scenario {
         (Scenario::Mixed, "mixed"),
         (Scenario::Membership, "membership"),
         (Scenario::Disk, "disk"),
+        (Scenario::Clock, "clock"),
     ];
 
     /// The faults this scenario draws from.
@@ -69,8 +79,11 @@ impl Scenario {
                 FaultKind::PowerLoss,
                 FaultKind::Amnesia,
                 FaultKind::Figure8,
+                FaultKind::Pause,
+                FaultKind::Depose,
             ],
             Scenario::Disk => &[FaultKind::Disk, FaultKind::PowerLoss],
+            Scenario::Clock => &[FaultKind::Pause, FaultKind::Depose, FaultKind::Partition],
         }
     }
 
