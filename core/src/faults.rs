@@ -31,11 +31,14 @@ pub enum Fault {
     LeaseWithoutDriftMargin,
     /// A leader keeps its read lease when a vote request above its own vote arrives.
     LeaseKeptOnHigherVote,
+    /// A leader restarted in place (openraft resumes its term with no election) takes read
+    /// leases in that term, although its state may be behind what it committed.
+    LeaseInResumedTerm,
 }
 
 impl Fault {
     /// Every switch, with its command-line name.
-    pub const ALL: [(Fault, &'static str); 9] = [
+    pub const ALL: [(Fault, &'static str); 10] = [
         (Fault::VoteNotPersisted, "vote-not-persisted"),
         (Fault::AckBeforeCommit, "ack-before-commit"),
         (Fault::StaleLinearizableRead, "stale-linearizable-read"),
@@ -51,6 +54,7 @@ impl Fault {
         ),
         (Fault::LeaseWithoutDriftMargin, "lease-without-drift-margin"),
         (Fault::LeaseKeptOnHigherVote, "lease-kept-on-higher-vote"),
+        (Fault::LeaseInResumedTerm, "lease-in-resumed-term"),
     ];
 
     /// The switch named `name`.
@@ -69,6 +73,7 @@ impl Fault {
             Fault::TruncatedWriteResentAsNew => 64,
             Fault::LeaseWithoutDriftMargin => 128,
             Fault::LeaseKeptOnHigherVote => 256,
+            Fault::LeaseInResumedTerm => 512,
         }
     }
 }

@@ -107,9 +107,11 @@ impl GroupLease {
     }
 
     fn leader(&self) -> Option<MutexGuard<'_, LeaseClock>> {
-        self.leader
-            .as_ref()
-            .map(|clock| clock.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
+        self.leader.as_ref().map(|clock| {
+            clock
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+        })
     }
 
     pub(crate) fn now_ms(&self) -> u64 {
@@ -150,6 +152,10 @@ impl GroupLease {
 
     /// No lease in `term` or before: the node resumed it at start rather than won it.
     pub(crate) fn forbid_through(&self, term: u64) {
+        #[cfg(madsim)]
+        if seedkv_core::faults::enabled(seedkv_core::faults::Fault::LeaseInResumedTerm) {
+            return;
+        }
         if let Some(mut clock) = self.leader() {
             clock.forbid_through(term);
         }

@@ -1128,14 +1128,19 @@ async fn open<D: Disk>(
     let state_machine = StateMachineStore::open(dyn_disk, group)
         .await
         .map_err(|err| NodeError::Storage(format!("group {}: {err}", group.0)))?;
-    let log = LogStore::new(disk, group, state_machine.durable_applied(), syncer);
+    let mut log = LogStore::new(disk, group, state_machine.durable_applied(), syncer);
+    // openraft resumes a leadership whose vote it finds on disk with no election: its
+    // state may be behind what it committed before it stopped, and the exclusions it
+    // made are gone. No lease in that term (read from the disk: openraft's metrics do not
+    // hold the vote yet when `Raft::new` returns).
+    let stored_vote = openraft::storage::RaftLogStorage::read_vote(&mut log)
+        .await
+        .map_err(|err| NodeError::Storage(format!("group {}: {err}", group.0)))?;
+    lease.forbid_through(stored_vote.map_or(0, |vote| vote.leader_id().get_term()));
     let state = state_machine.state();
     let raft = Raft::new(id, raft_config, network, log, state_machine)
         .await
         .map_err(|err| NodeError::Raft(format!("group {}: {err}", group.0)))?;
-    // openraft resumes a leadership whose vote it finds on disk with no election, and the
-    // exclusions this node made before it stopped are gone: no lease in that term.
-    lease.forbid_through(raft.metrics().borrow().vote.leader_id().get_term());
     let handing_over = Arc::new(std::sync::atomic::AtomicBool::new(false));
     Ok(Group {
         id: group,

@@ -152,10 +152,9 @@ impl SimCluster {
                         let running = running.clone();
                         let mut config = sim_node_config(id, addr.to_string());
                         // Each start, a clock rate of its own within the drift bound.
-                        config.lease.clock =
-                            seedkv_proto::lease::Clock::skewed(clock_skew_ppm(
-                                config.lease.max_drift_ppm,
-                            ));
+                        config.lease.clock = seedkv_proto::lease::Clock::skewed(clock_skew_ppm(
+                            config.lease.max_drift_ppm,
+                        ));
                         let tracer = tracer.clone();
                         let members = members.clone();
                         let plan = plan.clone();

@@ -487,28 +487,32 @@ fn sweep(binary: &Path, args: &SimArgs) -> Result<Summary> {
     Ok(summary)
 }
 
-/// Each deliberate bug, with the cluster size its sweep runs at: a membership change without
-/// its compare can only lose an acknowledged change when a stale read names other voters
-/// that still exist, which takes five nodes.
-const BUGS: [(&str, u64); 7] = [
-    ("vote-not-persisted", 3),
-    ("ack-before-commit", 3),
-    ("stale-linearizable-read", 3),
-    ("duplicate-writes", 3),
-    ("membership-without-compare", 5),
-    ("blank-disk-votes", 3),
+/// Each deliberate bug, with the scenario and cluster size its sweep runs at: a membership
+/// change without its compare can only lose an acknowledged change when a stale read names
+/// other voters that still exist, which takes five nodes; the lease bugs need clocks that
+/// drift, leaders cut off while replicas are asked to stand, and restarts.
+const BUGS: [(&str, &str, u64); 10] = [
+    ("vote-not-persisted", "mixed", 3),
+    ("ack-before-commit", "mixed", 3),
+    ("stale-linearizable-read", "mixed", 3),
+    ("duplicate-writes", "mixed", 3),
+    ("membership-without-compare", "mixed", 5),
+    ("blank-disk-votes", "mixed", 3),
     // Raft's figure 8, which the truncation needs, takes five voters.
-    ("truncated-write-resent-as-new", 5),
+    ("truncated-write-resent-as-new", "mixed", 5),
+    ("lease-without-drift-margin", "clock", 3),
+    ("lease-kept-on-higher-vote", "clock", 3),
+    ("lease-in-resumed-term", "mixed", 3),
 ];
 
-/// For each deliberate bug: a `mixed` sweep must fail within `max_seeds`, and the failing
+/// For each deliberate bug: a sweep of its scenario must fail within `max_seeds`, and the failing
 /// seed must fail again with the same fingerprint when replayed alone.
 fn bites(args: &BitesArgs) -> Result<bool> {
     let binary = build_sim()?;
     let mut all_bite = true;
-    for (bug, nodes) in BUGS {
+    for (bug, scenario, nodes) in BUGS {
         let sweep_args = SimArgs {
-            scenario: "mixed".into(),
+            scenario: scenario.into(),
             seeds: Some(format!("0..{}", args.max_seeds)),
             seed: None,
             nodes,
@@ -523,7 +527,7 @@ fn bites(args: &BitesArgs) -> Result<bool> {
             verbose: false,
         };
         println!(
-            "--- fault {bug}: sweeping mixed seeds 0..{}",
+            "--- fault {bug}: sweeping {scenario} seeds 0..{}",
             args.max_seeds
         );
         let summary = sweep(&binary, &sweep_args)?;
