@@ -520,9 +520,51 @@ pub async fn cluster(conn: &Connection, command: ClusterCommand) -> Result<bool>
                             break;
                         }
                     }
-                    groups.push((group, map.replicas_of(group).to_vec(), seen));
+                    // Each learner's (a read replica's) lag: entries in the leader's log it
+                    // has not applied yet.
+                    let mut lags: Vec<(u64, Option<u64>)> = Vec::new();
+                    if let Some(s) = &seen {
+                        let leader_addr = s
+                            .voters
+                            .iter()
+                            .find(|m| m.id == s.leader_id)
+                            .map(|m| m.addr.clone());
+                        let leader_last = match leader_addr {
+                            Some(addr) => client
+                                .group_status(&addr, group, false)
+                                .await
+                                .ok()
+                                .map(|l| l.last_log_index),
+                            None => None,
+                        };
+                        for learner in &s.learners {
+                            let applied = client
+                                .group_status(&learner.addr, group, false)
+                                .await
+                                .ok()
+                                .map(|l| l.applied_index);
+                            let lag = leader_last
+                                .zip(applied)
+                                .map(|(last, applied)| last.saturating_sub(applied));
+                            lags.push((learner.id, lag));
+                        }
+                    }
+                    groups.push((group, map.replicas_of(group).to_vec(), seen, lags));
                 }
             }
+            let lag_text = |lags: &[(u64, Option<u64>)]| -> String {
+                if lags.is_empty() {
+                    return "-".to_string();
+                }
+                let parts: Vec<String> = lags
+                    .iter()
+                    .map(|(id, lag)| match lag {
+                        Some(lag) => format!("{id}:{lag}"),
+                        None => format!("{id}:?"),
+                    })
+                    .collect();
+                parts.join(",")
+            };
             if json {
                 let out: Vec<serde_json::Value> = rows
                     .iter()
@@ -540,12 +582,15 @@ pub async fn cluster(conn: &Connection, command: ClusterCommand) -> Result<bool>
                     .collect();
                 let groups: Vec<serde_json::Value> = groups
                     .iter()
-                    .map(|(group, replicas, seen)| match seen {
+                    .map(|(group, replicas, seen, lags)| match seen {
                         Some(s) => json!({
                             "group": group, "replicas": replicas,
                             "voters": s.voters.iter().map(|m| m.id).collect::<Vec<_>>(),
                             "learners": s.learners.iter().map(|m| m.id).collect::<Vec<_>>(),
                             "leader": s.leader_id, "term": s.term,
+                            "learner_lag_entries": lags.iter()
+                                .map(|(id, lag)| json!({ "id": id, "lag": lag }))
+                                .collect::<Vec<_>>(),
                         }),
                         None => json!({ "group": group, "replicas": replicas, "error": "no replica answered" }),
                     })
@@ -586,11 +631,12 @@ pub async fn cluster(conn: &Connection, command: ClusterCommand) -> Result<bool>
                 if !groups.is_empty() {
                     out!();
                     out!(
-                        "{:<6} {:<16} {:<16} {:<7}",
+                        "{:<6} {:<16} {:<16} {:<7} {}",
                         "GROUP",
                         "VOTERS",
                         "LEARNERS",
-                        "LEADER"
+                        "LEADER",
+                        "LEARNER LAG (ID:ENTRIES)"
                     );
                 }
                 let ids = |members: &[seedkv_proto::pb::Member]| {
@@ -601,10 +647,10 @@ pub async fn cluster(conn: &Connection, command: ClusterCommand) -> Result<bool>
                         ids.join(",")
                     }
                 };
-                for (group, replicas, seen) in &groups {
+                for (group, replicas, seen, lags) in &groups {
                     match seen {
                         Some(s) => out!(
-                            "{:<6} {:<16} {:<16} {:<7}",
+                            "{:<6} {:<16} {:<16} {:<7} {}",
                             group,
                             ids(&s.voters),
                             ids(&s.learners),
@@ -612,7 +658,8 @@ pub async fn cluster(conn: &Connection, command: ClusterCommand) -> Result<bool>
                                 "-".to_string()
                             } else {
                                 s.leader_id.to_string()
-                            }
+                            },
+                            lag_text(lags)
                         ),
                         None => {
                             out!("{group:<6} no replica answered ({})", replicas.join(", "))

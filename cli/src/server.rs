@@ -44,9 +44,18 @@ pub struct ServerArgs {
     /// initial member the same number [default: one per initial member].
     #[arg(long, env = "SEEDKV_GROUPS")]
     groups: Option<u32>,
-    /// Join the running cluster reachable at this address (as a learner, then a voter).
+    /// Join the running cluster reachable at this address (as a learner, then a voter; as
+    /// a learner of every group with `--role replica`).
     #[arg(long, env = "SEEDKV_JOIN", conflicts_with = "initial_cluster")]
     join: Option<String>,
+    /// voter, or replica: a read replica never votes, serves serializable reads from its
+    /// own state, and sends the rest to the leaders [default: voter].
+    #[arg(long, env = "SEEDKV_ROLE")]
+    role: Option<String>,
+    /// Keep everything in memory and write nothing to disk (read replicas only): the
+    /// replica catches up by snapshot at every start.
+    #[arg(long, env = "SEEDKV_DISKLESS")]
+    diskless: bool,
     /// Cluster name, recorded in the data directory [default: seedkv].
     #[arg(long, env = "SEEDKV_CLUSTER_NAME")]
     cluster_name: Option<String>,
@@ -93,6 +102,8 @@ struct FileConfig {
     initial_cluster: Option<String>,
     groups: Option<u32>,
     join: Option<String>,
+    role: Option<String>,
+    diskless: Option<bool>,
     cluster_name: Option<String>,
     snapshot_every: Option<u64>,
     max_key_bytes: Option<usize>,
@@ -116,6 +127,10 @@ pub struct Settings {
     /// Data groups to bootstrap (0: one per initial member).
     pub groups: u32,
     pub join: Option<String>,
+    /// A read replica: a learner of every group, never a voter.
+    pub replica: bool,
+    /// Everything in memory, nothing on disk (replicas only).
+    pub diskless: bool,
     pub cluster_name: String,
     pub snapshot_every: u64,
     pub limits: Limits,
@@ -189,6 +204,25 @@ impl ServerArgs {
         if initial_cluster.is_some() && join.is_some() {
             bail!("--initial-cluster and --join cannot both be set");
         }
+        let replica = match self.role.or(file.role).as_deref() {
+            None | Some("voter") => false,
+            Some("replica") => true,
+            Some(other) => bail!("--role must be voter or replica, not {other:?}"),
+        };
+        let diskless = self.diskless || file.diskless.unwrap_or(false);
+        if replica && join.is_none() {
+            bail!(
+                "--role replica needs --join HOST:PORT: a read replica joins a running \
+                 cluster as a learner of every group"
+            );
+        }
+        if diskless && !replica {
+            bail!(
+                "--diskless is for read replicas (--role replica): a voter that forgot its \
+                 vote and log at a restart could vote twice in one term and lose \
+                 acknowledged writes"
+            );
+        }
         if let Some(members) = &initial_cluster {
             if !members.iter().any(|(id, _)| *id == node_id) {
                 bail!("--initial-cluster does not list this node's id {node_id}");
@@ -254,6 +288,8 @@ impl ServerArgs {
             initial_cluster,
             groups,
             join,
+            replica,
+            diskless,
             cluster_name: self
                 .cluster_name
                 .or(file.cluster_name)
@@ -294,19 +330,24 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     config.lease.read_lease = settings.read_lease;
     config.lease.max_drift_ppm = settings.max_clock_drift_ppm;
     config.lease.clock = seedkv_io_real::clock::boot_clock();
+    config.replica = settings.replica;
     // Before anything is written: a drift bound that leaves no lease is a bad flag.
     config.lease_config()?;
     let listener = tokio::net::TcpListener::bind(&settings.listen)
         .await
         .with_context(|| format!("cannot listen on {}", settings.listen))?;
-    if !settings.data_dir.join("db").exists() {
+    if !settings.diskless && !settings.data_dir.join("db").exists() {
         refuse_if_member_before(&settings).await?;
     }
     let identity = Identity {
         node_id: settings.node_id,
         cluster: settings.cluster_name.clone(),
     };
-    let disk = Arc::new(RocksDisk::open(&settings.data_dir, &identity)?);
+    let disk = Arc::new(if settings.diskless {
+        RocksDisk::open_in_memory(&identity)?
+    } else {
+        RocksDisk::open(&settings.data_dir, &identity)?
+    });
     let node = Node::start(config, disk.clone(), discard()).await?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let serving = tokio::spawn(seedkv_io_real::serve::serve(
@@ -319,7 +360,12 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     tracing::info!(
         node = settings.node_id,
         listen = %settings.listen,
-        data_dir = %settings.data_dir.display(),
+        data_dir = %if settings.diskless {
+            "none (diskless)".to_string()
+        } else {
+            settings.data_dir.display().to_string()
+        },
+        role = if settings.replica { "replica" } else { "voter" },
         "seedkv server started"
     );
     bootstrap(&node, &settings).await?;
@@ -359,6 +405,17 @@ async fn wait_for_signal() -> Result<()> {
 
 /// Starts a new cluster, joins one, or does nothing if this node already belongs to one.
 async fn bootstrap(node: &Arc<Node>, settings: &Settings) -> Result<()> {
+    if let (Some(seed), true) = (&settings.join, settings.replica) {
+        // At every start: a diskless replica comes back with a new incarnation, and the
+        // cluster may have new groups.
+        let (node, settings, seed) = (node.clone(), settings_for_replica(settings), seed.clone());
+        tokio::spawn(async move {
+            if let Err(err) = join_as_replica(&node, &settings, &seed).await {
+                tracing::error!("{err:#}");
+            }
+        });
+        return Ok(());
+    }
     if let Some(seed) = &settings.join {
         let initialized = node.raft().is_initialized().await.unwrap_or(false);
         if initialized {
@@ -418,6 +475,84 @@ async fn refuse_if_member_before(settings: &Settings) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// What a replica's join needs from the settings.
+struct ReplicaJoin {
+    node_id: u64,
+    advertise: String,
+}
+
+fn settings_for_replica(settings: &Settings) -> ReplicaJoin {
+    ReplicaJoin {
+        node_id: settings.node_id,
+        advertise: settings.advertise.clone(),
+    }
+}
+
+/// How long a replica keeps trying to join every group before it gives up (and says so).
+const REPLICA_JOIN_MS: u64 = 600_000;
+
+/// Adds this node as a learner of the meta group and of every data group of the slot map
+/// (each add is idempotent, and replaces the incarnation a diskless replica had before).
+/// Never promotes it: a replica has no vote.
+async fn join_as_replica(node: &Arc<Node>, join: &ReplicaJoin, seed: &str) -> Result<()> {
+    let client = Client::new(ClientConfig::new(vec![seed.to_string()]));
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(REPLICA_JOIN_MS);
+    loop {
+        let attempt = async {
+            let map = client.slot_map().await?;
+            let groups: Vec<u32> = std::iter::once(0).chain(map.groups()).collect();
+            for &group in &groups {
+                client
+                    .add_learner(group, join.node_id, &join.advertise)
+                    .await?;
+                // What the group's leader holds now, after this start: reads wait for it.
+                let floor = leader_last_log(&client, seed, group).await?;
+                node.open_reads_from(seedkv_core::GroupId(group), floor);
+            }
+            Ok::<usize, seedkv_proto::ClientError>(groups.len())
+        };
+        match attempt.await {
+            Ok(groups) => {
+                tracing::info!(
+                    node = node.id(),
+                    via = seed,
+                    groups,
+                    "joined the cluster as a read replica of the meta group and every data group"
+                );
+                return Ok(());
+            }
+            Err(err) if tokio::time::Instant::now() < deadline => {
+                tracing::warn!("replica join via {seed} failed, retrying: {err}");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(err) => bail!("could not join the cluster as a replica via {seed}: {err}"),
+        }
+    }
+}
+
+/// The last log index of `group`'s leader, found through `seed`.
+async fn leader_last_log(
+    client: &Client,
+    seed: &str,
+    group: u32,
+) -> Result<u64, seedkv_proto::ClientError> {
+    let seen = client.group_status(seed, group, false).await?;
+    let leader = seen
+        .voters
+        .iter()
+        .find(|m| m.id == seen.leader_id)
+        .ok_or_else(|| {
+            seedkv_proto::ClientError::Unavailable(format!("group {group} has no leader now"))
+        })?;
+    let status = client.group_status(&leader.addr, group, false).await?;
+    if status.leader_id != leader.id {
+        return Err(seedkv_proto::ClientError::Unavailable(format!(
+            "group {group}'s leadership moved while asking"
+        )));
+    }
+    Ok(status.last_log_index)
 }
 
 async fn join(settings: &Settings, seed: &str) -> Result<()> {

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rocksdb::{
-    BlockBasedOptions, Cache, DBIteratorWithThreadMode, Direction, IteratorMode, Options,
+    BlockBasedOptions, Cache, DBIteratorWithThreadMode, Direction, Env, IteratorMode, Options,
     ReadOptions, SnapshotWithThreadMode, WriteBatch as RocksBatch, WriteOptions, DB,
 };
 use seedkv_core::codec;
@@ -61,6 +61,8 @@ pub enum OpenError {
 pub struct RocksDisk {
     db: Arc<DB>,
     dir: PathBuf,
+    /// In memory only: no write-ahead log, and nothing to make durable.
+    diskless: bool,
 }
 
 impl RocksDisk {
@@ -85,26 +87,8 @@ impl RocksDisk {
                 reason: err.to_string(),
             })?;
         }
-        let mut options = Options::default();
+        let mut options = tuned_options(dir)?;
         options.create_if_missing(fresh);
-        options.set_paranoid_checks(true);
-        // Reads are point lookups (applying a write reads its key's row) and short ordered
-        // walks: bloom filters spare a lookup of an absent key the disk reads, and the block
-        // cache is bounded so memory does not grow with the data. Filter and index blocks
-        // stay outside the cache, held by each open table (about 1.3 bytes per key): in a
-        // sharded LRU cache a filter block larger than its shard is evicted at once and
-        // reread from the file on every lookup.
-        let mut table = BlockBasedOptions::default();
-        let cache = Cache::new_lru_cache(BLOCK_CACHE_BYTES).map_err(|err| OpenError::Corrupt {
-            dir: dir.to_path_buf(),
-            reason: format!("block cache: {err}"),
-        })?;
-        table.set_block_cache(&cache);
-        table.set_bloom_filter(10.0, false);
-        table.set_cache_index_and_filter_blocks(false);
-        options.set_block_based_table_factory(&table);
-        options.set_max_background_jobs(2);
-        options.set_bytes_per_sync(1 << 20);
         let db = DB::open(&options, &db_dir).map_err(|err| {
             let reason = err.to_string();
             if reason.contains("lock") || reason.contains("Lock") {
@@ -149,6 +133,32 @@ impl RocksDisk {
         Ok(RocksDisk {
             db: Arc::new(db),
             dir: dir.to_path_buf(),
+            diskless: false,
+        })
+    }
+
+    /// A database whose files live in RocksDB's in-memory environment: nothing reaches the
+    /// machine's disks, and everything is gone when the process stops (`--diskless` read
+    /// replicas, which catch up by snapshot at every start). Same code, same views.
+    pub fn open_in_memory(identity: &Identity) -> Result<RocksDisk, OpenError> {
+        // The database's files are names in the in-memory environment; the wrapper creates
+        // the directory on the real file system first, so name one that always exists.
+        let dir = std::env::temp_dir();
+        let corrupt = |reason: String| OpenError::Corrupt {
+            dir: dir.clone(),
+            reason,
+        };
+        let env = Env::mem_env().map_err(|err| corrupt(format!("in-memory environment: {err}")))?;
+        let mut options = tuned_options(&dir)?;
+        options.set_env(&env);
+        options.create_if_missing(true);
+        let db = DB::open(&options, &dir).map_err(|err| corrupt(err.to_string()))?;
+        db.put(IDENTITY_KEY, codec::encode(identity))
+            .map_err(|err| corrupt(err.to_string()))?;
+        Ok(RocksDisk {
+            db: Arc::new(db),
+            dir,
+            diskless: true,
         })
     }
 
@@ -163,12 +173,42 @@ impl RocksDisk {
     }
 }
 
+/// The options every seedkv database opens with.
+fn tuned_options(dir: &Path) -> Result<Options, OpenError> {
+    let mut options = Options::default();
+    options.set_paranoid_checks(true);
+    // Reads are point lookups (applying a write reads its key's row) and short ordered
+    // walks: bloom filters spare a lookup of an absent key the disk reads, and the block
+    // cache is bounded so memory does not grow with the data. Filter and index blocks
+    // stay outside the cache, held by each open table (about 1.3 bytes per key): in a
+    // sharded LRU cache a filter block larger than its shard is evicted at once and
+    // reread from the file on every lookup.
+    let mut table = BlockBasedOptions::default();
+    let cache = Cache::new_lru_cache(BLOCK_CACHE_BYTES).map_err(|err| OpenError::Corrupt {
+        dir: dir.to_path_buf(),
+        reason: format!("block cache: {err}"),
+    })?;
+    table.set_block_cache(&cache);
+    table.set_bloom_filter(10.0, false);
+    table.set_cache_index_and_filter_blocks(false);
+    options.set_block_based_table_factory(&table);
+    options.set_max_background_jobs(2);
+    options.set_bytes_per_sync(1 << 20);
+    Ok(options)
+}
+
 fn io(err: impl std::fmt::Display) -> DiskError {
     DiskError::Io(err.to_string())
 }
 
 impl Disk for RocksDisk {
     async fn write(&self, batch: WriteBatch, durability: Durability) -> Result<(), DiskError> {
+        // Nothing survives a diskless process, so nothing is logged or synced.
+        let (durability, log) = if self.diskless {
+            (Durability::Buffered, false)
+        } else {
+            (durability, true)
+        };
         let db = self.db.clone();
         let write = move || {
             let mut rocks = RocksBatch::default();
@@ -181,6 +221,7 @@ impl Disk for RocksDisk {
             }
             let mut options = WriteOptions::default();
             options.set_sync(durability == Durability::Sync);
+            options.disable_wal(!log);
             db.write_opt(rocks, &options).map_err(io)
         };
         if durability == Durability::Buffered {
@@ -194,6 +235,9 @@ impl Disk for RocksDisk {
     }
 
     async fn sync(&self) -> Result<(), DiskError> {
+        if self.diskless {
+            return Ok(());
+        }
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || db.flush_wal(true).map_err(io))
             .await

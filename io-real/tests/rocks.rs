@@ -170,3 +170,34 @@ mod random_sequences {
         }
     }
 }
+
+#[tokio::test]
+async fn a_diskless_database_keeps_everything_in_memory() {
+    use seedkv_core::storage::{Disk, DiskRead, Durability, WriteBatch};
+    let disk = RocksDisk::open_in_memory(&identity(4)).expect("open in memory");
+    let mut batch = WriteBatch::default();
+    batch.put(b"k1".to_vec(), b"v1".to_vec());
+    batch.put(b"k2".to_vec(), b"v2".to_vec());
+    disk.write(batch, Durability::Sync).await.expect("write");
+    let view = disk.view().expect("view");
+    let mut later = WriteBatch::default();
+    later.delete(b"k1".to_vec());
+    disk.write(later, Durability::Buffered)
+        .await
+        .expect("write");
+    assert_eq!(disk.get(b"k1").expect("get"), None);
+    assert_eq!(view.get(b"k1").expect("get"), Some(b"v1".to_vec()));
+    assert_eq!(disk.scan(b"k", b"l", 10, false).expect("scan").len(), 1);
+    disk.sync().await.expect("sync");
+    for file in ["CURRENT", "LOCK", "IDENTITY", "LOG"] {
+        let path = disk.dir().join(file);
+        assert!(
+            !path.exists(),
+            "a diskless database wrote {} on the machine's disk",
+            path.display()
+        );
+    }
+    // A second one in the same process is a separate, empty database.
+    let other = RocksDisk::open_in_memory(&identity(5)).expect("open in memory");
+    assert_eq!(other.get(b"k2").expect("get"), None);
+}

@@ -49,6 +49,11 @@ pub struct NodeConfig {
     pub limits: Limits,
     /// Read leases and the clock they run on.
     pub lease: LeaseSettings,
+    /// A read replica (`--role replica`): it serves a group's serializable reads only once
+    /// it has applied what that group's leader held after this start (see
+    /// [`Node::open_reads_from`]), so a client reading from it never goes back in time,
+    /// even across a restart of a diskless replica.
+    pub replica: bool,
 }
 
 impl NodeConfig {
@@ -71,6 +76,7 @@ impl NodeConfig {
             },
             limits: Limits::default(),
             lease: LeaseSettings::default(),
+            replica: false,
         }
     }
 }
@@ -117,6 +123,9 @@ pub(crate) struct Group {
     /// are refused (clients retry), so the log stops growing and the other can hold all of
     /// it (see `seedkv_core::leadership`).
     pub(crate) handing_over: Arc<std::sync::atomic::AtomicBool>,
+    /// On a read replica: the applied index from which this group's serializable reads are
+    /// served (`None`: not known yet, every read refused).
+    read_floor: std::sync::Mutex<Option<u64>>,
     /// Whether this replica may stand for election in the group, as its operator (or the
     /// simulator) wants it; a quiet lease turns elections off meanwhile too.
     elections: std::sync::atomic::AtomicBool,
@@ -242,6 +251,8 @@ pub struct Node {
     /// Set when the node hands leadership over before stopping: writes are refused
     /// unproposed, so the leader's log stops growing and the chosen node can match it.
     handing_over: std::sync::atomic::AtomicBool,
+    /// A read replica: serializable reads wait for each group's read floor.
+    replica: bool,
 }
 
 /// How often a bootstrap waiting for the other initial members tries again.
@@ -348,6 +359,7 @@ impl Node {
             beating: std::sync::atomic::AtomicBool::new(true),
             peers,
             handing_over: std::sync::atomic::AtomicBool::new(false),
+            replica: config.replica,
         });
         tokio::spawn(crate::pinning::pin_incarnations(Arc::downgrade(&node)));
         tokio::spawn(crate::keeper::keep_grants(Arc::downgrade(&node)));
@@ -732,6 +744,43 @@ impl Node {
             .map_err(|fatal| Status::unavailable(format!("raft stopped: {fatal}")))
     }
 
+    /// On a read replica: serve `group`'s serializable reads once its applied index reaches
+    /// `floor`, the last log index its leader held after this node started (every entry
+    /// this node could have served before a restart is at or below it).
+    pub fn open_reads_from(&self, group: GroupId, floor: u64) -> bool {
+        let Some(group) = self.hosted(group) else {
+            return false;
+        };
+        let mut held = group
+            .read_floor
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        *held = Some(held.map_or(floor, |at| at.max(floor)));
+        true
+    }
+
+    /// Refuses a replica's serializable read of `group` until it caught up once since start.
+    fn caught_up_since_start(&self, group: &Group) -> Result<(), Status> {
+        let floor = *group
+            .read_floor
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let applied = group.state.last_applied().map_or(0, |id| id.index);
+        match floor {
+            Some(floor) if applied >= floor => Ok(()),
+            Some(floor) => Err(Status::unavailable(format!(
+                "this read replica is catching up with group {} since it started (applied \
+                 {applied} of {floor}): read from another node",
+                group.id.0
+            ))),
+            None => Err(Status::unavailable(format!(
+                "this read replica has not yet learned how far group {} got before it \
+                 started: read from another node",
+                group.id.0
+            ))),
+        }
+    }
+
     /// Ends this node's read lease of `group` for the rest of the term (another node is
     /// about to be asked to stand); false if the node does not host the group.
     pub fn revoke_lease(&self, group: GroupId) -> bool {
@@ -1063,6 +1112,9 @@ impl Node {
         let consistency = pb::Consistency::try_from(consistency)
             .map_err(|_| Status::invalid_argument(format!("unknown consistency {consistency}")))?;
         if consistency == pb::Consistency::Serializable {
+            if self.replica {
+                self.caught_up_since_start(group)?;
+            }
             return read(group);
         }
         #[cfg(madsim)]
@@ -1153,6 +1205,7 @@ async fn open<D: Disk>(
         heartbeats: std::sync::atomic::AtomicBool::new(true),
         handing_over,
         elections: std::sync::atomic::AtomicBool::new(true),
+        read_floor: std::sync::Mutex::new(None),
         quiet_until: std::sync::Mutex::new(None),
         vote_refreshed: std::sync::Mutex::new(None),
         raft,
