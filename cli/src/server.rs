@@ -408,12 +408,7 @@ async fn bootstrap(node: &Arc<Node>, settings: &Settings) -> Result<()> {
     if let (Some(seed), true) = (&settings.join, settings.replica) {
         // At every start: a diskless replica comes back with a new incarnation, and the
         // cluster may have new groups.
-        let (node, settings, seed) = (node.clone(), settings_for_replica(settings), seed.clone());
-        tokio::spawn(async move {
-            if let Err(err) = join_as_replica(&node, &settings, &seed).await {
-                tracing::error!("{err:#}");
-            }
-        });
+        node.join_as_replica_in_background(seed.clone());
         return Ok(());
     }
     if let Some(seed) = &settings.join {
@@ -475,84 +470,6 @@ async fn refuse_if_member_before(settings: &Settings) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// What a replica's join needs from the settings.
-struct ReplicaJoin {
-    node_id: u64,
-    advertise: String,
-}
-
-fn settings_for_replica(settings: &Settings) -> ReplicaJoin {
-    ReplicaJoin {
-        node_id: settings.node_id,
-        advertise: settings.advertise.clone(),
-    }
-}
-
-/// How long a replica keeps trying to join every group before it gives up (and says so).
-const REPLICA_JOIN_MS: u64 = 600_000;
-
-/// Adds this node as a learner of the meta group and of every data group of the slot map
-/// (each add is idempotent, and replaces the incarnation a diskless replica had before).
-/// Never promotes it: a replica has no vote.
-async fn join_as_replica(node: &Arc<Node>, join: &ReplicaJoin, seed: &str) -> Result<()> {
-    let client = Client::new(ClientConfig::new(vec![seed.to_string()]));
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(REPLICA_JOIN_MS);
-    loop {
-        let attempt = async {
-            let map = client.slot_map().await?;
-            let groups: Vec<u32> = std::iter::once(0).chain(map.groups()).collect();
-            for &group in &groups {
-                client
-                    .add_learner(group, join.node_id, &join.advertise)
-                    .await?;
-                // What the group's leader holds now, after this start: reads wait for it.
-                let floor = leader_last_log(&client, seed, group).await?;
-                node.open_reads_from(seedkv_core::GroupId(group), floor);
-            }
-            Ok::<usize, seedkv_proto::ClientError>(groups.len())
-        };
-        match attempt.await {
-            Ok(groups) => {
-                tracing::info!(
-                    node = node.id(),
-                    via = seed,
-                    groups,
-                    "joined the cluster as a read replica of the meta group and every data group"
-                );
-                return Ok(());
-            }
-            Err(err) if tokio::time::Instant::now() < deadline => {
-                tracing::warn!("replica join via {seed} failed, retrying: {err}");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            Err(err) => bail!("could not join the cluster as a replica via {seed}: {err}"),
-        }
-    }
-}
-
-/// The last log index of `group`'s leader, found through `seed`.
-async fn leader_last_log(
-    client: &Client,
-    seed: &str,
-    group: u32,
-) -> Result<u64, seedkv_proto::ClientError> {
-    let seen = client.group_status(seed, group, false).await?;
-    let leader = seen
-        .voters
-        .iter()
-        .find(|m| m.id == seen.leader_id)
-        .ok_or_else(|| {
-            seedkv_proto::ClientError::Unavailable(format!("group {group} has no leader now"))
-        })?;
-    let status = client.group_status(&leader.addr, group, false).await?;
-    if status.leader_id != leader.id {
-        return Err(seedkv_proto::ClientError::Unavailable(format!(
-            "group {group}'s leadership moved while asking"
-        )));
-    }
-    Ok(status.last_log_index)
 }
 
 async fn join(settings: &Settings, seed: &str) -> Result<()> {

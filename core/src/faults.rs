@@ -34,11 +34,14 @@ pub enum Fault {
     /// A leader restarted in place (openraft resumes its term with no election) takes read
     /// leases in that term, although its state may be behind what it committed.
     LeaseInResumedTerm,
+    /// A read replica serves serializable reads as soon as it starts, before it caught up
+    /// with what the leaders held: after a restart a client may read older data than before.
+    ReplicaReadsBeforeCaughtUp,
 }
 
 impl Fault {
     /// Every switch, with its command-line name.
-    pub const ALL: [(Fault, &'static str); 10] = [
+    pub const ALL: [(Fault, &'static str); 11] = [
         (Fault::VoteNotPersisted, "vote-not-persisted"),
         (Fault::AckBeforeCommit, "ack-before-commit"),
         (Fault::StaleLinearizableRead, "stale-linearizable-read"),
@@ -55,6 +58,10 @@ impl Fault {
         (Fault::LeaseWithoutDriftMargin, "lease-without-drift-margin"),
         (Fault::LeaseKeptOnHigherVote, "lease-kept-on-higher-vote"),
         (Fault::LeaseInResumedTerm, "lease-in-resumed-term"),
+        (
+            Fault::ReplicaReadsBeforeCaughtUp,
+            "replica-reads-before-caught-up",
+        ),
     ];
 
     /// The switch named `name`.
@@ -74,6 +81,7 @@ impl Fault {
             Fault::LeaseWithoutDriftMargin => 128,
             Fault::LeaseKeptOnHigherVote => 256,
             Fault::LeaseInResumedTerm => 512,
+            Fault::ReplicaReadsBeforeCaughtUp => 1024,
         }
     }
 }

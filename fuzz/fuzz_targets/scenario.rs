@@ -53,6 +53,7 @@ fuzz_target!(|data: &[u8]| {
         nodes: 3,
         groups: 2,
         replicas: 0,
+        read_replicas: 0,
         workload: WorkloadConfig {
             clients: 3,
             keys: 4,

@@ -24,6 +24,7 @@ pub mod node;
 mod pinning;
 pub mod proposer;
 pub mod read_index;
+pub mod replica;
 pub mod status;
 pub mod trace;
 

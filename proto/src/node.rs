@@ -663,6 +663,11 @@ impl Node {
         )
     }
 
+    /// The address peers and clients reach this node at.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
     /// This node's id.
     pub fn id(&self) -> NodeId {
         self.id
@@ -761,6 +766,10 @@ impl Node {
 
     /// Refuses a replica's serializable read of `group` until it caught up once since start.
     fn caught_up_since_start(&self, group: &Group) -> Result<(), Status> {
+        #[cfg(madsim)]
+        if seedkv_core::faults::enabled(seedkv_core::faults::Fault::ReplicaReadsBeforeCaughtUp) {
+            return Ok(());
+        }
         let floor = *group
             .read_floor
             .lock()

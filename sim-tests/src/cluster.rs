@@ -81,6 +81,8 @@ pub struct SimCluster {
     pub net: NetFaults,
     /// The slot map the cluster bootstraps with.
     pub plan: SlotMap,
+    /// The bootstrap members: nodes `0..initial`; the rest are read replicas.
+    initial: usize,
 }
 
 /// The data group the staged faults (amnesia from bootstrap, figure 8) and the liveness
@@ -100,10 +102,12 @@ fn lock(slot: &Slot) -> std::sync::MutexGuard<'_, Option<Arc<Node>>> {
 
 impl SimCluster {
     /// Starts `n` nodes that bootstrap a cluster of `groups` data groups of `replicas`
-    /// replicas each (0: every node). They serve at once but form no cluster until
-    /// initialized.
+    /// replicas each (0: every node), and `read_replicas` more nodes that join it as read
+    /// replicas (`--role replica`: learners of every group) at every start. They serve at
+    /// once but form no cluster until initialized.
     pub fn start(
         n: usize,
+        read_replicas: usize,
         groups: u32,
         replicas: u32,
         tracer: Tracer,
@@ -131,10 +135,13 @@ impl SimCluster {
                 err.message()
             ),
         };
-        for index in 0..n {
+        let seed = members.values().next().cloned().unwrap_or_default();
+        for index in 0..n + read_replicas {
             let id = index as u64 + 1;
+            let replica = index >= n;
             let ip = IpAddr::V4(Ipv4Addr::new(10, 0, 0, id as u8));
             let addr = SocketAddr::new(ip, PORT);
+            let seed = seed.clone();
             let disk = SimDisk::new(disk.clone());
             let running: Slot = Arc::new(Mutex::new(None));
             let host = {
@@ -151,6 +158,8 @@ impl SimCluster {
                         let disk = disk.open();
                         let running = running.clone();
                         let mut config = sim_node_config(id, addr.to_string());
+                        config.replica = replica;
+                        let seed = seed.clone();
                         // Each start, a clock rate of its own within the drift bound.
                         config.lease.clock = seedkv_proto::lease::Clock::skewed(clock_skew_ppm(
                             config.lease.max_drift_ppm,
@@ -164,7 +173,11 @@ impl SimCluster {
                                 Err(err) => panic!("node {id} failed to start: {err}"),
                             };
                             *lock(&running) = Some(node.clone());
-                            node.bootstrap_in_background(members, plan.clone());
+                            if replica {
+                                node.join_as_replica_in_background(seed);
+                            } else {
+                                node.bootstrap_in_background(members, plan.clone());
+                            }
                             if let Err(err) = node.serve(addr).await {
                                 panic!("node {id} stopped serving: {err}");
                             }
@@ -184,6 +197,7 @@ impl SimCluster {
         }
         let net = NetFaults::new(nodes.iter().map(|n| n.host.id()).collect());
         SimCluster {
+            initial: n,
             plan,
             handle,
             nodes,
@@ -207,12 +221,31 @@ impl SimCluster {
 
     /// `(id, address)` of every node.
     pub fn members(&self) -> Vec<(u64, String)> {
-        self.nodes.iter().map(|n| (n.id, n.addr.clone())).collect()
+        self.nodes[..self.initial]
+            .iter()
+            .map(|n| (n.id, n.addr.clone()))
+            .collect()
     }
 
-    /// Every node's address.
+    /// Every bootstrap member's address (read replicas excluded).
     pub fn addrs(&self) -> Vec<String> {
-        self.nodes.iter().map(|n| n.addr.clone()).collect()
+        self.nodes[..self.initial]
+            .iter()
+            .map(|n| n.addr.clone())
+            .collect()
+    }
+
+    /// How many bootstrap members there are (nodes `0..initial`).
+    pub fn initial(&self) -> usize {
+        self.initial
+    }
+
+    /// The read replicas' addresses.
+    pub fn replica_addrs(&self) -> Vec<String> {
+        self.nodes[self.initial..]
+            .iter()
+            .map(|n| n.addr.clone())
+            .collect()
     }
 
     /// The running node at `index`, if it is up and started.

@@ -31,6 +31,9 @@ struct Args {
     /// Replicas per data group (0: every node).
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=7))]
     replicas: u32,
+    /// Read replicas (`--role replica`: learners of every group) beside the members.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=2))]
+    read_replicas: u64,
     /// Concurrent clients.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=64))]
     clients: u64,
@@ -97,6 +100,7 @@ fn run(args: Args) -> Result<ExitCode, String> {
         nodes: args.nodes as usize,
         groups: args.groups,
         replicas: args.replicas,
+        read_replicas: args.read_replicas as usize,
         workload: WorkloadConfig {
             clients: args.clients as usize,
             keys: args.keys as usize,

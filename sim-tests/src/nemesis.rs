@@ -400,7 +400,8 @@ async fn amnesia_from_bootstrap(
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
-    let n = lock(cluster).len();
+    // The bootstrap members: a read replica holds no vote to lose.
+    let n = lock(cluster).initial();
     if n < 3 || Instant::now() + Duration::from_secs(5) > deadline {
         return Vec::new();
     }

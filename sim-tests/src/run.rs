@@ -28,6 +28,8 @@ pub struct RunConfig {
     pub groups: u32,
     /// Replicas per data group (0: every node).
     pub replicas: u32,
+    /// Read replicas (learners of every group) beside the `nodes` members.
+    pub read_replicas: usize,
     pub workload: WorkloadConfig,
     /// Bound on reaching convergence after the faults end (virtual time).
     pub converge_timeout: Duration,
@@ -119,6 +121,7 @@ pub async fn run(config: RunConfig) -> RunReport {
 
     let cluster = SimCluster::start(
         config.nodes,
+        config.read_replicas,
         config.groups,
         config.replicas,
         tracer,
@@ -132,6 +135,7 @@ pub async fn run(config: RunConfig) -> RunReport {
         r => r,
     };
     let endpoints = cluster.addrs();
+    let replica_addrs = cluster.replica_addrs();
     let cluster: SharedCluster = Arc::new(Mutex::new(cluster));
     let lease_watch = LeaseWatch::start(cluster.clone());
     let handle = madsim::runtime::Handle::current();
@@ -187,6 +191,17 @@ pub async fn run(config: RunConfig) -> RunReport {
             history.clone(),
         )));
     }
+    // One reader per read replica, beside the workload: a replica never goes back in time.
+    let replica_readers: Vec<_> = replica_addrs
+        .iter()
+        .map(|addr| {
+            client_host.spawn(workload::read_from_replica(
+                addr.clone(),
+                config.workload.keys,
+                deadline,
+            ))
+        })
+        .collect();
     // Membership changes come from an operator of their own (not with a fuzzer's plan).
     // One operator per Raft group, all on one host.
     let operator = (config.scenario.changes_membership() && config.plan.is_none()).then(|| {
@@ -260,6 +275,20 @@ pub async fn run(config: RunConfig) -> RunReport {
                     start,
                     &trace,
                     "the operator did not finish within 120 s of the deadline".into(),
+                )
+            }
+        }
+    }
+    for (reader, addr) in replica_readers.into_iter().zip(&replica_addrs) {
+        let budget = deadline.saturating_duration_since(Instant::now()) + Duration::from_secs(30);
+        match tokio::time::timeout(budget, reader).await {
+            Ok(Ok(Ok(served))) => note(format!("read replica {addr} served {served} reads")),
+            Ok(Ok(Err(why))) => return failed(start, &trace, why),
+            _ => {
+                return failed(
+                    start,
+                    &trace,
+                    "a read replica's reader did not finish within 30 s of its deadline".into(),
                 )
             }
         }

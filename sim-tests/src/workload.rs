@@ -34,7 +34,7 @@ pub type History = Arc<Mutex<Vec<Record>>>;
 /// Key `i` of the workload. Keys come in pairs (`2j`, `2j+1`) that share a hash tag
 /// `{pj.n}`, so the multi-key operations, which join a pair, stay in one slot; the tags
 /// spread the pairs over the slot space (see [`pair_tag`]), so every data group serves some.
-fn key_name(i: usize) -> String {
+pub fn key_name(i: usize) -> String {
     format!("{{{}}}k{i}", pair_tag(i / 2))
 }
 
@@ -71,6 +71,45 @@ pub fn client(endpoints: Vec<String>) -> Arc<Client> {
     client_config.max_attempts = 10;
     client_config.retry_backoff_ms = 50;
     Arc::new(Client::new(client_config))
+}
+
+/// A reader of one read replica, until `deadline`: serializable gets of random keys, each
+/// required to be no older than the last one this reader saw of that key (a replica never
+/// goes back in time, restarts included). Returns how many reads it served, or the first
+/// regression found.
+pub async fn read_from_replica(
+    addr: String,
+    keys: usize,
+    deadline: Instant,
+) -> Result<u64, String> {
+    let mut config = ClientConfig::new(vec![addr.clone()]);
+    config.request_timeout_ms = 1_000;
+    config.max_attempts = 2;
+    let client = Client::new(config);
+    let mut seen: std::collections::BTreeMap<usize, u64> = Default::default();
+    let mut served = 0u64;
+    while Instant::now() < deadline {
+        let i = thread_rng().gen_range(0..keys);
+        if let Ok(Some(found)) = client
+            .get(key_name(i).as_bytes(), Consistency::Serializable)
+            .await
+        {
+            served += 1;
+            let last = seen.entry(i).or_insert(0);
+            if found.revision < *last {
+                return Err(format!(
+                    "read replica {addr} went back in time: key {} at revision {} after {} \
+                     ({served} reads served)",
+                    key_name(i),
+                    found.revision,
+                    last
+                ));
+            }
+            *last = found.revision;
+        }
+        tokio::time::sleep(Duration::from_millis(thread_rng().gen_range(5..40))).await;
+    }
+    Ok(served)
 }
 
 /// After the run healed: one linearizable read of every key, recorded like any other call.

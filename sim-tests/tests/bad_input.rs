@@ -29,7 +29,7 @@ fn invalid(result: Result<impl std::fmt::Debug, ClientError>, needle: &str) {
 
 #[madsim::test]
 async fn limits_and_unknown_nodes_are_refused_clearly() {
-    let cluster = SimCluster::start(3, 3, 0, discard(), DiskConfig::default());
+    let cluster = SimCluster::start(3, 0, 3, 0, discard(), DiskConfig::default());
     let members = cluster.members();
     let endpoints = cluster.addrs();
     let client_host = madsim::runtime::Handle::current()

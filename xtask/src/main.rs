@@ -120,6 +120,9 @@ struct SimArgs {
     /// Replicas per data group (every node when not given).
     #[arg(long)]
     replicas: Option<u64>,
+    /// Read replicas (learners of every group) beside the nodes.
+    #[arg(long)]
+    read_replicas: Option<u64>,
     /// Concurrent clients.
     #[arg(long)]
     clients: Option<u64>,
@@ -279,6 +282,9 @@ fn replay_command(args: &SimArgs, seed: u64) -> String {
         "cargo xtask sim --scenario {} --seed {seed} --nodes {} --groups {}",
         args.scenario, args.nodes, args.groups
     );
+    if let Some(read_replicas) = args.read_replicas {
+        line.push_str(&format!(" --read-replicas {read_replicas}"));
+    }
     if let Some(replicas) = args.replicas {
         line.push_str(&format!(" --replicas {replicas}"));
     }
@@ -314,6 +320,9 @@ fn run_seed(binary: &Path, args: &SimArgs, seed: u64) -> SeedRun {
         .args(["--nodes", &args.nodes.to_string()])
         .args(["--groups", &args.groups.to_string()])
         .stdin(Stdio::null());
+    if let Some(read_replicas) = args.read_replicas {
+        cmd.args(["--read-replicas", &read_replicas.to_string()]);
+    }
     if let Some(replicas) = args.replicas {
         cmd.args(["--replicas", &replicas.to_string()]);
     }
@@ -490,19 +499,22 @@ fn sweep(binary: &Path, args: &SimArgs) -> Result<Summary> {
 /// Each deliberate bug, with the scenario and cluster size its sweep runs at: a membership
 /// change without its compare can only lose an acknowledged change when a stale read names
 /// other voters that still exist, which takes five nodes; the lease bugs need clocks that
-/// drift, leaders cut off while replicas are asked to stand, and restarts.
-const BUGS: [(&str, &str, u64); 10] = [
-    ("vote-not-persisted", "mixed", 3),
-    ("ack-before-commit", "mixed", 3),
-    ("stale-linearizable-read", "mixed", 3),
-    ("duplicate-writes", "mixed", 3),
-    ("membership-without-compare", "mixed", 5),
-    ("blank-disk-votes", "mixed", 3),
+/// drift, leaders cut off while replicas are asked to stand, and restarts; the last number
+/// is the read replicas beside the nodes.
+const BUGS: [(&str, &str, u64, u64); 11] = [
+    ("vote-not-persisted", "mixed", 3, 0),
+    ("ack-before-commit", "mixed", 3, 0),
+    ("stale-linearizable-read", "mixed", 3, 0),
+    ("duplicate-writes", "mixed", 3, 0),
+    ("membership-without-compare", "mixed", 5, 0),
+    ("blank-disk-votes", "mixed", 3, 0),
     // Raft's figure 8, which the truncation needs, takes five voters.
-    ("truncated-write-resent-as-new", "mixed", 5),
-    ("lease-without-drift-margin", "clock", 3),
-    ("lease-kept-on-higher-vote", "clock", 3),
-    ("lease-in-resumed-term", "mixed", 3),
+    ("truncated-write-resent-as-new", "mixed", 5, 0),
+    ("lease-without-drift-margin", "clock", 3, 0),
+    ("lease-kept-on-higher-vote", "clock", 3, 0),
+    ("lease-in-resumed-term", "mixed", 3, 0),
+    // A read replica restarted while the others write.
+    ("replica-reads-before-caught-up", "mixed", 3, 1),
 ];
 
 /// For each deliberate bug: a sweep of its scenario must fail within `max_seeds`, and the failing
@@ -510,7 +522,7 @@ const BUGS: [(&str, &str, u64); 10] = [
 fn bites(args: &BitesArgs) -> Result<bool> {
     let binary = build_sim()?;
     let mut all_bite = true;
-    for (bug, scenario, nodes) in BUGS {
+    for (bug, scenario, nodes, read_replicas) in BUGS {
         let sweep_args = SimArgs {
             scenario: scenario.into(),
             seeds: Some(format!("0..{}", args.max_seeds)),
@@ -518,6 +530,7 @@ fn bites(args: &BitesArgs) -> Result<bool> {
             nodes,
             groups: 3,
             replicas: None,
+            read_replicas: (read_replicas > 0).then_some(read_replicas),
             clients: None,
             duration_s: None,
             faults: vec![bug.into()],
@@ -662,6 +675,7 @@ fn test(args: &TestArgs) -> Result<bool> {
         nodes: 5,
         groups: 3,
         replicas: None,
+        read_replicas: None,
         clients: None,
         duration_s: None,
         faults: vec![],
@@ -698,6 +712,16 @@ fn test(args: &TestArgs) -> Result<bool> {
     };
     println!("--- sweep: mixed, 5 nodes, 3 replicas per data group, seeds 0..30");
     tally(sweep(&binary, &placed)?);
+    // A read replica beside three voters: it joins every group at every start, is crashed,
+    // paused and cut off like any node, and must never serve a read older than one it served.
+    let with_replica = SimArgs {
+        seeds: Some("0..30".into()),
+        nodes: 3,
+        read_replicas: Some(1),
+        ..mixed.clone()
+    };
+    println!("--- sweep: mixed, 3 nodes and a read replica, seeds 0..30");
+    tally(sweep(&binary, &with_replica)?);
     let twice = SimArgs {
         seeds: Some("1000..1020".into()),
         twice: true,

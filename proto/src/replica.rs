@@ -1,0 +1,110 @@
+//! Read replicas: a node that is a learner of the meta group and of every data group.
+//!
+//! A replica never votes, so it adds nothing to any quorum and no lease counts on it. It
+//! serves serializable reads from its own state, once it has applied what each group's
+//! leader held after the replica started ([`Node::open_reads_from`]): a client reading from
+//! one replica never sees it go back in time, even when a diskless replica restarts empty.
+//! Joining is idempotent and runs at every start: a diskless replica comes back with a new
+//! incarnation, which replaces the one its learner entry recorded, and the cluster may
+//! have new groups.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::ServerState;
+use seedkv_core::GroupId;
+
+use crate::client::{Client, ClientConfig, ClientError};
+use crate::node::Node;
+
+/// How long a replica keeps trying to join every group before it gives up (and says so).
+pub const REPLICA_JOIN_MS: u64 = 600_000;
+
+/// Between two attempts to join.
+const REPLICA_JOIN_RETRY_MS: u64 = 500;
+
+impl Node {
+    /// Joins the cluster reachable at `seed` as a read replica, in the background: a learner
+    /// of the meta group and of every data group of the slot map, each group's reads opened
+    /// from its leader's last log index. Retries until it has joined every group, the node
+    /// stops, or [`REPLICA_JOIN_MS`] pass.
+    pub fn join_as_replica_in_background(self: &Arc<Self>, seed: String) {
+        let node = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut config = ClientConfig::new(vec![seed.clone()]);
+            config.request_timeout_ms = 2_000;
+            let client = Client::new(config);
+            let deadline = tokio::time::Instant::now() + Duration::from_millis(REPLICA_JOIN_MS);
+            loop {
+                let Some(node) = node.upgrade() else {
+                    return;
+                };
+                if node.raft().metrics().borrow().state == ServerState::Shutdown {
+                    return;
+                }
+                match join_every_group(&node, &client, &seed).await {
+                    Ok(groups) => {
+                        tracing::info!(
+                            node = node.id(),
+                            via = seed,
+                            groups,
+                            "a read replica of the meta group and every data group"
+                        );
+                        return;
+                    }
+                    Err(err) if tokio::time::Instant::now() < deadline => {
+                        tracing::warn!(node = node.id(), "replica join via {seed}: {err}");
+                    }
+                    Err(err) => {
+                        tracing::error!(
+                            node = node.id(),
+                            "gave up joining as a replica via {seed} after {} s: {err}",
+                            REPLICA_JOIN_MS / 1_000
+                        );
+                        return;
+                    }
+                }
+                drop(node);
+                tokio::time::sleep(Duration::from_millis(REPLICA_JOIN_RETRY_MS)).await;
+            }
+        });
+    }
+}
+
+/// One attempt: every group, the meta group first; returns how many.
+async fn join_every_group(node: &Node, client: &Client, seed: &str) -> Result<usize, ClientError> {
+    let map = client.slot_map().await?;
+    let groups: Vec<u32> = std::iter::once(0).chain(map.groups()).collect();
+    for &group in &groups {
+        // Already a learner as this incarnation: nothing to change (an add that changes
+        // nothing still writes a membership entry, which a candidate would have to match).
+        let seen = client.group_status(seed, group, false).await?;
+        let recorded = seen.learners.iter().any(|m| {
+            m.id == node.id() && m.addr == node.addr() && m.incarnation == node.incarnation()
+        });
+        if !recorded {
+            client.add_learner(group, node.id(), node.addr()).await?;
+        }
+        // What the group's leader holds now, after this start: reads wait for it.
+        let floor = leader_last_log(client, seed, group).await?;
+        node.open_reads_from(GroupId(group), floor);
+    }
+    Ok(groups.len())
+}
+
+/// The last log index of `group`'s leader, found through `seed`.
+async fn leader_last_log(client: &Client, seed: &str, group: u32) -> Result<u64, ClientError> {
+    let seen = client.group_status(seed, group, false).await?;
+    let leader = seen
+        .voters
+        .iter()
+        .find(|m| m.id == seen.leader_id)
+        .ok_or_else(|| ClientError::Unavailable(format!("group {group} has no leader now")))?;
+    let status = client.group_status(&leader.addr, group, false).await?;
+    if status.leader_id != leader.id {
+        return Err(ClientError::Unavailable(format!(
+            "group {group}'s leadership moved while asking"
+        )));
+    }
+    Ok(status.last_log_index)
+}
