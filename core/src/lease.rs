@@ -122,8 +122,9 @@ pub struct LeaseClock {
     configs: Vec<BTreeSet<NodeId>>,
     /// Per voter, the latest send time of an append of `term` it accepted.
     acked_at_ms: BTreeMap<NodeId, u64>,
-    /// Voters whose acknowledgements no longer count this term (offered the leadership).
-    excluded: BTreeSet<NodeId>,
+    /// Voters offered the leadership, with the term they were offered it in: their
+    /// acknowledgements of that term or any before it never count.
+    excluded: BTreeMap<NodeId, u64>,
     /// No lease for the rest of the term.
     revoked: bool,
     /// No lease in this term or any before it (terms this process resumed rather than won).
@@ -139,19 +140,23 @@ impl LeaseClock {
             term: 0,
             configs: Vec::new(),
             acked_at_ms: BTreeMap::new(),
-            excluded: BTreeSet::new(),
+            excluded: BTreeMap::new(),
             revoked: false,
             no_lease_through: 0,
         }
     }
 
-    /// No lease in `term` or any term before it. A leader restarted in place resumes its
+    /// No lease in `term` or any term before it, whatever term this clock has followed so
+    /// far: the caller names the term the node leads now, so a revocation made before
+    /// the clock learned of that term (no read checked it yet) still holds once it does.
+    /// Also how a term resumed at start is refused: a leader restarted in place resumes its
     /// term with no election, and the exclusions it made before the crash were lost with
-    /// its memory: a delayed offer may still make a target stand.
-    pub fn forbid_through(&mut self, term: u64) {
+    /// its memory.
+    pub fn revoke_through(&mut self, term: u64) {
         self.no_lease_through = self.no_lease_through.max(term);
         if self.term <= self.no_lease_through {
-            self.revoke();
+            self.revoked = true;
+            self.acked_at_ms.clear();
         }
     }
 
@@ -166,7 +171,7 @@ impl LeaseClock {
         if term != self.term {
             self.term = term;
             self.acked_at_ms.clear();
-            self.excluded.clear();
+            self.excluded.retain(|_, through| *through >= term);
             self.revoked = term <= self.no_lease_through;
         }
         self.set_configs(configs);
@@ -184,7 +189,11 @@ impl LeaseClock {
     /// `peer` accepted an append of `term` that this node sent at `sent_at_ms`. Responses
     /// may arrive out of order: the latest send time is kept.
     pub fn on_ack(&mut self, term: u64, peer: NodeId, sent_at_ms: u64) {
-        if term != self.term || self.revoked || self.excluded.contains(&peer) {
+        let excluded = self
+            .excluded
+            .get(&peer)
+            .is_some_and(|through| *through >= term);
+        if term != self.term || self.revoked || excluded {
             return;
         }
         if !self.configs.iter().any(|voters| voters.contains(&peer)) {
@@ -194,26 +203,27 @@ impl LeaseClock {
         *at = (*at).max(sent_at_ms);
     }
 
-    /// The leadership is being offered to `peer`: it may stand at once, whatever it
-    /// accepted, so nothing it accepted counts for the rest of the term.
-    pub fn exclude(&mut self, peer: NodeId) {
-        self.excluded.insert(peer);
-        self.acked_at_ms.remove(&peer);
+    /// The leadership of `term` (the term the node leads now) is being offered to `peer`:
+    /// it may stand at once, whatever it accepted, so nothing it accepted in that term
+    /// counts, even if this clock has not followed that term yet.
+    pub fn exclude(&mut self, peer: NodeId, term: u64) {
+        let through = self.excluded.entry(peer).or_insert(term);
+        *through = (*through).max(term);
+        if self.term <= term {
+            self.acked_at_ms.remove(&peer);
+        }
     }
 
-    /// Something may let another leader be elected (a vote request for a higher term): no
-    /// lease for the rest of this term.
-    pub fn revoke(&mut self) {
-        self.revoked = true;
-        self.acked_at_ms.clear();
-    }
-
-    /// A vote request for `candidate` at `term` reached this node. openraft's leader ids
-    /// are ordered by term, then node: one above this node's own at the term it leads may
-    /// be granted once the leader's own vote is old, so it revokes the lease.
-    pub fn on_vote_request(&mut self, term: u64, candidate: NodeId) {
-        if (term, candidate) > (self.term, self.me) {
-            self.revoke();
+    /// A vote request for `candidate` at `term` reached this node, whose own vote is now of
+    /// `vote_term` (openraft's). openraft's leader ids are ordered by term, then node: one
+    /// above this node's own may be granted once the leader's own vote is old, so it ends
+    /// the lease. openraft's vote may be ahead of the term this clock followed (no read
+    /// checked the new term yet) or already moved to the candidate's (a higher vote seen
+    /// in a reply), so the request is compared with the lower of the two, and ends every
+    /// lease up to the higher.
+    pub fn on_vote_request(&mut self, term: u64, candidate: NodeId, vote_term: u64) {
+        if (term, candidate) > (vote_term.min(self.term), self.me) {
+            self.revoke_through(vote_term.max(self.term));
         }
     }
 
@@ -363,13 +373,13 @@ mod tests {
         clock.on_ack(3, 9, 100);
         assert_eq!(clock.expires_at_ms(), None, "old term, learner");
         clock.on_ack(3, 2, 100);
-        clock.exclude(2);
+        clock.exclude(2, 3);
         assert_eq!(clock.expires_at_ms(), None, "offered the leadership");
         clock.on_ack(3, 2, 200);
         assert_eq!(clock.expires_at_ms(), None, "excluded for the term");
         clock.on_ack(3, 3, 200);
         assert_eq!(clock.expires_at_ms(), Some(800));
-        clock.revoke();
+        clock.revoke_through(3);
         clock.on_ack(3, 3, 300);
         assert_eq!(clock.expires_at_ms(), None, "revoked for the term");
         clock.lead(4, vec![set(&[1, 2, 3])]);
@@ -414,12 +424,12 @@ mod tests {
     fn a_higher_vote_revokes_and_a_lower_one_does_not() {
         let mut clock = clock(&[1, 2, 3]);
         clock.on_ack(3, 2, 100);
-        clock.on_vote_request(2, 3);
-        clock.on_vote_request(3, 1);
+        clock.on_vote_request(2, 3, 3);
+        clock.on_vote_request(3, 1, 3);
         assert!(clock.holds_in(3, 200));
         assert!(!clock.holds_in(4, 200));
         // Same term, a node id above the leader's: openraft orders it above.
-        clock.on_vote_request(3, 2);
+        clock.on_vote_request(3, 2, 3);
         assert!(!clock.holds(200));
         clock.on_ack(3, 2, 300);
         assert!(!clock.holds(400), "revoked for the rest of the term");
@@ -429,9 +439,55 @@ mod tests {
     }
 
     #[test]
+    fn an_exclusion_or_revocation_made_before_the_clock_followed_the_term_still_holds() {
+        // The clock followed term 3; the node now leads term 4, and no read checked it yet.
+        let mut clock = clock(&[1, 2, 3]);
+        clock.exclude(2, 4);
+        clock.lead(4, vec![set(&[1, 2, 3])]);
+        clock.on_ack(4, 2, 100);
+        assert!(!clock.holds(200), "the target's acknowledgement counted");
+        clock.on_ack(4, 3, 100);
+        assert!(clock.holds(200), "the other voter's still counts");
+        // Term 5 forgets an exclusion of term 4.
+        clock.lead(5, vec![set(&[1, 2, 3])]);
+        clock.on_ack(5, 2, 300);
+        assert!(clock.holds(400));
+
+        let mut clock = self::clock(&[1, 2, 3]);
+        clock.revoke_through(4);
+        clock.lead(4, vec![set(&[1, 2, 3])]);
+        clock.on_ack(4, 2, 100);
+        assert!(
+            !clock.holds(200),
+            "a revocation of term 4 made at term 3 was lost"
+        );
+
+        // A vote above openraft's current vote, which the clock has not followed yet.
+        let mut clock = self::clock(&[1, 2, 3]);
+        clock.on_vote_request(4, 2, 4);
+        clock.lead(4, vec![set(&[1, 2, 3])]);
+        clock.on_ack(4, 3, 100);
+        assert!(!clock.holds(200), "a higher vote at term 4 was lost");
+        clock.on_vote_request(4, 0, 4);
+        clock.lead(5, vec![set(&[1, 2, 3])]);
+        clock.on_ack(5, 3, 100);
+        assert!(clock.holds(200), "a lower vote revokes nothing");
+
+        // openraft's vote already moved to the candidate's (a higher vote in a reply) before
+        // its request arrived: the lease of the clock's term ends all the same.
+        let mut clock = self::clock(&[1, 2, 3]);
+        clock.on_ack(3, 2, 100);
+        clock.on_vote_request(4, 2, 4);
+        assert!(
+            !clock.holds(200),
+            "a vote openraft already took revoked nothing"
+        );
+    }
+
+    #[test]
     fn a_resumed_term_carries_no_lease() {
         let mut clock = clock(&[1, 2, 3]);
-        clock.forbid_through(5);
+        clock.revoke_through(5);
         clock.on_ack(3, 2, 100);
         assert!(!clock.holds(200));
         clock.lead(5, vec![set(&[1, 2, 3])]);

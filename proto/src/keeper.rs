@@ -227,8 +227,8 @@ async fn hand_over(me: NodeId, group: &Group, to: NodeId) -> Result<(), String> 
     }
     // The target stands at once, whatever it promised: nothing it accepted may count in a
     // read lease from now on.
-    group.lease.exclude(to);
     let term = ready.vote.leader_id().get_term();
+    group.lease.exclude(to, term);
     let mut config = ClientConfig::new(vec![addr.clone()]);
     config.request_timeout_ms = 500;
     config.max_attempts = 1;

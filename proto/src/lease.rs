@@ -97,12 +97,16 @@ impl GroupLease {
         config: Option<LeaseConfig>,
         refusal_ms: u64,
     ) -> GroupLease {
+        let now_ms = clock.now_ms();
         GroupLease {
             me,
             clock,
             leader: config.map(|config| Mutex::new(LeaseClock::new(config, me))),
             refusal_ms,
-            heard_leader_at_ms: Mutex::new(None),
+            // openraft restores its own refusal window at start (it takes the start as the
+            // time of the leader's last word): a replica restarted within a leader's lease
+            // may have promised it.
+            heard_leader_at_ms: Mutex::new(Some(now_ms)),
         }
     }
 
@@ -125,39 +129,30 @@ impl GroupLease {
         }
     }
 
-    /// A vote request for `candidate` at `term` is about to reach openraft.
-    pub(crate) fn on_vote_request(&self, term: u64, candidate: NodeId) {
+    /// A vote request for `candidate` at `term` is about to reach openraft, whose own vote
+    /// on this node is of `vote_term`.
+    pub(crate) fn on_vote_request(&self, term: u64, candidate: NodeId, vote_term: u64) {
         #[cfg(madsim)]
         if seedkv_core::faults::enabled(seedkv_core::faults::Fault::LeaseKeptOnHigherVote) {
             return;
         }
         if let Some(mut clock) = self.leader() {
-            clock.on_vote_request(term, candidate);
+            clock.on_vote_request(term, candidate, vote_term);
         }
     }
 
-    /// The leadership is about to be offered to `peer`.
-    pub(crate) fn exclude(&self, peer: NodeId) {
+    /// The leadership of `term` is about to be offered to `peer`.
+    pub(crate) fn exclude(&self, peer: NodeId, term: u64) {
         if let Some(mut clock) = self.leader() {
-            clock.exclude(peer);
+            clock.exclude(peer, term);
         }
     }
 
-    /// Another node is about to be asked to take over: no lease for the rest of the term.
-    pub(crate) fn revoke(&self) {
+    /// No lease in `term` or before: another node is about to be asked to take over, or
+    /// the node resumed the term at start rather than won it.
+    pub(crate) fn revoke_through(&self, term: u64) {
         if let Some(mut clock) = self.leader() {
-            clock.revoke();
-        }
-    }
-
-    /// No lease in `term` or before: the node resumed it at start rather than won it.
-    pub(crate) fn forbid_through(&self, term: u64) {
-        #[cfg(madsim)]
-        if seedkv_core::faults::enabled(seedkv_core::faults::Fault::LeaseInResumedTerm) {
-            return;
-        }
-        if let Some(mut clock) = self.leader() {
-            clock.forbid_through(term);
+            clock.revoke_through(term);
         }
     }
 
@@ -206,6 +201,15 @@ impl GroupLease {
         clock.holds(self.now_ms()).then(|| clock.term())
     }
 
+    /// The lease clock's state and the time now, for a failure report.
+    pub(crate) fn describe(&self) -> String {
+        format!(
+            "now {} ms: {:?}",
+            self.now_ms(),
+            self.leader().map(|clock| clock.clone())
+        )
+    }
+
     /// This replica accepted an append of its leader now.
     pub(crate) fn heard_leader(&self) {
         let now_ms = self.now_ms();
@@ -244,11 +248,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_follower_counts_its_refusal_window_from_the_last_append() {
-        let lease = GroupLease::new(7, Clock::new(|| 5_000), None, 600);
-        assert_eq!(lease.refusing_for_ms(), None, "never heard a leader");
+    fn a_follower_counts_its_refusal_window_from_the_last_append_or_its_start() {
+        let now_ms = Arc::new(std::sync::atomic::AtomicU64::new(5_000));
+        let clock = {
+            let now_ms = now_ms.clone();
+            Clock::new(move || now_ms.load(std::sync::atomic::Ordering::Relaxed))
+        };
+        let lease = GroupLease::new(7, clock, None, 600);
+        assert_eq!(
+            lease.refusing_for_ms(),
+            Some(600),
+            "as openraft, from the start"
+        );
+        now_ms.store(5_600, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(lease.refusing_for_ms(), None);
+        now_ms.store(6_000, std::sync::atomic::Ordering::Relaxed);
         lease.heard_leader();
-        assert_eq!(lease.refusing_for_ms(), Some(600));
+        now_ms.store(6_100, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(lease.refusing_for_ms(), Some(500));
         assert!(!lease.holds_in(1), "leases off");
     }
 }

@@ -796,7 +796,8 @@ impl Node {
         let Some(group) = self.hosted(group) else {
             return false;
         };
-        group.lease.revoke();
+        let term = group.raft.metrics().borrow().vote.leader_id().get_term();
+        group.lease.revoke_through(term);
         true
     }
 
@@ -804,7 +805,8 @@ impl Node {
     /// the rest of the term: `peer` is about to be asked to stand.
     pub fn exclude_from_lease(&self, group: GroupId, peer: NodeId) {
         if let Some(group) = self.hosted(group) {
-            group.lease.exclude(peer);
+            let term = group.raft.metrics().borrow().vote.leader_id().get_term();
+            group.lease.exclude(peer, term);
         }
     }
 
@@ -814,6 +816,11 @@ impl Node {
         let group = self.hosted(group)?;
         let metrics = group.raft.metrics().borrow().clone();
         group.lease.held_term(&metrics)
+    }
+
+    /// This node's read lease of `group`, described for a failure report.
+    pub fn describe_lease(&self, group: GroupId) -> Option<String> {
+        Some(self.hosted(group)?.lease.describe())
     }
 
     /// The Raft handle of `group`, if this node hosts it.
@@ -1197,7 +1204,14 @@ async fn open<D: Disk>(
     let stored_vote = openraft::storage::RaftLogStorage::read_vote(&mut log)
         .await
         .map_err(|err| NodeError::Storage(format!("group {}: {err}", group.0)))?;
-    lease.forbid_through(stored_vote.map_or(0, |vote| vote.leader_id().get_term()));
+    let resumed = stored_vote.map_or(0, |vote| vote.leader_id().get_term());
+    #[cfg(madsim)]
+    let resumed = if seedkv_core::faults::enabled(seedkv_core::faults::Fault::LeaseInResumedTerm) {
+        0
+    } else {
+        resumed
+    };
+    lease.revoke_through(resumed);
     let state = state_machine.state();
     let raft = Raft::new(id, raft_config, network, log, state_machine)
         .await
@@ -1734,9 +1748,10 @@ impl pb::raft_server::Raft for RaftService {
         let rpc: openraft::raft::VoteRequest<NodeId> = decode_request(&message)?;
         // Before openraft may grant it: a leader whose own vote is old grants a higher one.
         let candidate = rpc.vote.leader_id();
+        let vote_term = group.raft.metrics().borrow().vote.leader_id().get_term();
         group
             .lease
-            .on_vote_request(candidate.get_term(), candidate.node_id);
+            .on_vote_request(candidate.get_term(), candidate.node_id, vote_term);
         let result = group.raft.vote(rpc).await;
         Ok(GrpcResponse::new(reply(message.group, &result)))
     }

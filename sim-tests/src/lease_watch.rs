@@ -28,6 +28,7 @@ impl LeaseWatch {
         let task = tokio::spawn({
             let violation = violation.clone();
             async move {
+                let started = tokio::time::Instant::now();
                 loop {
                     tokio::time::sleep(Duration::from_millis(SAMPLE_MS)).await;
                     let found = {
@@ -35,7 +36,9 @@ impl LeaseWatch {
                         check(&c)
                     };
                     if let Some(why) = found {
-                        *violation.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+                        let at_s = started.elapsed().as_secs_f64();
+                        *violation.lock().unwrap_or_else(|p| p.into_inner()) =
+                            Some(format!("{why} ({at_s:.3} s into the run)"));
                         return;
                     }
                 }
@@ -79,9 +82,13 @@ fn check(c: &SimCluster) -> Option<String> {
                 .iter()
                 .find(|(leader, later)| *leader != holder && *later > term)
             {
+                let state = c
+                    .node(holder)
+                    .and_then(|node| node.describe_lease(group))
+                    .unwrap_or_default();
                 return Some(format!(
                     "group {}: node {holder} holds a read lease of term {term} while node \
-                     {leader} leads term {later}",
+                     {leader} leads term {later} (its lease clock: {state})",
                     group.0
                 ));
             }

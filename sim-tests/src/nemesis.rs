@@ -691,6 +691,10 @@ async fn depose(cluster: &SharedCluster, log: &mut dyn FnMut(String)) {
         log(format!("depose group {}: no other voter", group.0));
         return;
     }
+    if thread_rng().gen_bool(0.5) {
+        hand_over_under_partition(cluster, group, leader, &others, log).await;
+        return;
+    }
     log(format!("depose group {}: isolate leader {leader}", group.0));
     let until = Instant::now() + Duration::from_millis(DEPOSE_ASK_MS);
     let mut refused = 0u32;
@@ -714,6 +718,67 @@ async fn depose(cluster: &SharedCluster, log: &mut dyn FnMut(String)) {
     log(format!(
         "depose group {}: every request refused ({refused})",
         group.0
+    ));
+}
+
+/// The leader hands the group over while it has lost touch with every other voter but the
+/// target: the others' refusal windows run out (650 ms), the leader excludes the target
+/// from its lease and asks it to stand (as the keeper's offer and the shutdown hand-over
+/// do), and the leader is then cut off from the target too. The target may win with the
+/// others' votes at once: the leader's lease must not count on any of them.
+async fn hand_over_under_partition(
+    cluster: &SharedCluster,
+    group: seedkv_core::GroupId,
+    leader: usize,
+    others: &[usize],
+    log: &mut dyn FnMut(String),
+) {
+    let target = others[thread_rng().gen_range(0..others.len())];
+    {
+        let mut c = lock(cluster);
+        // The leader was isolated by `depose`: give it back its link to the target only.
+        c.net.heal();
+        for &other in others {
+            if other != target {
+                c.net.cut(leader, other);
+            }
+        }
+    }
+    log(format!(
+        "hand-over under partition, group {}: leader {leader} reaches only {target}",
+        group.0
+    ));
+    tokio::time::sleep(millis(650..900)).await;
+    let (old, new) = {
+        let c = lock(cluster);
+        (c.node(leader), c.node(target))
+    };
+    let (Some(old), Some(new)) = (old, new) else {
+        return;
+    };
+    let Some(raft) = old.raft_of(group) else {
+        return;
+    };
+    let vote = raft.metrics().borrow().vote;
+    if raft.metrics().borrow().state != openraft::ServerState::Leader {
+        log(format!(
+            "hand-over under partition, group {}: {leader} no longer leads",
+            group.0
+        ));
+        return;
+    }
+    old.exclude_from_lease(group, new.id());
+    let asked = new
+        .elect(group.0, Some((old.id(), vote.leader_id().get_term())))
+        .await;
+    lock(cluster).net.isolate(leader);
+    log(format!(
+        "hand-over under partition, group {}: {target} asked to stand: {}",
+        group.0,
+        match asked {
+            Ok(()) => "standing".to_string(),
+            Err(status) => status.message().to_string(),
+        }
     ));
 }
 
