@@ -76,9 +76,14 @@ async fn join_every_group(node: &Node, client: &Client, seed: &str) -> Result<us
     let map = client.slot_map().await?;
     let groups: Vec<u32> = std::iter::once(0).chain(map.groups()).collect();
     for &group in &groups {
+        // Asked of the group's replicas (the seed may have lost the group meanwhile).
+        let mut addrs: Vec<&str> = vec![seed];
+        if group != 0 {
+            addrs.extend(map.replicas_of(group).iter().map(String::as_str));
+        }
         // Already a learner as this incarnation: nothing to change (an add that changes
         // nothing still writes a membership entry, which a candidate would have to match).
-        let seen = client.group_status(seed, group, false).await?;
+        let seen = status_from_any(client, &addrs, group).await?;
         let recorded = seen.learners.iter().any(|m| {
             m.id == node.id() && m.addr == node.addr() && m.incarnation == node.incarnation()
         });
@@ -86,15 +91,34 @@ async fn join_every_group(node: &Node, client: &Client, seed: &str) -> Result<us
             client.add_learner(group, node.id(), node.addr()).await?;
         }
         // What the group's leader holds now, after this start: reads wait for it.
-        let floor = leader_last_log(client, seed, group).await?;
+        let floor = leader_last_log(client, &seen, group).await?;
         node.open_reads_from(GroupId(group), floor);
     }
     Ok(groups.len())
 }
 
-/// The last log index of `group`'s leader, found through `seed`.
-async fn leader_last_log(client: &Client, seed: &str, group: u32) -> Result<u64, ClientError> {
-    let seen = client.group_status(seed, group, false).await?;
+/// `group`'s status from the first of `addrs` that answers.
+async fn status_from_any(
+    client: &Client,
+    addrs: &[&str],
+    group: u32,
+) -> Result<crate::pb::StatusResponse, ClientError> {
+    let mut last = None;
+    for addr in addrs {
+        match client.group_status(addr, group, false).await {
+            Ok(status) => return Ok(status),
+            Err(err) => last = Some(err),
+        }
+    }
+    Err(last.unwrap_or_else(|| ClientError::Unavailable(format!("no replica of group {group}"))))
+}
+
+/// The last log index of `group`'s leader, as named in `seen` (a replica's status).
+async fn leader_last_log(
+    client: &Client,
+    seen: &crate::pb::StatusResponse,
+    group: u32,
+) -> Result<u64, ClientError> {
     let leader = seen
         .voters
         .iter()
