@@ -787,7 +787,22 @@ pub async fn cluster(conn: &Connection, command: ClusterCommand) -> Result<bool>
             };
             let mut removed = Vec::new();
             for group in groups {
-                let voters = current_voters(&client, conn, group).await?;
+                let (voters, learners) = current_members(&client, conn, group).await?;
+                if learners.contains(&id) {
+                    // A read replica: out of the group, the voters untouched.
+                    let index = client
+                        .change_membership(group, &[], &[id], &voters)
+                        .await
+                        .map_err(fail)?;
+                    if json {
+                        removed.push(json!({ "group": group, "voters": voters, "log_index": index, "was": "learner" }));
+                    } else {
+                        out!(
+                            "learner {id} removed from group {group}; voters are still {voters:?}"
+                        );
+                    }
+                    continue;
+                }
                 if !voters.contains(&id) {
                     if group_given {
                         bail!("node {id} is not a voter of group {group}; voters are {voters:?}");
@@ -818,6 +833,15 @@ pub async fn cluster(conn: &Connection, command: ClusterCommand) -> Result<bool>
 
 /// The voters of Raft group `group`, as the first endpoint hosting it reports them.
 async fn current_voters(client: &Client, conn: &Connection, group: u32) -> Result<Vec<u64>> {
+    Ok(current_members(client, conn, group).await?.0)
+}
+
+/// The voters and the learners of `group`, as the first node answering says.
+async fn current_members(
+    client: &Client,
+    conn: &Connection,
+    group: u32,
+) -> Result<(Vec<u64>, Vec<u64>)> {
     let mut endpoints = conn.endpoints.clone();
     // Group replicas named by the slot map answer too, when the endpoints do not host it.
     if let Ok(map) = client.slot_map().await {
@@ -825,7 +849,10 @@ async fn current_voters(client: &Client, conn: &Connection, group: u32) -> Resul
     }
     for endpoint in &endpoints {
         if let Ok(status) = client.group_status(endpoint, group, false).await {
-            return Ok(status.voters.iter().map(|m| m.id).collect());
+            return Ok((
+                status.voters.iter().map(|m| m.id).collect(),
+                status.learners.iter().map(|m| m.id).collect(),
+            ));
         }
     }
     bail!("no endpoint answered: {}", conn.endpoints.join(", "))

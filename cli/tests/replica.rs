@@ -136,6 +136,34 @@ async fn a_diskless_replica_serves_reads_and_catches_up_after_a_restart() {
         !tmp.path().join("data4").exists(),
         "a diskless replica created its data directory"
     );
+
+    // Removing it takes it out of every group and leaves the voters as they were.
+    let out = common::cli(&addrs[0], &["cluster", "remove-node", "4"]);
+    assert!(
+        out.status.success(),
+        "remove-node 4: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for group in std::iter::once(0).chain(groups.iter().copied()) {
+        // Node 1 may be a follower of the group: it sees the change once it is appended.
+        wait_until(
+            "the replica out of the group",
+            Duration::from_secs(10),
+            || async {
+                probe
+                    .group_status(&addrs[0], group, false)
+                    .await
+                    .is_ok_and(|s| !s.learners.iter().any(|m| m.id == 4))
+            },
+        )
+        .await;
+        let status = probe
+            .group_status(&addrs[0], group, false)
+            .await
+            .expect("group status");
+        let voters: Vec<u64> = status.voters.iter().map(|m| m.id).collect();
+        assert_eq!(voters, vec![1, 2, 3], "group {group}'s voters changed");
+    }
 }
 
 #[test]

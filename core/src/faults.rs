@@ -37,11 +37,14 @@ pub enum Fault {
     /// A read replica serves serializable reads as soon as it starts, before it caught up
     /// with what the leaders held: after a restart a client may read older data than before.
     ReplicaReadsBeforeCaughtUp,
+    /// A learner back as another incarnation (a diskless replica restarted) is updated in
+    /// place rather than removed and added again.
+    LearnerReplacedInPlace,
 }
 
 impl Fault {
     /// Every switch, with its command-line name.
-    pub const ALL: [(Fault, &'static str); 11] = [
+    pub const ALL: [(Fault, &'static str); 12] = [
         (Fault::VoteNotPersisted, "vote-not-persisted"),
         (Fault::AckBeforeCommit, "ack-before-commit"),
         (Fault::StaleLinearizableRead, "stale-linearizable-read"),
@@ -62,6 +65,7 @@ impl Fault {
             Fault::ReplicaReadsBeforeCaughtUp,
             "replica-reads-before-caught-up",
         ),
+        (Fault::LearnerReplacedInPlace, "learner-replaced-in-place"),
     ];
 
     /// The switch named `name`.
@@ -82,6 +86,7 @@ impl Fault {
             Fault::LeaseKeptOnHigherVote => 256,
             Fault::LeaseInResumedTerm => 512,
             Fault::ReplicaReadsBeforeCaughtUp => 1024,
+            Fault::LearnerReplacedInPlace => 2048,
         }
     }
 }

@@ -50,7 +50,7 @@ pub struct NodeConfig {
     /// Read leases and the clock they run on.
     pub lease: LeaseSettings,
     /// A read replica (`--role replica`): it serves a group's serializable reads only once
-    /// it has applied what that group's leader held after this start (see
+    /// it has applied every entry committed before this start (see
     /// [`Node::open_reads_from`]), so a client reading from it never goes back in time,
     /// even across a restart of a diskless replica.
     pub replica: bool,
@@ -750,7 +750,8 @@ impl Node {
     }
 
     /// On a read replica: serve `group`'s serializable reads once its applied index reaches
-    /// `floor`, the last log index its leader held after this node started (every entry
+    /// `floor`, the highest last log index among a majority of its voters after this node
+    /// started (every entry
     /// this node could have served before a restart is at or below it).
     pub fn open_reads_from(&self, group: GroupId, floor: u64) -> bool {
         let Some(group) = self.hosted(group) else {
@@ -973,6 +974,24 @@ impl Node {
 
     /// The hosted data group a request naming `group` (0: the only one) is for; a group
     /// hosted elsewhere is answered with a hint to one of its replicas.
+    /// The hosted group serving a read of `slot`. A read replica that does not serve the
+    /// slot yet (it is joining, blank after a restart) refuses a serializable read as
+    /// unavailable rather than sending the client elsewhere: a client that reads from one
+    /// replica must not be handed to a node further behind than what it already read.
+    fn serving_read(&self, slot: Slot, consistency: i32) -> Result<Arc<Group>, Status> {
+        self.serving(slot, None).map_err(|status| {
+            let serializable = consistency == pb::Consistency::Serializable as i32;
+            if self.replica && serializable && crate::status::moved_slot(&status).is_some() {
+                Status::unavailable(format!(
+                    "this read replica does not serve {slot} yet (it is joining the cluster, \
+                     or catching up since it started): read from another node"
+                ))
+            } else {
+                status
+            }
+        })
+    }
+
     fn named_group(&self, group: u32) -> Result<Arc<Group>, Status> {
         let id =
             routing::named_or_only(group, &self.data_groups()).map_err(Status::invalid_argument)?;
@@ -1395,7 +1414,7 @@ impl pb::kv_server::Kv for KvService {
             .limits
             .check_key(&req.key)
             .map_err(|err| Status::invalid_argument(err.to_string()))?;
-        let group = self.0.serving(Slot::of(&req.key), None)?;
+        let group = self.0.serving_read(Slot::of(&req.key), req.consistency)?;
         let row = self
             .0
             .read(&group, req.consistency, |group| {
@@ -1472,7 +1491,7 @@ impl pb::kv_server::Kv for KvService {
         // atomic within a group.
         let mut groups: Vec<(Arc<Group>, Vec<usize>)> = Vec::new();
         for (index, key) in req.keys.iter().enumerate() {
-            let group = self.0.serving(Slot::of(key), None)?;
+            let group = self.0.serving_read(Slot::of(key), req.consistency)?;
             match groups.iter_mut().find(|(g, _)| g.id == group.id) {
                 Some((_, indexes)) => indexes.push(index),
                 None => groups.push((group, vec![index])),
@@ -1998,10 +2017,24 @@ impl pb::admin_server::Admin for AdminService {
             let written = {
                 let mut last_change = lock;
                 membership_visible(&raft, *last_change).await?;
-                let change =
-                    learner_change(&raft, id, Member::new(member.addr, member.incarnation))?;
-                let add = raft.change_membership(change, true);
+                let new = Member::new(member.addr, member.incarnation);
                 let wait = std::time::Duration::from_millis(MEMBERSHIP_STEP_MS);
+                // A learner back as another incarnation (a diskless replica restarted, a
+                // replaced disk) holds none of the log the leader believes it has: updated
+                // in place, the leader's replication to it would find its log gone back and
+                // openraft stops the group. Removed first, it is added as a new node.
+                if learner_came_back_blank(&raft, id, &new) {
+                    let remove = raft
+                        .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), true);
+                    let removed = timeout(wait, remove)
+                        .await
+                        .map_err(|_| stuck_membership_step())?
+                        .map_err(client_write_error)?;
+                    *last_change = removed.log_id.index;
+                    membership_visible(&raft, removed.log_id.index).await?;
+                }
+                let change = learner_change(&raft, id, new)?;
+                let add = raft.change_membership(change, true);
                 let written = timeout(wait, add)
                     .await
                     .map_err(|_| stuck_membership_step())?
@@ -2217,6 +2250,24 @@ fn learner_change(
     Ok(ChangeMembers::SetNodes(BTreeMap::from([(id, new)])))
 }
 
+/// Whether node `id` is a learner recorded with a known incarnation other than `new`'s.
+fn learner_came_back_blank(raft: &Raft, id: NodeId, new: &Member) -> bool {
+    #[cfg(madsim)]
+    if seedkv_core::faults::enabled(seedkv_core::faults::Fault::LearnerReplacedInPlace) {
+        return false;
+    }
+    let metrics = raft.metrics();
+    let metrics = metrics.borrow();
+    let membership = metrics.membership_config.membership();
+    let learner = !membership.voter_ids().any(|voter| voter == id);
+    membership.get_node(&id).is_some_and(|recorded| {
+        learner
+            && recorded.incarnation != 0
+            && new.incarnation != 0
+            && recorded.incarnation != new.incarnation
+    })
+}
+
 /// One membership change on the leader `raft`, with this node's membership lock held;
 /// `last_change` is the log index of the last change this node made.
 async fn change_membership_locked(
@@ -2261,6 +2312,23 @@ async fn change_membership_locked(
         // Under the lock: no add-learner can reset an incarnation between this and the entry.
         unrecorded_incarnation(raft, add)?;
     }
+    // Removing nodes that are only learners (read replicas): out of the membership, the
+    // voters untouched.
+    let learners_only = {
+        let metrics = raft.metrics();
+        let metrics = metrics.borrow();
+        let membership = metrics.membership_config.membership();
+        match &change {
+            ChangeMembers::RemoveVoters(remove) => remove.iter().all(|id| {
+                membership.get_node(id).is_some() && !membership.voter_ids().any(|v| v == *id)
+            }),
+            _ => false,
+        }
+    };
+    let change = match change {
+        ChangeMembers::RemoveVoters(remove) if learners_only => ChangeMembers::RemoveNodes(remove),
+        other => other,
+    };
     {
         let metrics = raft.metrics();
         let metrics = metrics.borrow();

@@ -2,7 +2,7 @@
 //!
 //! A replica never votes, so it adds nothing to any quorum and no lease counts on it. It
 //! serves serializable reads from its own state, once it has applied what each group's
-//! leader held after the replica started ([`Node::open_reads_from`]): a client reading from
+//! majority of voters held after the replica started ([`Node::open_reads_from`]): a client reading from
 //! one replica never sees it go back in time, even when a diskless replica restarts empty.
 //! Joining is idempotent and runs at every start: a diskless replica comes back with a new
 //! incarnation, which replaces the one its learner entry recorded, and the cluster may
@@ -26,7 +26,7 @@ const REPLICA_JOIN_RETRY_MS: u64 = 500;
 impl Node {
     /// Joins the cluster reachable at `seed` as a read replica, in the background: a learner
     /// of the meta group and of every data group of the slot map, each group's reads opened
-    /// from its leader's last log index. Retries until it has joined every group, the node
+    /// once every entry committed before this start is applied. Retries until it has joined every group, the node
     /// stops, or [`REPLICA_JOIN_MS`] pass.
     pub fn join_as_replica_in_background(self: &Arc<Self>, seed: String) {
         let node = Arc::downgrade(self);
@@ -90,8 +90,8 @@ async fn join_every_group(node: &Node, client: &Client, seed: &str) -> Result<us
         if !recorded {
             client.add_learner(group, node.id(), node.addr()).await?;
         }
-        // What the group's leader holds now, after this start: reads wait for it.
-        let floor = leader_last_log(client, &seen, group).await?;
+        // Every entry committed before now (so before this start): reads wait for it.
+        let floor = committed_floor(client, &seen, group).await?;
         node.open_reads_from(GroupId(group), floor);
     }
     Ok(groups.len())
@@ -113,22 +113,29 @@ async fn status_from_any(
     Err(last.unwrap_or_else(|| ClientError::Unavailable(format!("no replica of group {group}"))))
 }
 
-/// The last log index of `group`'s leader, as named in `seen` (a replica's status).
-async fn leader_last_log(
+/// An index at or above every entry of `group` committed so far: the highest last log
+/// index among a majority of its voters (as named in `seen`, a replica's status). Every
+/// committed entry is on a majority, and any majority shares a voter with it. A leader's
+/// own last index is not enough: a leader cut off from the others still calls itself one.
+async fn committed_floor(
     client: &Client,
     seen: &crate::pb::StatusResponse,
     group: u32,
 ) -> Result<u64, ClientError> {
-    let leader = seen
-        .voters
-        .iter()
-        .find(|m| m.id == seen.leader_id)
-        .ok_or_else(|| ClientError::Unavailable(format!("group {group} has no leader now")))?;
-    let status = client.group_status(&leader.addr, group, false).await?;
-    if status.leader_id != leader.id {
+    let majority = seen.voters.len() / 2 + 1;
+    let mut answered = 0;
+    let mut floor = 0;
+    for voter in &seen.voters {
+        if let Ok(status) = client.group_status(&voter.addr, group, false).await {
+            answered += 1;
+            floor = floor.max(status.last_log_index);
+        }
+    }
+    if answered < majority {
         return Err(ClientError::Unavailable(format!(
-            "group {group}'s leadership moved while asking"
+            "only {answered} of group {group}'s {} voters answered",
+            seen.voters.len()
         )));
     }
-    Ok(status.last_log_index)
+    Ok(floor)
 }

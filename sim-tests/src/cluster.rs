@@ -359,13 +359,16 @@ impl SimCluster {
     }
 
     /// Members whose incarnation is not the one the newest membership records, with
-    /// whether each is a voter: nodes back on a blank disk, refused until replaced.
+    /// whether each is a voter: nodes back on a blank disk, refused until replaced. Read
+    /// replicas are left out: a diskless replica is blank at every start and joins again
+    /// by itself.
     pub fn lost_data(&self, group: GroupId) -> Vec<MemberView> {
         let Some(view) = self.newest_membership_of(group) else {
             return Vec::new();
         };
         view.members
             .into_iter()
+            .filter(|m| m.index < self.initial)
             .filter(|m| m.incarnation != 0 && self.incarnation_of(m.index) != Some(m.incarnation))
             .collect()
     }
@@ -437,6 +440,11 @@ impl SimCluster {
         };
         if node.alive {
             return;
+        }
+        // Read replicas run diskless: each start begins blank, with a new incarnation.
+        if index >= self.initial {
+            node.disk.wipe();
+            node.last_incarnation = None;
         }
         self.handle.restart(node.host.id());
         node.alive = true;
