@@ -17,10 +17,11 @@
 //!
 //! What could let another leader be elected inside a lease ends it first (the node wires
 //! each of these, see `docs/LEASES.md`):
-//! - a vote request carrying a vote above the leader's ([`LeaseClock::revoke`]): the
+//! - a vote request carrying a vote above the leader's ([`LeaseClock::on_vote_request`],
+//!   and [`LeaseClock::revoke_through`] once a vote is granted): the
 //!   leader's own vote is not refreshed by its heartbeats, so openraft grants it once old;
 //! - a leadership offer, or the hand-over at shutdown ([`LeaseClock::exclude`] the target,
-//!   or [`LeaseClock::revoke`]): the target elects itself at once, ignoring its own refusal
+//!   or [`LeaseClock::revoke_through`]): the target elects itself at once, ignoring its own refusal
 //!   window, so its acknowledgements stop counting for the rest of the term;
 //! - a configuration of one voter other than the leader: openraft lets a lone voter elect
 //!   itself on its next tick, so such a configuration never carries a lease;

@@ -962,7 +962,33 @@ impl Client {
         with_digest: bool,
     ) -> Result<pb::StatusResponse, ClientError> {
         self.admin_read(addr, |mut admin| async move {
-            admin.status(pb::StatusRequest { with_digest, group }).await
+            admin
+                .status(pb::StatusRequest {
+                    with_digest,
+                    group,
+                    confirm: false,
+                })
+                .await
+        })
+        .await
+    }
+
+    /// Status of Raft group `group` from the node at `addr`, which must lead it: it confirms
+    /// its leadership first, so `applied_index` is at or above every entry of the group
+    /// committed before this call.
+    pub async fn confirmed_group_status(
+        &self,
+        addr: &str,
+        group: u32,
+    ) -> Result<pb::StatusResponse, ClientError> {
+        self.admin_read(addr, |mut admin| async move {
+            admin
+                .status(pb::StatusRequest {
+                    with_digest: false,
+                    group,
+                    confirm: true,
+                })
+                .await
         })
         .await
     }

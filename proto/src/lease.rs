@@ -141,6 +141,16 @@ impl GroupLease {
         }
     }
 
+    /// openraft granted a vote at `term`: whatever this node led meanwhile, no lease
+    /// through that term.
+    pub(crate) fn on_vote_granted(&self, term: u64) {
+        #[cfg(madsim)]
+        if seedkv_core::faults::enabled(seedkv_core::faults::Fault::LeaseKeptOnHigherVote) {
+            return;
+        }
+        self.revoke_through(term);
+    }
+
     /// The leadership of `term` is about to be offered to `peer`.
     pub(crate) fn exclude(&self, peer: NodeId, term: u64) {
         if let Some(mut clock) = self.leader() {

@@ -750,8 +750,7 @@ impl Node {
     }
 
     /// On a read replica: serve `group`'s serializable reads once its applied index reaches
-    /// `floor`, the highest last log index among a majority of its voters after this node
-    /// started (every entry
+    /// `floor`, the applied index its leader confirmed after this node started (every entry
     /// this node could have served before a restart is at or below it).
     pub fn open_reads_from(&self, group: GroupId, floor: u64) -> bool {
         let Some(group) = self.hosted(group) else {
@@ -761,7 +760,11 @@ impl Node {
             .read_floor
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        *held = Some(held.map_or(floor, |at| at.max(floor)));
+        // Once per start: a later, higher floor would refuse reads of a group already
+        // serving while the replica's applied index trails the voters'.
+        if held.is_none() {
+            *held = Some(floor);
+        }
         true
     }
 
@@ -1766,12 +1769,17 @@ impl pb::raft_server::Raft for RaftService {
         };
         let rpc: openraft::raft::VoteRequest<NodeId> = decode_request(&message)?;
         // Before openraft may grant it: a leader whose own vote is old grants a higher one.
-        let candidate = rpc.vote.leader_id();
+        let candidate = *rpc.vote.leader_id();
         let vote_term = group.raft.metrics().borrow().vote.leader_id().get_term();
         group
             .lease
             .on_vote_request(candidate.get_term(), candidate.node_id, vote_term);
         let result = group.raft.vote(rpc).await;
+        // And again once openraft granted it, before the answer leaves: the request may have
+        // waited in openraft's queue while this node won the candidate's term itself.
+        if result.as_ref().is_ok_and(|answer| answer.vote_granted) {
+            group.lease.on_vote_granted(candidate.get_term());
+        }
         Ok(GrpcResponse::new(reply(message.group, &result)))
     }
 
@@ -1922,6 +1930,9 @@ impl pb::admin_server::Admin for AdminService {
     ) -> Result<GrpcResponse<pb::StatusResponse>, Status> {
         let request = request.into_inner();
         let group = self.0.group(request.group)?;
+        if request.confirm {
+            group.read_index.wait().await?;
+        }
         let metrics = group.raft.metrics().borrow().clone();
         let membership = metrics.membership_config.membership();
         let voter_ids: BTreeSet<NodeId> = membership.voter_ids().collect();

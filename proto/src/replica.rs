@@ -2,7 +2,7 @@
 //!
 //! A replica never votes, so it adds nothing to any quorum and no lease counts on it. It
 //! serves serializable reads from its own state, once it has applied what each group's
-//! majority of voters held after the replica started ([`Node::open_reads_from`]): a client reading from
+//! leader confirmed it held after the replica started ([`Node::open_reads_from`]): a client reading from
 //! one replica never sees it go back in time, even when a diskless replica restarts empty.
 //! Joining is idempotent and runs at every start: a diskless replica comes back with a new
 //! incarnation, which replaces the one its learner entry recorded, and the cluster may
@@ -92,7 +92,11 @@ async fn join_every_group(node: &Node, client: &Client, seed: &str) -> Result<us
         }
         // Every entry committed before now (so before this start): reads wait for it.
         let floor = committed_floor(client, &seen, group).await?;
-        node.open_reads_from(GroupId(group), floor);
+        if !node.open_reads_from(GroupId(group), floor) {
+            return Err(ClientError::Unavailable(format!(
+                "group {group} has not reached this replica yet"
+            )));
+        }
     }
     Ok(groups.len())
 }
@@ -113,29 +117,21 @@ async fn status_from_any(
     Err(last.unwrap_or_else(|| ClientError::Unavailable(format!("no replica of group {group}"))))
 }
 
-/// An index at or above every entry of `group` committed so far: the highest last log
-/// index among a majority of its voters (as named in `seen`, a replica's status). Every
-/// committed entry is on a majority, and any majority shares a voter with it. A leader's
-/// own last index is not enough: a leader cut off from the others still calls itself one.
+/// An index at or above every entry of `group` committed so far: the applied index of its
+/// leader (named in `seen`, a replica's status) after it confirmed its leadership. A
+/// leader's last log index would not do (one cut off from the others still calls itself
+/// leader, and its uncommitted tail may never commit), nor would a majority of voters read
+/// from a membership that may be stale or joint.
 async fn committed_floor(
     client: &Client,
     seen: &crate::pb::StatusResponse,
     group: u32,
 ) -> Result<u64, ClientError> {
-    let majority = seen.voters.len() / 2 + 1;
-    let mut answered = 0;
-    let mut floor = 0;
-    for voter in &seen.voters {
-        if let Ok(status) = client.group_status(&voter.addr, group, false).await {
-            answered += 1;
-            floor = floor.max(status.last_log_index);
-        }
-    }
-    if answered < majority {
-        return Err(ClientError::Unavailable(format!(
-            "only {answered} of group {group}'s {} voters answered",
-            seen.voters.len()
-        )));
-    }
-    Ok(floor)
+    let leader = seen
+        .voters
+        .iter()
+        .find(|m| m.id == seen.leader_id)
+        .ok_or_else(|| ClientError::Unavailable(format!("group {group} has no leader now")))?;
+    let status = client.confirmed_group_status(&leader.addr, group).await?;
+    Ok(status.applied_index)
 }
