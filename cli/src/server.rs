@@ -352,6 +352,7 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let serving = tokio::spawn(seedkv_io_real::serve::serve(
         node.clone(),
+        disk.clone(),
         listener,
         async {
             let _ = stop_rx.await;

@@ -24,8 +24,10 @@ pub mod command;
 pub mod conformance;
 #[cfg(madsim)]
 pub mod faults;
+pub mod health;
 pub mod leadership;
 pub mod lease;
+pub mod metrics;
 pub mod ownership;
 pub mod quiet;
 pub mod routing;

@@ -66,6 +66,21 @@ pub struct RocksDisk {
 }
 
 impl RocksDisk {
+    /// What RocksDB holds, in bytes: its live SST files (on disk) and its memtables (in
+    /// memory, and in the write-ahead log until flushed).
+    pub fn size_bytes(&self) -> Result<(u64, u64), DiskError> {
+        let property = |name: &str| -> Result<u64, DiskError> {
+            self.db
+                .property_int_value(name)
+                .map_err(io)
+                .map(|value| value.unwrap_or(0))
+        };
+        Ok((
+            property("rocksdb.total-sst-files-size")?,
+            property("rocksdb.cur-size-all-mem-tables")?,
+        ))
+    }
+
     /// Opens (creating if empty) the data directory `dir` for `identity`. Refuses a directory
     /// that is locked, corrupt, or created for another node or cluster.
     pub fn open(dir: &Path, identity: &Identity) -> Result<RocksDisk, OpenError> {

@@ -95,7 +95,7 @@ fn open_disk(dir: &std::path::Path) -> Arc<RocksDisk> {
 
 async fn open_machine(disk: &Arc<RocksDisk>) -> StateMachineStore {
     let dyn_disk: Arc<dyn DynDisk> = disk.clone();
-    StateMachineStore::open(dyn_disk, GROUP)
+    StateMachineStore::open(dyn_disk, GROUP, Default::default())
         .await
         .expect("open state machine")
 }
@@ -335,7 +335,7 @@ fn damaged_rows_are_refused_never_served() {
         batch.put(meta_key.clone(), meta.clone());
         disk.write(batch, Durability::Sync).await.expect("write");
         let dyn_disk: Arc<dyn DynDisk> = disk.clone();
-        let refused = StateMachineStore::open(dyn_disk, GROUP)
+        let refused = StateMachineStore::open(dyn_disk, GROUP, Default::default())
             .await
             .err()
             .expect("a damaged meta is refused");

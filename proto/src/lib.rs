@@ -11,6 +11,7 @@
 //! - [`client`]: a client that follows leader hints and retries within a bound;
 //! - [`convert`]: wire requests to core commands (shared with the fuzzers);
 //! - [`status`]: how errors map onto gRPC statuses and back;
+//! - [`metrics`]: the node's figures for Prometheus, and its health;
 //! - [`trace`]: the events a node reports, which the simulator hashes into a fingerprint.
 
 pub mod client;
@@ -19,6 +20,7 @@ mod heartbeat;
 pub mod identity;
 mod keeper;
 pub mod lease;
+pub mod metrics;
 pub mod network;
 pub mod node;
 mod pinning;
@@ -32,6 +34,9 @@ pub mod trace;
 #[allow(clippy::all, clippy::pedantic, clippy::unwrap_used, missing_docs)]
 pub mod pb {
     tonic::include_proto!("seedkv.v1");
+
+    /// The encoded descriptors of seedkv's services, for gRPC reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/seedkv.bin"));
 }
 
 /// etcd's v3 KV API (client side), for benchmarking etcd with the same client.

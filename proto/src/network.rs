@@ -19,6 +19,7 @@ use openraft::raft::{
 };
 use openraft::{OptionalSend, Snapshot, StorageIOError};
 use seedkv_core::codec;
+use seedkv_core::metrics::NodeMetrics;
 use seedkv_core::runtime::timeout;
 use seedkv_core::storage::snapshot::{SnapshotFrame, SnapshotRefused, SnapshotReply};
 use seedkv_core::storage::SnapshotData;
@@ -256,6 +257,8 @@ pub struct GrpcNetwork {
     pub(crate) peers: Arc<Peers>,
     /// The group's read lease, fed with the appends each voter accepted.
     pub(crate) lease: Arc<GroupLease>,
+    /// The node's figures: snapshot transfers count there.
+    pub(crate) metrics: Arc<NodeMetrics>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for GrpcNetwork {
@@ -273,6 +276,7 @@ impl RaftNetworkFactory<TypeConfig> for GrpcNetwork {
             peers: self.peers.clone(),
             tracer: self.tracer.clone(),
             lease: self.lease.clone(),
+            metrics: self.metrics.clone(),
         }
     }
 }
@@ -291,6 +295,7 @@ pub struct PeerConnection {
     peers: Arc<Peers>,
     tracer: Tracer,
     lease: Arc<GroupLease>,
+    metrics: Arc<NodeMetrics>,
 }
 
 /// Opens a gRPC channel to `addr` (`host:port`), waiting at most `connect_timeout`.
@@ -412,71 +417,11 @@ impl PeerConnection {
         };
         codec::decode(&reply.payload).map_err(|err| RPCError::Network(NetworkError::new(&err)))
     }
-}
-
-impl PeerConnection {
-    async fn send_frame(
-        &mut self,
-        frame: &SnapshotFrame,
-        ttl: Duration,
-    ) -> Result<SnapshotReply, StreamingError<TypeConfig, Fatal<NodeId>>> {
-        let result: Result<SnapshotReply, RPCError<NodeId, Member, SnapshotRefused>> = self
-            .call(RaftRpc::InstallSnapshot, codec::encode(frame), ttl)
-            .await;
-        result.map_err(|err| match err {
-            RPCError::Unreachable(err) => StreamingError::Unreachable(err),
-            RPCError::Timeout(err) => StreamingError::Timeout(err),
-            RPCError::Network(err) => StreamingError::Network(err),
-            other => StreamingError::Network(NetworkError::new(&other)),
-        })
-    }
-}
-
-/// A plain message as an error, for openraft's error wrappers.
-#[derive(Debug)]
-struct StringError(String);
-
-impl std::fmt::Display for StringError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for StringError {}
-
-impl RaftNetwork<TypeConfig> for PeerConnection {
-    async fn append_entries(
-        &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
-        option: RPCOption,
-    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
-        let payload = codec::encode(&rpc);
-        if payload.len() > MAX_APPEND_BYTES && rpc.entries.len() > 1 {
-            // openraft resends at once with at most this many entries (a single entry is
-            // always sent: entries are capped on their own, see `MAX_ENTRY_BYTES`).
-            let fit = rpc.entries.len() * MAX_APPEND_BYTES / payload.len();
-            return Err(PayloadTooLarge::new_entries_hint(fit.max(1) as u64).into());
-        }
-        let rpc_kind = if rpc.entries.is_empty() {
-            RaftRpc::Heartbeat
-        } else {
-            RaftRpc::AppendEntries
-        };
-        // Stamped before the send: the follower's refusal window starts later than this.
-        let sent_at_ms = self.lease.now_ms();
-        let result: Result<AppendEntriesResponse<NodeId>, _> =
-            self.call(rpc_kind, payload, option.hard_ttl()).await;
-        if rpc.vote.is_committed() && result.as_ref().is_ok_and(vote_accepted) {
-            self.lease
-                .on_ack(rpc.vote.leader_id().get_term(), self.target, sent_at_ms);
-        }
-        result
-    }
 
     /// Streams a snapshot view in chunks of at most `SNAPSHOT_CHUNK_BYTES`, one RPC each,
     /// so memory on both ends is one chunk whatever the data size. Any failure abandons the
     /// transfer; openraft starts a new one.
-    async fn full_snapshot(
+    async fn stream_snapshot(
         &mut self,
         vote: Vote,
         snapshot: Snapshot<TypeConfig>,
@@ -533,6 +478,88 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
                 &StringError("the follower did not install the finished snapshot".into()),
             ))),
         }
+    }
+
+    async fn send_frame(
+        &mut self,
+        frame: &SnapshotFrame,
+        ttl: Duration,
+    ) -> Result<SnapshotReply, StreamingError<TypeConfig, Fatal<NodeId>>> {
+        let payload = codec::encode(frame);
+        self.metrics
+            .snapshot_sent_bytes
+            .inc_by(payload.len() as u64);
+        let result: Result<SnapshotReply, RPCError<NodeId, Member, SnapshotRefused>> =
+            self.call(RaftRpc::InstallSnapshot, payload, ttl).await;
+        result.map_err(|err| match err {
+            RPCError::Unreachable(err) => StreamingError::Unreachable(err),
+            RPCError::Timeout(err) => StreamingError::Timeout(err),
+            RPCError::Network(err) => StreamingError::Network(err),
+            other => StreamingError::Network(NetworkError::new(&other)),
+        })
+    }
+}
+
+/// A plain message as an error, for openraft's error wrappers.
+#[derive(Debug)]
+struct StringError(String);
+
+impl std::fmt::Display for StringError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StringError {}
+
+impl RaftNetwork<TypeConfig> for PeerConnection {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
+        let payload = codec::encode(&rpc);
+        if payload.len() > MAX_APPEND_BYTES && rpc.entries.len() > 1 {
+            // openraft resends at once with at most this many entries (a single entry is
+            // always sent: entries are capped on their own, see `MAX_ENTRY_BYTES`).
+            let fit = rpc.entries.len() * MAX_APPEND_BYTES / payload.len();
+            return Err(PayloadTooLarge::new_entries_hint(fit.max(1) as u64).into());
+        }
+        let rpc_kind = if rpc.entries.is_empty() {
+            RaftRpc::Heartbeat
+        } else {
+            RaftRpc::AppendEntries
+        };
+        // Stamped before the send: the follower's refusal window starts later than this.
+        let sent_at_ms = self.lease.now_ms();
+        let result: Result<AppendEntriesResponse<NodeId>, _> =
+            self.call(rpc_kind, payload, option.hard_ttl()).await;
+        if rpc.vote.is_committed() && result.as_ref().is_ok_and(vote_accepted) {
+            self.lease
+                .on_ack(rpc.vote.leader_id().get_term(), self.target, sent_at_ms);
+        }
+        result
+    }
+
+    /// Streams a snapshot view (see [`PeerConnection::stream_snapshot`]), counting it.
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: Snapshot<TypeConfig>,
+        cancel: impl std::future::Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<NodeId>, StreamingError<TypeConfig, Fatal<NodeId>>> {
+        let started = tokio::time::Instant::now();
+        let result = self.stream_snapshot(vote, snapshot, cancel, option).await;
+        if result.is_ok() {
+            self.metrics.snapshot_sends.inc();
+            self.metrics
+                .snapshot_send_seconds
+                .observe(started.elapsed().as_secs_f64());
+        } else {
+            self.metrics.snapshot_send_failures.inc();
+        }
+        result
     }
 
     async fn vote(

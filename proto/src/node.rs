@@ -12,6 +12,7 @@ use openraft::error::{ClientWriteError, InitializeError, RaftError};
 use openraft::{ChangeMembers, ServerState};
 use seedkv_core::codec;
 use seedkv_core::command::{Command, Response, Versioned};
+use seedkv_core::metrics::NodeMetrics;
 use seedkv_core::routing::{self, Decision};
 use seedkv_core::runtime::timeout;
 use seedkv_core::slot::Slot;
@@ -101,10 +102,12 @@ pub(crate) struct Group {
     pub(crate) id: GroupId,
     pub(crate) raft: Raft,
     pub(crate) state: Arc<SharedState>,
-    read_index: ReadIndex,
+    pub(crate) read_index: ReadIndex,
+    /// Leaders this node has seen the group change to (see `crate::metrics`).
+    pub(crate) leader_changes: Arc<std::sync::atomic::AtomicU64>,
     /// The group's read lease as its leader, and its refusal window as a follower.
     pub(crate) lease: Arc<GroupLease>,
-    proposer: Proposer,
+    pub(crate) proposer: Proposer,
     /// Where snapshots from the leader arrive; one transfer at a time.
     staging: Arc<tokio::sync::Mutex<Staging>>,
     /// Taken to write by a snapshot install until it is durable, and to read by every
@@ -253,6 +256,12 @@ pub struct Node {
     handing_over: std::sync::atomic::AtomicBool,
     /// A read replica: serializable reads wait for each group's read floor.
     replica: bool,
+    /// What storage and replication count (see `crate::metrics` for the rest).
+    pub(crate) metrics: Arc<NodeMetrics>,
+    /// The fsyncs of the node's disk, for their queue's depth.
+    pub(crate) syncer: LogSyncer,
+    /// The disk, for health probes.
+    pub(crate) disk: Arc<dyn DynDisk>,
 }
 
 /// How often a bootstrap waiting for the other initial members tries again.
@@ -300,10 +309,11 @@ impl Node {
         let on_disk = seedkv_core::storage::groups_on(&*dyn_disk)
             .map_err(|err| NodeError::Storage(err.to_string()))?;
         // One syncer per disk: every group's appends share its fsyncs; one channel per peer.
-        let syncer = LogSyncer::start(disk.clone());
+        let metrics = Arc::new(NodeMetrics::default());
+        let syncer = LogSyncer::start(disk.clone(), metrics.clone());
         let peers = Arc::new(crate::network::Peers::default());
         let open_group: OpenGroup = {
-            let peers = peers.clone();
+            let (peers, metrics, syncer) = (peers.clone(), metrics.clone(), syncer.clone());
             let (id, identity, raft_config) = (config.id, identity.clone(), raft_config.clone());
             Box::new(move |group| {
                 let lease = Arc::new(GroupLease::new(
@@ -319,10 +329,20 @@ impl Node {
                     tracer: tracer.clone(),
                     peers: peers.clone(),
                     lease: lease.clone(),
+                    metrics: metrics.clone(),
                 };
                 let (disk, syncer, raft_config) =
                     (disk.clone(), syncer.clone(), raft_config.clone());
-                Box::pin(open(id, group, disk, syncer, raft_config, network, lease))
+                Box::pin(open(
+                    id,
+                    group,
+                    disk,
+                    syncer,
+                    raft_config,
+                    network,
+                    lease,
+                    metrics.clone(),
+                ))
             })
         };
         let snapshot_frame_timeout_ms = raft_config.install_snapshot_timeout;
@@ -360,6 +380,9 @@ impl Node {
             peers,
             handing_over: std::sync::atomic::AtomicBool::new(false),
             replica: config.replica,
+            metrics,
+            syncer,
+            disk: dyn_disk,
         });
         tokio::spawn(crate::pinning::pin_incarnations(Arc::downgrade(&node)));
         tokio::spawn(crate::keeper::keep_grants(Arc::downgrade(&node)));
@@ -1059,6 +1082,31 @@ impl Node {
             .add_service(pb::admin_server::AdminServer::new(AdminService(self)))
     }
 
+    /// The node's three gRPC services configured as [`Node::router`] serves them, for a
+    /// real server that hosts more beside them (the simulator's server takes only these).
+    #[cfg(not(madsim))]
+    pub fn services(
+        self: Arc<Self>,
+    ) -> (
+        pb::kv_server::KvServer<KvService>,
+        pb::raft_server::RaftServer<RaftService>,
+        pb::admin_server::AdminServer<AdminService>,
+    ) {
+        let max = self.limits.max_request_bytes + 64 * 1024;
+        (
+            pb::kv_server::KvServer::new(KvService(self.clone())).max_decoding_message_size(max),
+            pb::raft_server::RaftServer::new(RaftService(self.clone()))
+                .max_decoding_message_size(usize::MAX)
+                .max_encoding_message_size(usize::MAX),
+            pb::admin_server::AdminServer::new(AdminService(self)),
+        )
+    }
+
+    /// The limits every request is checked against.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
     /// Stops Raft; the node answers nothing afterwards.
     pub async fn shutdown(&self) {
         // Held so no group opens while the others stop.
@@ -1103,6 +1151,7 @@ impl Node {
             return self.write_acked_early(group, command).await;
         }
         ensure_leader(&group.raft)?;
+        self.metrics.proposals.inc();
         match group.proposer.propose(command).await? {
             Response::SessionExpired => Err(session_expired()),
             Response::StaleWrite { acked_below } => Err(stale_write(acked_below)),
@@ -1205,6 +1254,7 @@ fn lease_config(
 }
 
 /// Opens `group`'s state machine, log and Raft on `disk`.
+#[allow(clippy::too_many_arguments)]
 async fn open<D: Disk>(
     id: NodeId,
     group: GroupId,
@@ -1213,9 +1263,10 @@ async fn open<D: Disk>(
     raft_config: Arc<openraft::Config>,
     network: GrpcNetwork,
     lease: Arc<GroupLease>,
+    metrics: Arc<NodeMetrics>,
 ) -> Result<Group, NodeError> {
     let dyn_disk: Arc<dyn DynDisk> = disk.clone();
-    let state_machine = StateMachineStore::open(dyn_disk, group)
+    let state_machine = StateMachineStore::open(dyn_disk, group, metrics)
         .await
         .map_err(|err| NodeError::Storage(format!("group {}: {err}", group.0)))?;
     let mut log = LogStore::new(disk, group, state_machine.durable_applied(), syncer);
@@ -1239,9 +1290,15 @@ async fn open<D: Disk>(
         .await
         .map_err(|err| NodeError::Raft(format!("group {}: {err}", group.0)))?;
     let handing_over = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let leader_changes = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    tokio::spawn(crate::metrics::count_leader_changes(
+        raft.clone(),
+        leader_changes.clone(),
+    ));
     Ok(Group {
         id: group,
         read_index: ReadIndex::start(raft.clone(), state.clone()),
+        leader_changes,
         lease,
         proposer: Proposer::start(raft.clone(), handing_over.clone()),
         staging: Arc::new(tokio::sync::Mutex::new(Staging::new(state.clone()))),
@@ -1794,6 +1851,10 @@ impl pb::raft_server::Raft for RaftService {
             .admit(&message, Inbound::Snapshot, None)
             .await?;
         let group = self.0.host(GroupId(message.group)).await?;
+        self.0
+            .metrics
+            .snapshot_received_bytes
+            .inc_by(message.payload.len() as u64);
         let frame: SnapshotFrame = decode_request(&message)?;
         // The sender gives each frame `install_snapshot_timeout`, then drops the call, and
         // a real server then drops this handler: do the same here, so the simulator (whose
@@ -1863,12 +1924,20 @@ impl RaftService {
                     // before the install has switched to it.
                     let raft = group.raft.clone();
                     let gate = group.install_gate.clone();
+                    let metrics = self.0.metrics.clone();
                     let install = tokio::spawn(async move {
                         let held = staging;
+                        let started = tokio::time::Instant::now();
                         let appends_wait = gate.write_owned().await;
                         let result = raft.install_full_snapshot(vote, snapshot).await;
                         drop(appends_wait);
                         drop(held);
+                        if result.is_ok() {
+                            metrics.snapshot_installs.inc();
+                            metrics
+                                .snapshot_install_seconds
+                                .observe(started.elapsed().as_secs_f64());
+                        }
                         result
                     });
                     match install.await {

@@ -48,6 +48,11 @@ pub struct Proposer {
 }
 
 impl Proposer {
+    /// Writes waiting to be proposed now; at most [`MAX_WAITING_WRITES`].
+    pub fn depth(&self) -> usize {
+        self.queue.max_capacity() - self.queue.capacity()
+    }
+
     /// Starts the proposing task for `raft`. While `paused` is set (the leader is handing the
     /// group over), writes are refused unproposed, so the log stops growing.
     pub fn start(raft: Raft, paused: Arc<AtomicBool>) -> Proposer {

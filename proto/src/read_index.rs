@@ -32,6 +32,11 @@ pub struct ReadIndex {
 }
 
 impl ReadIndex {
+    /// Reads waiting for a read index now; at most [`MAX_WAITING_READS`].
+    pub fn depth(&self) -> usize {
+        self.queue.max_capacity() - self.queue.capacity()
+    }
+
     /// Starts the confirming task for `raft`, whose applied state is `state`.
     pub fn start(raft: Raft, state: Arc<SharedState>) -> ReadIndex {
         let (queue, mut waiting) = mpsc::channel::<Waiter>(MAX_WAITING_READS);

@@ -330,6 +330,13 @@ pub async fn run(config: RunConfig) -> RunReport {
             return report;
         }
         note("every voter led and wrote".into());
+        if let Err(why) = every_node_healthy(&cluster).await {
+            let history = std::mem::take(&mut *history.lock().unwrap_or_else(|p| p.into_inner()));
+            let mut report = finish(start, &trace, history);
+            report.failure = Some(why);
+            return report;
+        }
+        note("every node reported healthy".into());
         match quiet_failover(&cluster, &endpoints, &client_host).await {
             Ok(note_text) => note(note_text),
             Err(why) => {
@@ -636,6 +643,44 @@ async fn every_voter_leads(
         }
     }
     Ok(())
+}
+
+/// How long every running node may take to report healthy once the cluster has healed
+/// and served writes: a follower hears of a new leader within a heartbeat or two.
+const HEALTHY_WITHIN: Duration = Duration::from_secs(10);
+
+/// Every running node, voter or replica, says what its `/health` would say once healed:
+/// every group it hosts knows a leader and runs, and its disk answers. A node stuck
+/// without a leader for a group it hosts, or with a failed or stalled disk, fails the run.
+async fn every_node_healthy(cluster: &SharedCluster) -> Result<(), String> {
+    let give_up = Instant::now() + HEALTHY_WITHIN;
+    loop {
+        let running: Vec<(usize, Arc<seedkv_proto::node::Node>)> = {
+            let c = cluster.lock().unwrap_or_else(|p| p.into_inner());
+            (0..c.len())
+                .filter_map(|i| c.node(i).map(|node| (i, node)))
+                .collect()
+        };
+        let sick: Vec<String> = running
+            .iter()
+            .filter_map(|(index, node)| {
+                let (_, _, problems) = seedkv_proto::metrics::health(node);
+                (!problems.is_empty())
+                    .then(|| format!("node {}: {}", index + 1, problems.join("; ")))
+            })
+            .collect();
+        if sick.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() >= give_up {
+            return Err(format!(
+                "nodes not healthy {} s after the heal: {}",
+                HEALTHY_WITHIN.as_secs(),
+                sick.join(" | ")
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// How long the write to each data group after the heal may take.

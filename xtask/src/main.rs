@@ -567,8 +567,54 @@ fn bites(args: &BitesArgs) -> Result<bool> {
     Ok(all_bite)
 }
 
-/// Debian packages the build needs: RocksDB to link against, libclang for its bindings.
-const APT_PACKAGES: [&str; 3] = ["librocksdb-dev", "libclang1-14", "libclang-common-14-dev"];
+/// Debian packages the build and tests need: RocksDB to link against, libclang for its
+/// bindings; curl and promtool (in `prometheus`) to drive the HTTP side from outside.
+const APT_PACKAGES: [&str; 5] = [
+    "librocksdb-dev",
+    "libclang1-14",
+    "libclang-common-14-dev",
+    "curl",
+    "prometheus",
+];
+
+/// The Python packages of the foreign gRPC client the tests call seedkv with, pinned.
+const PYTHON_PACKAGES: [&str; 4] = [
+    "grpcio==1.85.3",
+    "grpcio-health-checking==1.85.1",
+    "grpcio-reflection==1.85.1",
+    "protobuf==7.36.2",
+];
+
+/// The Python virtual environment holding [`PYTHON_PACKAGES`].
+fn python_env() -> PathBuf {
+    root().join("target").join("pyenv")
+}
+
+/// Creates [`python_env`] with [`PYTHON_PACKAGES`] unless it already imports them; returns
+/// its interpreter.
+fn install_python_packages() -> Result<PathBuf> {
+    let python = python_env().join("bin").join("python");
+    let ready = Command::new(&python)
+        .args(["-c", "import grpc, grpc_health.v1, grpc_reflection.v1alpha"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success());
+    if ready {
+        return Ok(python);
+    }
+    let mut venv = Command::new("python3");
+    venv.args(["-m", "venv"]).arg(python_env());
+    run_checked(venv, "python3 -m venv target/pyenv")?;
+    let mut pip = Command::new(&python);
+    pip.args(["-m", "pip", "install", "-q"])
+        .args(PYTHON_PACKAGES);
+    run_checked(
+        pip,
+        "pip install grpcio grpcio-health-checking grpcio-reflection",
+    )?;
+    Ok(python)
+}
 
 /// Installs the system packages the build needs, if any is missing.
 fn install_system_packages() -> Result<()> {
@@ -628,8 +674,11 @@ fn test(args: &TestArgs) -> Result<bool> {
         "warnings",
     ]);
     run_checked(clippy, "cargo clippy -D warnings")?;
+    let python = install_python_packages()?;
     let mut tests = cargo();
-    tests.args(["test", "--workspace"]);
+    tests
+        .args(["test", "--workspace"])
+        .env("SEEDKV_TEST_PYTHON", python);
     run_checked(tests, "unit and integration tests (cargo test --workspace)")?;
 
     // The simulation build: lints and tests under --cfg madsim, then the sweeps.

@@ -13,6 +13,7 @@ use openraft::{OptionalSend, RaftLogReader, StorageIOError};
 
 use super::{decode_at, io_err, keys, read_err, Disk, DiskError, Durability, WriteBatch};
 use crate::codec;
+use crate::metrics::NodeMetrics;
 use crate::types::{Entry, GroupId, LogId, StorageError, TypeConfig, Vote};
 
 /// Appends waiting for the fsync that makes them durable; more wait behind the queue.
@@ -24,15 +25,20 @@ pub const MAX_APPENDS_AWAITING_SYNC: usize = 4_096;
 /// node then serves every group that appended meanwhile.
 #[derive(Clone)]
 pub struct LogSyncer {
-    queue: tokio::sync::mpsc::Sender<LogFlushed<TypeConfig>>,
+    /// Each append's callback with the number of entries it wrote.
+    queue: tokio::sync::mpsc::Sender<(LogFlushed<TypeConfig>, u64)>,
+    /// When the fsync now running began, if one is.
+    running_since: Arc<std::sync::Mutex<Option<tokio::time::Instant>>>,
 }
 
 impl LogSyncer {
-    /// Starts the syncing task for `disk` on the current runtime; it ends when every handle
-    /// is dropped.
-    pub fn start<D: Disk>(disk: Arc<D>) -> LogSyncer {
+    /// Starts the syncing task for `disk` on the current runtime, counting into `metrics`;
+    /// it ends when every handle is dropped.
+    pub fn start<D: Disk>(disk: Arc<D>, metrics: Arc<NodeMetrics>) -> LogSyncer {
         let (queue, mut waiting) =
-            tokio::sync::mpsc::channel::<LogFlushed<TypeConfig>>(MAX_APPENDS_AWAITING_SYNC);
+            tokio::sync::mpsc::channel::<(LogFlushed<TypeConfig>, u64)>(MAX_APPENDS_AWAITING_SYNC);
+        let running_since = Arc::new(std::sync::Mutex::new(None));
+        let running = running_since.clone();
         tokio::spawn(async move {
             while let Some(first) = waiting.recv().await {
                 let mut flushed = vec![first];
@@ -40,9 +46,23 @@ impl LogSyncer {
                 while let Ok(next) = waiting.try_recv() {
                     flushed.push(next);
                 }
+                let started = tokio::time::Instant::now();
+                set(&running, Some(started));
                 let result = disk.sync().await;
+                set(&running, None);
+                let entries: u64 = flushed.iter().map(|(_, entries)| entries).sum();
+                metrics.fsyncs.inc();
+                metrics
+                    .fsync_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                if result.is_ok() {
+                    metrics.entries_synced.inc_by(entries);
+                    metrics.entries_per_fsync.observe(entries as f64);
+                } else {
+                    metrics.fsync_failures.inc();
+                }
                 // In append order: each group's flushed position only moves forward.
-                for callback in flushed {
+                for (callback, _) in flushed {
                     callback.log_io_completed(
                         result
                             .clone()
@@ -51,8 +71,31 @@ impl LogSyncer {
                 }
             }
         });
-        LogSyncer { queue }
+        LogSyncer {
+            queue,
+            running_since,
+        }
     }
+
+    /// How long the fsync now running has run, if one is: a stalled disk shows here.
+    pub fn fsync_running_for(&self) -> Option<Duration> {
+        let since = *self
+            .running_since
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        since.map(|since| since.elapsed())
+    }
+
+    /// Appends waiting for an fsync now; at most [`MAX_APPENDS_AWAITING_SYNC`].
+    pub fn depth(&self) -> usize {
+        self.queue.max_capacity() - self.queue.capacity()
+    }
+}
+
+fn set(slot: &std::sync::Mutex<Option<tokio::time::Instant>>, value: Option<tokio::time::Instant>) {
+    *slot
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = value;
 }
 
 /// The Raft log and vote of one group, on a [`Disk`].
@@ -293,7 +336,9 @@ impl<D: Disk> RaftLogStorage<TypeConfig> for LogStore<D> {
         I::IntoIter: OptionalSend,
     {
         let mut batch = WriteBatch::default();
+        let mut count: u64 = 0;
         for entry in entries {
+            count += 1;
             batch.put(
                 keys::log(self.group, entry.log_id.index),
                 codec::encode(&entry),
@@ -304,7 +349,7 @@ impl<D: Disk> RaftLogStorage<TypeConfig> for LogStore<D> {
             callback.log_io_completed(Err(std::io::Error::other(err.to_string())));
             return Err(io_err(StorageIOError::write_logs, &err));
         }
-        if self.syncer.queue.send(callback).await.is_err() {
+        if self.syncer.queue.send((callback, count)).await.is_err() {
             return Err(io_err(
                 StorageIOError::write_logs,
                 &DiskError::Io("the log syncer has stopped".into()),

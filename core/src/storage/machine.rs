@@ -27,6 +27,7 @@ use super::{
 };
 use crate::codec;
 use crate::command::{Command, Response, Revision, ScanRange, Versioned};
+use crate::metrics::NodeMetrics;
 use crate::session::{
     SessionEffect, SessionHeader, Sessions, MAX_ANSWERS, MAX_ANSWERS_PER_SESSION, MAX_SESSIONS,
 };
@@ -446,13 +447,18 @@ pub struct StateMachineStore {
     shared: Arc<SharedState>,
     /// The highest applied index known durable (see [`super::LogStore`]'s purge).
     durable: Arc<tokio::sync::watch::Sender<u64>>,
+    metrics: Arc<NodeMetrics>,
 }
 
 impl StateMachineStore {
     /// Opens the state machine of `group`: reads the applied meta and sessions, removes
     /// what a crash left of other generations, and makes the applied point durable (a
-    /// purge may rely on it).
-    pub async fn open(disk: Arc<dyn DynDisk>, group: GroupId) -> Result<Self, StorageError> {
+    /// purge may rely on it). Snapshot builds count into `metrics`.
+    pub async fn open(
+        disk: Arc<dyn DynDisk>,
+        group: GroupId,
+        metrics: Arc<NodeMetrics>,
+    ) -> Result<Self, StorageError> {
         if disk
             .get(&keys::legacy_snapshot(group))
             .map_err(|e| read_err(&e))?
@@ -485,6 +491,7 @@ impl StateMachineStore {
                 applied: RwLock::new(Applied { meta, sessions }),
             }),
             durable: Arc::new(durable),
+            metrics,
         })
     }
 
@@ -518,6 +525,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     /// A snapshot is the applied state itself: take a view, then make everything in it
     /// durable with one fsync. Nothing is copied.
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let started = tokio::time::Instant::now();
         let view = self.current_view()?;
         self.shared
             .disk
@@ -526,6 +534,10 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
             .map_err(|e| write_err(&e))?;
         let index = view.meta().last_applied.map_or(0, |id| id.index);
         self.mark_durable(index);
+        self.metrics.snapshot_builds.inc();
+        self.metrics
+            .snapshot_build_seconds
+            .observe(started.elapsed().as_secs_f64());
         tracing::debug!(group = %self.shared.group, snapshot = ?view.meta().last_applied, "snapshot built");
         Ok(Snapshot {
             meta: view.meta().snapshot_meta(),
@@ -613,6 +625,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         StateMachineStore {
             shared: self.shared.clone(),
             durable: self.durable.clone(),
+            metrics: self.metrics.clone(),
         }
     }
 

@@ -42,7 +42,7 @@ pub mod machine;
 pub mod snapshot;
 
 pub use identity::{IdentityError, NodeIdentity};
-pub use log::{LogStore, LogSyncer};
+pub use log::{LogStore, LogSyncer, MAX_APPENDS_AWAITING_SYNC};
 pub use machine::{AppliedMeta, SharedState, StateMachineStore, StateSummary};
 pub use snapshot::SnapshotData;
 
