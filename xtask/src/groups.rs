@@ -24,7 +24,7 @@ const SETTLE_S: u64 = 20;
 const TICKS_PER_S: f64 = 100.0;
 
 /// CPU seconds `pid` has used so far.
-fn cpu_seconds(pid: u32) -> Result<f64> {
+pub(crate) fn cpu_seconds(pid: u32) -> Result<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .with_context(|| format!("read /proc/{pid}/stat"))?;
     // The command name may hold spaces: fields start after its closing parenthesis.
@@ -45,7 +45,7 @@ fn cpu_seconds(pid: u32) -> Result<f64> {
 
 /// True once every data group of the cluster at `endpoints` has a leader whose log took
 /// its slots: a put to one key of each group succeeds.
-fn every_group_serves(binary: &Path, endpoints: &str, groups: u32) -> bool {
+pub(crate) fn every_group_serves(binary: &Path, endpoints: &str, groups: u32) -> bool {
     let output = Command::new(binary)
         .args([
             "--endpoints",

@@ -15,6 +15,7 @@ use anyhow::{bail, Context, Result};
 
 mod groups;
 mod handover;
+mod ops;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
@@ -67,6 +68,16 @@ enum Task {
         /// Stops of each kind.
         #[arg(long, default_value_t = 10)]
         rounds: usize,
+    },
+    /// What operating a node costs: HTTP gateway puts against gRPC puts on one node (wrk
+    /// and `seedkv bench`, 64 connections), and the CPU of scraping `/metrics` every second.
+    MeasureOps {
+        /// Seconds of puts per row.
+        #[arg(long, default_value_t = 10)]
+        bench_s: u64,
+        /// Seconds of each CPU window, without and with scrapes.
+        #[arg(long, default_value_t = 60)]
+        window_s: u64,
     },
     /// What many Raft groups cost a release 3-node cluster: idle CPU of its processes, and
     /// puts/s of 64 clients, per data group count.
@@ -174,6 +185,7 @@ fn main() -> ExitCode {
         Task::Server { args } => server(&args),
         Task::CheckerTimes => checker_times(),
         Task::Handover { rounds } => handover::handover(rounds),
+        Task::MeasureOps { bench_s, window_s } => ops::measure_ops(bench_s, window_s),
         Task::MeasureGroups {
             idle,
             puts,
