@@ -30,6 +30,7 @@ pub mod lease;
 pub mod metrics;
 pub mod ownership;
 pub mod quiet;
+pub mod rebalance;
 pub mod routing;
 pub mod runtime;
 pub mod session;

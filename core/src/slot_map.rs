@@ -61,6 +61,12 @@ pub enum PlacementError {
     NoReplicas,
     #[error("every group needs a weight of at least 1")]
     ZeroWeight,
+    #[error("no data group {0} in the slot map")]
+    UnknownGroup(GroupId),
+    #[error("data group {0} is in the slot map already")]
+    GroupExists(GroupId),
+    #[error("group 0 is the meta group; data groups count from 1")]
+    MetaGroup,
 }
 
 /// The slot map: an owner for every slot, the data groups, and a version that grows with
@@ -240,6 +246,100 @@ impl SlotMap {
         plan
     }
 
+    /// The next version of the map with data group `group` added on `replicas` (the
+    /// preferred leader first) at `weight`, owning no slot yet.
+    pub fn with_group(
+        &self,
+        group: GroupId,
+        replicas: Vec<NodeId>,
+        weight: u32,
+    ) -> Result<SlotMap, PlacementError> {
+        if group == META_GROUP {
+            return Err(PlacementError::MetaGroup);
+        }
+        if self.groups.contains_key(&group) {
+            return Err(PlacementError::GroupExists(group));
+        }
+        if replicas.is_empty() {
+            return Err(PlacementError::NoReplicas);
+        }
+        if replicas.contains(&0) {
+            return Err(PlacementError::ZeroNode);
+        }
+        let mut sorted = replicas.clone();
+        sorted.sort_unstable();
+        if let Some(pair) = sorted.windows(2).find(|pair| pair[0] == pair[1]) {
+            return Err(PlacementError::DuplicateNode(pair[0]));
+        }
+        if weight == 0 {
+            return Err(PlacementError::ZeroWeight);
+        }
+        if self.groups.len() >= usize::from(SLOT_COUNT) {
+            return Err(PlacementError::TooManyGroups {
+                groups: u32::try_from(self.groups.len() + 1).unwrap_or(u32::MAX),
+            });
+        }
+        let mut next = self.next_version();
+        next.groups.insert(group, GroupInfo { replicas, weight });
+        debug_assert_eq!(next.check(), Ok(()));
+        Ok(next)
+    }
+
+    /// The next version of the map with `group` weighted `weight`.
+    pub fn with_weight(&self, group: GroupId, weight: u32) -> Result<SlotMap, PlacementError> {
+        if weight == 0 {
+            return Err(PlacementError::ZeroWeight);
+        }
+        let mut next = self.next_version();
+        next.groups
+            .get_mut(&group)
+            .ok_or(PlacementError::UnknownGroup(group))?
+            .weight = weight;
+        Ok(next)
+    }
+
+    /// The next version of the map with `slot` owned by `group`, taken at the new version:
+    /// the epoch that outranks every claim on the slot before it.
+    pub fn with_owner(&self, slot: Slot, group: GroupId) -> Result<SlotMap, PlacementError> {
+        if !self.groups.contains_key(&group) {
+            return Err(PlacementError::UnknownGroup(group));
+        }
+        let mut next = self.next_version();
+        next.owners[usize::from(slot.get())] = SlotOwner {
+            group,
+            epoch: next.version,
+        };
+        debug_assert_eq!(next.check(), Ok(()));
+        Ok(next)
+    }
+
+    fn next_version(&self) -> SlotMap {
+        let mut next = self.clone();
+        next.version += 1;
+        next
+    }
+
+    /// Owners drawn from `seed` among the groups, every slot at the map's version: an
+    /// arbitrary, unbalanced map for property tests.
+    #[cfg(test)]
+    pub(crate) fn scrambled(&self, seed: u64) -> SlotMap {
+        let groups: Vec<GroupId> = self.groups.keys().copied().collect();
+        let mut state = seed | 1;
+        let mut next = self.clone();
+        for owner in &mut next.owners {
+            // xorshift64: enough spread for a test's arbitrary map.
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let pick = usize::try_from(state % groups.len() as u64).unwrap_or(0);
+            *owner = SlotOwner {
+                group: groups[pick],
+                epoch: next.version,
+            };
+        }
+        next
+    }
+
     /// The map's invariants: one owner per slot, every owner a known group that is not the
     /// meta group, every group with at least one replica, no node twice in a group, epochs
     /// no newer than the map.
@@ -349,6 +449,61 @@ pub fn format_ranges(ranges: &[(Slot, Slot)]) -> String {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn changes_make_a_new_version_and_keep_the_invariants() {
+        let map = SlotMap::initial(&[1, 2, 3], 2, DEFAULT_REPLICAS).expect("map");
+        let added = map.with_group(GroupId(3), vec![2, 3, 1], 2).expect("add");
+        assert_eq!(added.version(), map.version() + 1);
+        assert_eq!(added.slot_count_of(GroupId(3)), 0);
+        assert_eq!(added.preferred_leader(GroupId(3)), Some(2));
+        let slot = Slot::new(7).expect("slot");
+        let moved = added.with_owner(slot, GroupId(3)).expect("move");
+        assert_eq!(
+            moved.owner(slot),
+            SlotOwner {
+                group: GroupId(3),
+                epoch: moved.version()
+            }
+        );
+        assert_eq!(moved.check(), Ok(()));
+        let weighed = moved.with_weight(GroupId(1), 5).expect("weight");
+        assert_eq!(weighed.groups()[&GroupId(1)].weight, 5);
+        assert_eq!(weighed.version(), moved.version() + 1);
+        // Refused, the map unchanged.
+        assert_eq!(
+            map.with_group(GroupId(1), vec![1], 1),
+            Err(PlacementError::GroupExists(GroupId(1)))
+        );
+        assert_eq!(
+            map.with_group(META_GROUP, vec![1], 1),
+            Err(PlacementError::MetaGroup)
+        );
+        assert_eq!(
+            map.with_group(GroupId(9), vec![], 1),
+            Err(PlacementError::NoReplicas)
+        );
+        assert_eq!(
+            map.with_group(GroupId(9), vec![1, 1], 1),
+            Err(PlacementError::DuplicateNode(1))
+        );
+        assert_eq!(
+            map.with_group(GroupId(9), vec![1], 0),
+            Err(PlacementError::ZeroWeight)
+        );
+        assert_eq!(
+            map.with_weight(GroupId(9), 1),
+            Err(PlacementError::UnknownGroup(GroupId(9)))
+        );
+        assert_eq!(
+            map.with_weight(GroupId(1), 0),
+            Err(PlacementError::ZeroWeight)
+        );
+        assert_eq!(
+            map.with_owner(slot, GroupId(9)),
+            Err(PlacementError::UnknownGroup(GroupId(9)))
+        );
+    }
 
     #[test]
     fn initial_map_splits_slots_evenly_in_ranges() {
