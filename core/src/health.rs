@@ -25,7 +25,7 @@ pub struct GroupView {
 /// What the node sees of its disk.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DiskView {
-    /// A read of a known row: `Err` with the reason when it failed or did not return.
+    /// A read of a known row: `Err` saying what went wrong (it failed, or did not return).
     pub read: Result<(), String>,
     /// How long the fsync now running has run, if one is.
     pub fsync_running_ms: Option<u64>,
@@ -37,7 +37,7 @@ pub struct DiskView {
 pub fn problems(groups: &[GroupView], disk: &DiskView) -> Vec<String> {
     let mut problems = Vec::new();
     if let Err(reason) = &disk.read {
-        problems.push(format!("disk: a read failed: {reason}"));
+        problems.push(format!("disk: {reason}"));
     }
     if disk.fsync_failures > 0 {
         problems.push(format!(

@@ -33,7 +33,8 @@ pub struct NodeMetrics {
     pub proposals: Counter,
     /// Log entries made durable, over every group on the node's disk.
     pub entries_synced: Counter,
-    /// fsyncs of the Raft log (one covers every group's appends queued before it).
+    /// fsyncs of the Raft log that succeeded (one covers every group's appends queued
+    /// before it).
     pub fsyncs: Counter,
     /// fsyncs that failed (after one, the groups stop: an fsync is never retried).
     pub fsync_failures: Counter,
@@ -48,9 +49,10 @@ pub struct NodeMetrics {
     pub snapshot_send_failures: Counter,
     pub snapshot_sent_bytes: Counter,
     pub snapshot_send_seconds: Histogram,
+    /// Snapshots switched to by the state machine.
     pub snapshot_installs: Counter,
     pub snapshot_received_bytes: Counter,
-    /// From the last frame received to the switch to the new state.
+    /// The state machine's switch to a received snapshot, its synced write included.
     pub snapshot_install_seconds: Histogram,
 }
 
@@ -82,7 +84,7 @@ impl NodeMetrics {
     pub fn register(&self, registry: &mut Registry) {
         registry.register(
             "proposals",
-            "Client writes proposed to Raft",
+            "Client writes handed to a leader's proposer",
             self.proposals.clone(),
         );
         registry.register(
@@ -92,7 +94,7 @@ impl NodeMetrics {
         );
         registry.register(
             "fsyncs",
-            "fsyncs of the Raft log, each covering every group's queued appends",
+            "Successful fsyncs of the Raft log, each covering every group's queued appends",
             self.fsyncs.clone(),
         );
         registry.register(
@@ -146,7 +148,7 @@ impl NodeMetrics {
         );
         registry.register(
             "snapshot_installs",
-            "Snapshots received and switched to",
+            "Snapshots the state machine switched to",
             self.snapshot_installs.clone(),
         );
         registry.register_with_unit(
@@ -157,7 +159,7 @@ impl NodeMetrics {
         );
         registry.register_with_unit(
             "snapshot_install_duration",
-            "Duration of one snapshot install, last frame to switch",
+            "Duration of the switch to a received snapshot",
             Unit::Seconds,
             self.snapshot_install_seconds.clone(),
         );

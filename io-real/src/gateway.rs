@@ -22,11 +22,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::header::{ACCEPT, CONTENT_TYPE};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{any, get};
 use axum::{Json, Router};
 use base64::Engine;
 use prometheus_client::registry::Registry;
@@ -48,6 +49,50 @@ pub struct Gateway {
     pub client: Client,
     /// The node's whole registry: its own figures, requests served, RocksDB's size.
     pub registry: Registry,
+    pub probe: Arc<DiskProbe>,
+}
+
+/// The disk probe of `/health` and gRPC health, one at a time: a read that hangs holds
+/// one blocking thread, and later probes report it instead of starting another.
+#[derive(Debug, Default)]
+pub struct DiskProbe {
+    running_since: std::sync::Mutex<Option<tokio::time::Instant>>,
+}
+
+impl DiskProbe {
+    fn slot(&self) -> std::sync::MutexGuard<'_, Option<tokio::time::Instant>> {
+        self.running_since
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Reads one row of `node`'s disk within [`HEALTH_PROBE_MS`]; `Err` says why not.
+    pub async fn read(self: &Arc<Self>, node: &Arc<Node>) -> Result<(), String> {
+        {
+            let mut slot = self.slot();
+            if let Some(since) = *slot {
+                return Err(format!(
+                    "a read has not returned for {} ms",
+                    since.elapsed().as_millis()
+                ));
+            }
+            *slot = Some(tokio::time::Instant::now());
+        }
+        let (probe, probing) = (self.clone(), node.clone());
+        let read = tokio::task::spawn_blocking(move || {
+            let result = seedkv_proto::metrics::read_disk(&probing);
+            *probe.slot() = None;
+            result
+        });
+        match tokio::time::timeout(Duration::from_millis(HEALTH_PROBE_MS), read).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(err)) => {
+                *self.slot() = None;
+                Err(format!("the probe stopped: {err}"))
+            }
+            Err(_) => Err(format!("a read did not return within {HEALTH_PROBE_MS} ms")),
+        }
+    }
 }
 
 /// The HTTP routes, to be merged with the gRPC services on one port.
@@ -58,12 +103,52 @@ pub fn routes(gateway: Arc<Gateway>) -> Router {
         .route("/metrics", get(metrics))
         .route("/health", get(health))
         .route("/v1/kv", get(list))
+        .route("/v1/kv/", any(no_key))
         .route(
             "/v1/kv/{*key}",
             get(get_key).put(put_key).delete(delete_key),
         )
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(gateway)
+}
+
+/// What nobody serves: a gRPC call gets gRPC's own `UNIMPLEMENTED` (a generic client must
+/// not see an HTTP 404), any other request a JSON 404. Set on the merged router, in place
+/// of tonic's fallback, which answers everything as gRPC.
+pub async fn fallback(request: Request) -> Response {
+    let grpc = request
+        .headers()
+        .get(CONTENT_TYPE)
+        .is_some_and(|value| value.as_bytes().starts_with(b"application/grpc"));
+    let path = request.uri().path();
+    if grpc {
+        tonic::Status::unimplemented(format!("no service or method at {path}"))
+            .into_http::<axum::body::Body>()
+    } else {
+        error(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            &format!("nothing is served at {path}"),
+        )
+    }
+}
+
+async fn no_key() -> Response {
+    error(
+        StatusCode::BAD_REQUEST,
+        "INVALID_ARGUMENT",
+        "a key is needed after /v1/kv/",
+    )
+}
+
+/// An extractor's rejection (a path that is not UTF-8, a bad query, a body over the
+/// limit) as the gateway's JSON error.
+fn rejected(status: StatusCode, text: &str) -> Response {
+    let code = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => "TOO_LARGE",
+        _ => "INVALID_ARGUMENT",
+    };
+    error(status, code, text)
 }
 
 /// `/metrics`: OpenMetrics when the scraper asks for it (Prometheus does), otherwise the
@@ -130,25 +215,16 @@ pub fn prometheus_text(open_metrics: &str) -> String {
 /// `/health`: 200 when every hosted group knows a leader and the disk answers, else 503
 /// with the reasons.
 async fn health(State(gateway): State<Arc<Gateway>>) -> Response {
-    let (status, body) = health_report(&gateway.node).await;
+    let (status, body) = health_report(&gateway.node, &gateway.probe).await;
     (status, Json(body)).into_response()
 }
 
 /// The health verdict and its JSON body.
-pub async fn health_report(node: &Arc<Node>) -> (StatusCode, Value) {
-    let probing = node.clone();
-    let probe = tokio::task::spawn_blocking(move || seedkv_proto::metrics::health(&probing));
-    let (groups, problems) =
-        match tokio::time::timeout(Duration::from_millis(HEALTH_PROBE_MS), probe).await {
-            Ok(Ok((groups, _disk, problems))) => (groups, problems),
-            Ok(Err(err)) => (Vec::new(), vec![format!("health probe failed: {err}")]),
-            Err(_) => (
-                Vec::new(),
-                vec![format!(
-                    "disk: a read did not return within {HEALTH_PROBE_MS} ms"
-                )],
-            ),
-        };
+pub async fn health_report(node: &Arc<Node>, probe: &Arc<DiskProbe>) -> (StatusCode, Value) {
+    let groups = seedkv_proto::metrics::group_views(node);
+    let read = probe.read(node).await;
+    let disk = seedkv_proto::metrics::disk_view(node, read);
+    let problems = seedkv_core::health::problems(&groups, &disk);
     let healthy = problems.is_empty();
     let body = json!({
         "healthy": healthy,
@@ -224,9 +300,14 @@ fn entry(key: &[u8], versioned: &Versioned) -> Value {
 
 async fn get_key(
     State(gateway): State<Arc<Gateway>>,
-    Path(key): Path<String>,
-    Query(params): Query<ReadParams>,
+    key: Result<Path<String>, PathRejection>,
+    params: Result<Query<ReadParams>, QueryRejection>,
 ) -> Response {
+    let (Path(key), Query(params)) = match (key, params) {
+        (Ok(key), Ok(params)) => (key, params),
+        (Err(rejection), _) => return rejected(rejection.status(), &rejection.body_text()),
+        (_, Err(rejection)) => return rejected(rejection.status(), &rejection.body_text()),
+    };
     let consistency = match parse_consistency(params.consistency.as_deref()) {
         Ok(consistency) => consistency,
         Err(message) => return error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", &message),
@@ -244,16 +325,28 @@ async fn get_key(
 
 async fn put_key(
     State(gateway): State<Arc<Gateway>>,
-    Path(key): Path<String>,
-    body: Bytes,
+    key: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let (Path(key), body) = match (key, body) {
+        (Ok(key), Ok(body)) => (key, body),
+        (Err(rejection), _) => return rejected(rejection.status(), &rejection.body_text()),
+        (_, Err(rejection)) => return rejected(rejection.status(), &rejection.body_text()),
+    };
     match gateway.client.put(key.as_bytes(), &body).await {
         Ok(revision) => Json(json!({ "key": key, "revision": revision })).into_response(),
         Err(err) => client_error(&err),
     }
 }
 
-async fn delete_key(State(gateway): State<Arc<Gateway>>, Path(key): Path<String>) -> Response {
+async fn delete_key(
+    State(gateway): State<Arc<Gateway>>,
+    key: Result<Path<String>, PathRejection>,
+) -> Response {
+    let Path(key) = match key {
+        Ok(key) => key,
+        Err(rejection) => return rejected(rejection.status(), &rejection.body_text()),
+    };
     match gateway.client.delete(key.as_bytes()).await {
         Ok((revision, deleted)) => {
             Json(json!({ "key": key, "deleted": deleted, "revision": revision })).into_response()
@@ -262,7 +355,14 @@ async fn delete_key(State(gateway): State<Arc<Gateway>>, Path(key): Path<String>
     }
 }
 
-async fn list(State(gateway): State<Arc<Gateway>>, Query(params): Query<ListParams>) -> Response {
+async fn list(
+    State(gateway): State<Arc<Gateway>>,
+    params: Result<Query<ListParams>, QueryRejection>,
+) -> Response {
+    let Query(params) = match params {
+        Ok(params) => params,
+        Err(rejection) => return rejected(rejection.status(), &rejection.body_text()),
+    };
     let consistency = match parse_consistency(params.consistency.as_deref()) {
         Ok(consistency) => consistency,
         Err(message) => return error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", &message),

@@ -17,7 +17,7 @@ use tokio_stream::StreamExt;
 use tonic::service::Routes;
 use tonic_health::ServingStatus;
 
-use crate::gateway::{self, Gateway};
+use crate::gateway::{self, DiskProbe, Gateway};
 use crate::observe::{self, DiskCollector, Requests};
 use crate::RocksDisk;
 
@@ -59,7 +59,18 @@ pub async fn serve(
     }
     let reflection_v1alpha = reflection.build_v1alpha()?;
     let (reporter, health_service) = tonic_health::server::health_reporter();
-    let health_task = tokio::spawn(report_health(node.clone(), reporter));
+    // NOT_SERVING until the first verdict (tonic-health starts the server as SERVING).
+    for service in HEALTH_SERVICES {
+        reporter
+            .set_service_status(service, ServingStatus::NotServing)
+            .await;
+    }
+    let probe = Arc::new(DiskProbe::default());
+    let _health_task = AbortOnDrop(tokio::spawn(report_health(
+        node.clone(),
+        probe.clone(),
+        reporter,
+    )));
 
     let mut registry = seedkv_proto::metrics::registry(&node);
     registry.register_collector(Box::new(DiskCollector(disk)));
@@ -68,6 +79,7 @@ pub async fn serve(
         client: Client::new(ClientConfig::new(vec![node.addr().to_string()])),
         node: node.clone(),
         registry,
+        probe,
     });
 
     let (kv, raft, admin) = node.services();
@@ -79,6 +91,7 @@ pub async fn serve(
         .add_service(reflection_v1alpha)
         .into_axum_router()
         .merge(gateway::routes(gateway))
+        .fallback(gateway::fallback)
         .layer(axum::middleware::from_fn_with_state(
             requests,
             observe::observe,
@@ -97,22 +110,36 @@ pub async fn serve(
         .add_routes(Routes::from(router))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
-    health_task.abort();
     Ok(served?)
 }
 
+/// Aborts the task when dropped, however `serve` ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The services `grpc.health.v1` reports on: the whole server (`""`) and seedkv's three.
+const HEALTH_SERVICES: [&str; 4] = ["", "seedkv.v1.Kv", "seedkv.v1.Admin", "seedkv.v1.Raft"];
+
 /// Keeps `grpc.health.v1` saying what `/health` says: the whole server (`""`) and each
 /// seedkv service are SERVING exactly when the node is healthy.
-async fn report_health(node: Arc<Node>, reporter: tonic_health::server::HealthReporter) {
-    const SERVICES: [&str; 4] = ["", "seedkv.v1.Kv", "seedkv.v1.Admin", "seedkv.v1.Raft"];
+async fn report_health(
+    node: Arc<Node>,
+    probe: Arc<DiskProbe>,
+    reporter: tonic_health::server::HealthReporter,
+) {
     loop {
-        let (status, _) = gateway::health_report(&node).await;
+        let (status, _) = gateway::health_report(&node, &probe).await;
         let serving = if status.is_success() {
             ServingStatus::Serving
         } else {
             ServingStatus::NotServing
         };
-        for service in SERVICES {
+        for service in HEALTH_SERVICES {
             reporter.set_service_status(service, serving).await;
         }
         tokio::time::sleep(Duration::from_millis(HEALTH_EVERY_MS)).await;

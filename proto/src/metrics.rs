@@ -17,6 +17,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use seedkv_core::health::{self, DiskView, GroupView};
+use seedkv_core::slot_map::META_GROUP;
 use seedkv_core::storage::identity::IDENTITY_KEY;
 use seedkv_core::storage::MAX_APPENDS_AWAITING_SYNC;
 use seedkv_core::{NodeId, Raft};
@@ -37,9 +38,12 @@ pub fn registry(node: &Arc<Node>) -> Registry {
     registry
 }
 
-/// Counts the leaders `raft` changes to (a change to none included), until it stops.
+/// Counts the leaders `raft` changes to, until it stops: one per new leader, as etcd's
+/// `leader_changes_seen` (an election's leaderless moment is not a change). Watches
+/// openraft's server metrics, which change with votes, leaders and memberships only, not
+/// with every append.
 pub(crate) async fn count_leader_changes(raft: Raft, changes: Arc<AtomicU64>) {
-    let mut metrics = raft.metrics();
+    let mut metrics = raft.server_metrics();
     let mut leader = metrics.borrow().current_leader;
     while metrics.changed().await.is_ok() {
         let (now, state) = {
@@ -49,9 +53,11 @@ pub(crate) async fn count_leader_changes(raft: Raft, changes: Arc<AtomicU64>) {
         if state == ServerState::Shutdown {
             return;
         }
-        if now != leader {
-            leader = now;
+        if now.is_some() && now != leader {
             changes.fetch_add(1, Ordering::Relaxed);
+        }
+        if now.is_some() {
+            leader = now;
         }
     }
 }
@@ -211,13 +217,28 @@ fn encode_per_group(encoder: &mut DescriptorEncoder, rows: &Rows) -> Result<(), 
     Ok(())
 }
 
-/// The highest index a quorum of every configuration holds, as the leader `me` sees it; `None`
-/// on a node that does not lead.
+/// The commit index as the leader `me` knows it; `None` on a node that does not lead.
+///
+/// A leader commits an index a quorum of every configuration holds once an entry of its
+/// own term is committed (Raft never commits an older term's entry by counting replicas).
+/// So: until an entry of its term is applied, the applied index (a lower bound, exact but
+/// for the instant between commit and apply); after, the highest index held by a quorum
+/// of every configuration (each such index holds an entry of its term, or lies below one
+/// already committed), never below the applied index.
 fn commit_index(me: NodeId, m: &openraft::RaftMetrics<NodeId, seedkv_core::Member>) -> Option<u64> {
     if m.state != ServerState::Leader {
         return None;
     }
-    let replication = m.replication.as_ref()?;
+    let applied = m.last_applied.map_or(0, |id| id.index);
+    let own_term_applied = m
+        .last_applied
+        .is_some_and(|id| id.leader_id.get_term() == m.current_term);
+    if !own_term_applied {
+        return Some(applied);
+    }
+    let Some(replication) = m.replication.as_ref() else {
+        return Some(applied);
+    };
     let matched = |node: NodeId| -> u64 {
         if node == me {
             return m.last_log_index.unwrap_or(0);
@@ -228,7 +249,8 @@ fn commit_index(me: NodeId, m: &openraft::RaftMetrics<NodeId, seedkv_core::Membe
             .flatten()
             .map_or(0, |id| id.index)
     };
-    m.membership_config
+    let quorum_held = m
+        .membership_config
         .membership()
         .get_joint_config()
         .iter()
@@ -239,18 +261,29 @@ fn commit_index(me: NodeId, m: &openraft::RaftMetrics<NodeId, seedkv_core::Membe
             held.get(voters.len() / 2).copied().unwrap_or(0)
         })
         .min()
+        .unwrap_or(0);
+    Some(quorum_held.max(applied))
 }
 
-/// Everything the node sees of its groups and disk, and the problems they add up to (none:
-/// healthy). Reads one row from the disk, so a caller that must not block on a stalled disk
-/// runs it apart.
-pub fn health(node: &Node) -> (Vec<GroupView>, DiskView, Vec<String>) {
-    let groups: Vec<GroupView> = node
-        .groups()
+/// What the node sees of each group it is a member of: the meta group, and every data
+/// group whose membership, as this replica knows it, names the node (as voter or learner).
+/// A group opened here by a stale message but never joined, or one the node learned it
+/// was removed from, is not the node's to judge.
+pub fn group_views(node: &Node) -> Vec<GroupView> {
+    let me = node.id();
+    node.groups()
         .iter()
-        .map(|group: &Arc<Group>| {
+        .filter_map(|group: &Arc<Group>| {
             let m = group.raft.metrics().borrow().clone();
-            GroupView {
+            let member = {
+                let membership = m.membership_config.membership();
+                membership.voter_ids().any(|id| id == me)
+                    || membership.learner_ids().any(|id| id == me)
+            };
+            if group.id != META_GROUP && !member {
+                return None;
+            }
+            Some(GroupView {
                 group: group.id,
                 leader: m.current_leader,
                 stopped: match (&m.running_state, m.state) {
@@ -258,24 +291,38 @@ pub fn health(node: &Node) -> (Vec<GroupView>, DiskView, Vec<String>) {
                     (Ok(()), ServerState::Shutdown) => Some("shut down".to_string()),
                     _ => None,
                 },
-            }
+            })
         })
-        .collect();
-    let disk = DiskView {
-        read: node
-            .disk
-            .get(IDENTITY_KEY)
-            .map_err(|err| err.to_string())
-            .and_then(|row| match row {
-                Some(_) => Ok(()),
-                None => Err("the node's identity row is missing".to_string()),
-            }),
+        .collect()
+}
+
+/// Reads the node's identity row: `Err` says what failed. Blocks on a stalled disk, so a
+/// caller that must not block runs it apart.
+pub fn read_disk(node: &Node) -> Result<(), String> {
+    match node.disk.get(IDENTITY_KEY) {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err("the node's identity row is missing".to_string()),
+        Err(err) => Err(format!("a read failed: {err}")),
+    }
+}
+
+/// The disk as the node sees it, given the outcome of a read.
+pub fn disk_view(node: &Node, read: Result<(), String>) -> DiskView {
+    DiskView {
+        read,
         fsync_running_ms: node
             .syncer
             .fsync_running_for()
             .map(|running| u64::try_from(running.as_millis()).unwrap_or(u64::MAX)),
         fsync_failures: node.metrics.fsync_failures.get(),
-    };
+    }
+}
+
+/// Everything the node sees of its groups and disk, and the problems they add up to (none:
+/// healthy). Reads the disk on the calling thread (the simulator's disk never blocks one).
+pub fn health(node: &Node) -> (Vec<GroupView>, DiskView, Vec<String>) {
+    let groups = group_views(node);
+    let disk = disk_view(node, read_disk(node));
     let problems = health::problems(&groups, &disk);
     (groups, disk, problems)
 }

@@ -1924,20 +1924,12 @@ impl RaftService {
                     // before the install has switched to it.
                     let raft = group.raft.clone();
                     let gate = group.install_gate.clone();
-                    let metrics = self.0.metrics.clone();
                     let install = tokio::spawn(async move {
                         let held = staging;
-                        let started = tokio::time::Instant::now();
                         let appends_wait = gate.write_owned().await;
                         let result = raft.install_full_snapshot(vote, snapshot).await;
                         drop(appends_wait);
                         drop(held);
-                        if result.is_ok() {
-                            metrics.snapshot_installs.inc();
-                            metrics
-                                .snapshot_install_seconds
-                                .observe(started.elapsed().as_secs_f64());
-                        }
                         result
                     });
                     match install.await {

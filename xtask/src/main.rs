@@ -581,12 +581,13 @@ fn bites(args: &BitesArgs) -> Result<bool> {
 
 /// Debian packages the build and tests need: RocksDB to link against, libclang for its
 /// bindings; curl and promtool (in `prometheus`) to drive the HTTP side from outside.
-const APT_PACKAGES: [&str; 5] = [
+const APT_PACKAGES: [&str; 6] = [
     "librocksdb-dev",
     "libclang1-14",
     "libclang-common-14-dev",
     "curl",
     "prometheus",
+    "python3-venv",
 ];
 
 /// The Python packages of the foreign gRPC client the tests call seedkv with, pinned.
@@ -630,7 +631,12 @@ fn install_python_packages() -> Result<PathBuf> {
 
 /// Installs the system packages the build needs, if any is missing.
 fn install_system_packages() -> Result<()> {
-    let missing: Vec<&str> = APT_PACKAGES
+    install_packages(&APT_PACKAGES)
+}
+
+/// Installs the Debian `packages` that are missing, with apt.
+fn install_packages(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         .copied()
         .filter(|package| {

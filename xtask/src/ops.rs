@@ -10,7 +10,7 @@
 //!    difference is the scrape's cost.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -29,18 +29,6 @@ const SCRAPED_GROUPS: u32 = 32;
 
 /// Seconds the scraped cluster settles before its windows (see `groups::SETTLE_S`).
 const SETTLE_S: u64 = 20;
-
-fn installed(tool: &str) -> Result<()> {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        bail!("{tool} is not installed: apt-get install {tool}");
-    }
-    Ok(())
-}
 
 /// The wrk script: PUT a 256-byte value to a new key each request.
 fn wrk_script(dir: &Path) -> Result<std::path::PathBuf> {
@@ -92,7 +80,6 @@ fn ms(text: &str) -> Option<f64> {
 }
 
 fn gateway_vs_grpc(binary: &Path, dir: &Path, seconds: u64) -> Result<()> {
-    installed("wrk")?;
     let addr = format!("127.0.0.1:{}", free_port()?);
     let _server = start_server(
         binary,
@@ -172,7 +159,6 @@ fn gateway_vs_grpc(binary: &Path, dir: &Path, seconds: u64) -> Result<()> {
 }
 
 fn scrape_cost(binary: &Path, dir: &Path, window_s: u64) -> Result<()> {
-    installed("curl")?;
     let addrs: Vec<String> = (0..3)
         .map(|_| free_port().map(|p| format!("127.0.0.1:{p}")))
         .collect::<Result<_>>()?;
@@ -258,6 +244,7 @@ fn scrape_cost(binary: &Path, dir: &Path, window_s: u64) -> Result<()> {
 
 /// Runs both measurements and prints their tables.
 pub fn measure_ops(bench_s: u64, window_s: u64) -> Result<bool> {
+    crate::install_packages(&["wrk", "curl"])?;
     let binary = build_release()?;
     let dir = std::env::temp_dir().join(format!("seedkv-ops-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);

@@ -51,11 +51,11 @@ impl LogSyncer {
                 let result = disk.sync().await;
                 set(&running, None);
                 let entries: u64 = flushed.iter().map(|(_, entries)| entries).sum();
-                metrics.fsyncs.inc();
-                metrics
-                    .fsync_seconds
-                    .observe(started.elapsed().as_secs_f64());
                 if result.is_ok() {
+                    metrics.fsyncs.inc();
+                    metrics
+                        .fsync_seconds
+                        .observe(started.elapsed().as_secs_f64());
                     metrics.entries_synced.inc_by(entries);
                     metrics.entries_per_fsync.observe(entries as f64);
                 } else {

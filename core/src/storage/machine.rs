@@ -645,6 +645,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         snapshot: Box<SnapshotData>,
     ) -> Result<(), StorageError> {
         let group = self.shared.group;
+        let started = tokio::time::Instant::now();
         let staged: StagedSnapshot = match *snapshot {
             SnapshotData::Staged(staged) => staged,
             SnapshotData::View(_) => {
@@ -690,6 +691,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             .await
             .map_err(|e| write_err(&e))?;
         self.mark_durable(meta.last_log_id.map_or(0, |id| id.index));
+        self.metrics.snapshot_installs.inc();
+        self.metrics
+            .snapshot_install_seconds
+            .observe(started.elapsed().as_secs_f64());
         // Readers now use the new generation; the old one can go (a crash before this
         // write leaves it to the next start's clean-up).
         let mut cleanup = WriteBatch::default();
