@@ -28,6 +28,7 @@ pub mod health;
 pub mod leadership;
 pub mod lease;
 pub mod metrics;
+pub mod migration;
 pub mod ownership;
 pub mod quiet;
 pub mod rebalance;
