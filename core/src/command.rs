@@ -6,6 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::migration::{MetaStep, Migration, MoveStep};
 use crate::ownership::OwnedRange;
 use crate::session::SessionTag;
 use crate::slot::Slot;
@@ -90,6 +91,12 @@ pub enum Command {
         expect_version: u64,
         map: Box<SlotMap>,
     },
+    /// One step of a slot's move in a data group (see [`crate::migration`]); proposed by
+    /// the migration driver, never by clients.
+    Move(MoveStep),
+    /// A change to the meta group's record of migrations; proposed by nodes, never by
+    /// clients.
+    Migrate(MetaStep),
 }
 
 impl Command {
@@ -98,7 +105,12 @@ impl Command {
         match self {
             Command::Single(op) => std::slice::from_ref(op),
             Command::Batch(ops) => ops,
-            Command::Multi(_) | Command::Register | Command::Own(_) | Command::SetMap { .. } => &[],
+            Command::Multi(_)
+            | Command::Register
+            | Command::Own(_)
+            | Command::SetMap { .. }
+            | Command::Move(_)
+            | Command::Migrate(_) => &[],
             Command::Tagged { command, .. } => command.ops(),
         }
     }
@@ -109,7 +121,11 @@ impl Command {
     pub fn payload_bytes(&self) -> usize {
         match self {
             Command::Multi(commands) => commands.iter().map(Command::payload_bytes).sum(),
-            Command::Register | Command::Own(_) | Command::SetMap { .. } => 0,
+            Command::Register
+            | Command::Own(_)
+            | Command::SetMap { .. }
+            | Command::Move(_)
+            | Command::Migrate(_) => 0,
             Command::Tagged { command, .. } => command.payload_bytes(),
             Command::Single(_) | Command::Batch(_) => {
                 self.ops().iter().map(WriteOp::payload_bytes).sum()
@@ -139,6 +155,19 @@ impl std::fmt::Display for Command {
                 "set slot map version {} over {expect_version}",
                 map.version()
             ),
+            Command::Move(MoveStep::Ingest {
+                slot,
+                migration,
+                seq,
+                rows,
+                ..
+            }) => write!(
+                f,
+                "ingest chunk {seq} of {slot} ({} rows) for migration {migration}",
+                rows.len()
+            ),
+            Command::Move(step) => write!(f, "{step:?}"),
+            Command::Migrate(step) => write!(f, "{step:?}"),
         }
     }
 }
@@ -172,6 +201,13 @@ pub enum Response {
     Owned { changed: u32 },
     /// `SetMap` applied (`succeeded`) or refused; `version` is the map's version after it.
     MapSet { succeeded: bool, version: u64 },
+    /// A write to `slot`, which the group froze to move it: nothing was applied, and the
+    /// session (if any) recorded nothing; retry once the move is over.
+    Frozen { slot: Slot },
+    /// A `Move` step applied, or refused with the reason (nothing changed).
+    Stepped(Result<(), String>),
+    /// A `Migrate` step applied (the record as it now is), or refused with the reason.
+    Migration(Result<Migration, String>),
 }
 
 /// A key and its value, as stored and as read.
@@ -267,9 +303,11 @@ impl Limits {
     /// Checks a write command: keys, values, batch size and total size.
     pub fn check_command(&self, command: &Command) -> Result<(), InvalidRequest> {
         match command {
-            Command::Multi(_) | Command::Own(_) | Command::SetMap { .. } => {
-                return Err(InvalidRequest::NotAClientCommand)
-            }
+            Command::Multi(_)
+            | Command::Own(_)
+            | Command::SetMap { .. }
+            | Command::Move(_)
+            | Command::Migrate(_) => return Err(InvalidRequest::NotAClientCommand),
             Command::Register => return Ok(()),
             Command::Tagged { session, command } => {
                 if !matches!(**command, Command::Single(_) | Command::Batch(_)) {

@@ -40,11 +40,19 @@ pub enum Fault {
     /// A learner back as another incarnation (a diskless replica restarted) is updated in
     /// place rather than removed and added again.
     LearnerReplacedInPlace,
+    /// A source group keeps serving a slot after freezing it for a move.
+    SourceServesFrozen,
+    /// The migration driver records a copy as whole after its first chunk: the destination
+    /// activates the slot without the rest of its rows.
+    ActivateBeforeCopied,
+    /// A group takes a grant older than the epoch it released the slot at (a late grant
+    /// from a map before the move).
+    StaleEpochAccepted,
 }
 
 impl Fault {
     /// Every switch, with its command-line name.
-    pub const ALL: [(Fault, &'static str); 12] = [
+    pub const ALL: [(Fault, &'static str); 15] = [
         (Fault::VoteNotPersisted, "vote-not-persisted"),
         (Fault::AckBeforeCommit, "ack-before-commit"),
         (Fault::StaleLinearizableRead, "stale-linearizable-read"),
@@ -66,6 +74,9 @@ impl Fault {
             "replica-reads-before-caught-up",
         ),
         (Fault::LearnerReplacedInPlace, "learner-replaced-in-place"),
+        (Fault::SourceServesFrozen, "source-serves-frozen"),
+        (Fault::ActivateBeforeCopied, "activate-before-copied"),
+        (Fault::StaleEpochAccepted, "stale-epoch-accepted"),
     ];
 
     /// The switch named `name`.

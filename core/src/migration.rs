@@ -11,10 +11,13 @@
 //!
 //! Plain data and functions: the node wires them to Raft and gRPC.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
+use crate::command::Versioned;
 use crate::slot::Slot;
-use crate::slot_map::Epoch;
+use crate::slot_map::{Epoch, SlotMap};
 use crate::types::GroupId;
 
 /// Names one migration for its whole life; never reused (the meta group's log index of
@@ -42,6 +45,248 @@ pub struct Migration {
     pub from: GroupId,
     pub to: GroupId,
     pub step: Step,
+}
+
+/// Bytes of rows one `Ingest` chunk carries at most (one row over it travels alone).
+pub const CHUNK_BYTES: usize = 512 * 1024;
+
+/// One step of a move in a data group's log. Proposed by the driver, never by clients;
+/// each is idempotent (see [`SlotMoves`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MoveStep {
+    /// The source stops serving `slot` for `migration`: its rows no longer change.
+    Freeze { slot: Slot, migration: MigrationId },
+    /// The source serves `slot` again (the migration was aborted).
+    Unfreeze { slot: Slot, migration: MigrationId },
+    /// The destination stores chunk `seq` of `slot`'s rows, invisible until it owns the
+    /// slot. Rows keep the revision they were written at.
+    Ingest {
+        slot: Slot,
+        migration: MigrationId,
+        seq: u64,
+        /// This chunk completes the copy.
+        last: bool,
+        rows: Vec<(serde_bytes::ByteBuf, Versioned)>,
+    },
+    /// The destination deletes what it copied of `slot` (the migration was aborted).
+    DropCopy { slot: Slot, migration: MigrationId },
+    /// The source drops `slot` and its rows, if it owns it at an epoch older than `epoch`.
+    Release { slot: Slot, epoch: Epoch },
+}
+
+impl MoveStep {
+    /// The slot the step is about.
+    pub fn slot(&self) -> Slot {
+        match self {
+            MoveStep::Freeze { slot, .. }
+            | MoveStep::Unfreeze { slot, .. }
+            | MoveStep::Ingest { slot, .. }
+            | MoveStep::DropCopy { slot, .. }
+            | MoveStep::Release { slot, .. } => *slot,
+        }
+    }
+}
+
+/// A change to the migrations the meta group records. Proposed by nodes, never by clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MetaStep {
+    /// Record a move of `slot` from its owner in the map to `to`.
+    Begin { slot: Slot, to: GroupId },
+    /// The destination holds the whole copy.
+    Copied { slot: Slot, migration: MigrationId },
+    /// The map gives the slot to the destination: the commit point.
+    Commit { slot: Slot, migration: MigrationId },
+    /// Give the move up (only before the commit).
+    Abort { slot: Slot, migration: MigrationId },
+    /// Forget a committed or aborted move whose groups are done with it.
+    Finish { slot: Slot, migration: MigrationId },
+}
+
+/// Why the meta group refused a [`MetaStep`]: nothing changed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MigrationError {
+    #[error("the cluster has no slot map yet")]
+    NoMap,
+    #[error("{slot} is already moving (migration {migration}); wait for it or abort it")]
+    AlreadyMoving { slot: Slot, migration: MigrationId },
+    #[error("group {group} owns {slot} already")]
+    AlreadyOwner { slot: Slot, group: GroupId },
+    #[error("no data group {0} in the slot map")]
+    UnknownGroup(GroupId),
+    #[error("no migration {migration} of {slot} is recorded")]
+    Unknown { slot: Slot, migration: MigrationId },
+    #[error("migration {migration} is at step {at:?}, which cannot go to {to}")]
+    WrongStep {
+        migration: MigrationId,
+        at: Step,
+        to: &'static str,
+    },
+    #[error("{slot} is no longer owned by group {from} in the map")]
+    OwnerChanged { slot: Slot, from: GroupId },
+}
+
+/// The migrations the meta group records, one per slot at most.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Migrations {
+    by_slot: BTreeMap<Slot, Migration>,
+}
+
+impl Migrations {
+    /// Every recorded migration, in slot order.
+    pub fn iter(&self) -> impl Iterator<Item = &Migration> {
+        self.by_slot.values()
+    }
+
+    /// The migration of `slot`, if one is recorded.
+    pub fn of(&self, slot: Slot) -> Option<&Migration> {
+        self.by_slot.get(&slot)
+    }
+
+    /// Migrations recorded.
+    pub fn len(&self) -> usize {
+        self.by_slot.len()
+    }
+
+    /// True when no migration is recorded.
+    pub fn is_empty(&self) -> bool {
+        self.by_slot.is_empty()
+    }
+
+    /// Applies `step`, taken at log index `index` of the meta group, against `map`. A
+    /// commit returns the next map, which the caller installs with the record.
+    pub fn apply(
+        &mut self,
+        index: u64,
+        step: MetaStep,
+        map: Option<&SlotMap>,
+    ) -> Result<(Migration, Option<SlotMap>), MigrationError> {
+        let map = map.ok_or(MigrationError::NoMap)?;
+        if let MetaStep::Begin { slot, to } = step {
+            if let Some(moving) = self.by_slot.get(&slot) {
+                return Err(MigrationError::AlreadyMoving {
+                    slot,
+                    migration: moving.id,
+                });
+            }
+            if !map.groups().contains_key(&to) {
+                return Err(MigrationError::UnknownGroup(to));
+            }
+            let from = map.owner(slot).group;
+            if from == to {
+                return Err(MigrationError::AlreadyOwner { slot, group: to });
+            }
+            let migration = Migration {
+                id: index,
+                slot,
+                from,
+                to,
+                step: Step::Planned,
+            };
+            self.by_slot.insert(slot, migration);
+            return Ok((migration, None));
+        }
+        let (slot, id, next, name) = match step {
+            MetaStep::Begin { .. } => unreachable!("handled above"),
+            MetaStep::Copied { slot, migration } => (slot, migration, Some(Step::Copied), "copied"),
+            MetaStep::Commit { slot, migration } => (slot, migration, None, "committed"),
+            MetaStep::Abort { slot, migration } => {
+                (slot, migration, Some(Step::Aborted), "aborted")
+            }
+            MetaStep::Finish { slot, migration } => (slot, migration, None, "finished"),
+        };
+        let record = match self.by_slot.get_mut(&slot) {
+            Some(record) if record.id == id => record,
+            _ => {
+                return Err(MigrationError::Unknown {
+                    slot,
+                    migration: id,
+                })
+            }
+        };
+        let wrong = |record: &Migration| MigrationError::WrongStep {
+            migration: id,
+            at: record.step,
+            to: name,
+        };
+        match step {
+            MetaStep::Finish { .. } => {
+                if !matches!(record.step, Step::Committed { .. } | Step::Aborted) {
+                    return Err(wrong(record));
+                }
+                let done = *record;
+                self.by_slot.remove(&slot);
+                Ok((done, None))
+            }
+            MetaStep::Commit { .. } => {
+                if record.step != Step::Copied {
+                    return Err(wrong(record));
+                }
+                if map.owner(slot).group != record.from {
+                    return Err(MigrationError::OwnerChanged {
+                        slot,
+                        from: record.from,
+                    });
+                }
+                let next_map = map
+                    .with_owner(slot, record.to)
+                    .map_err(|_| MigrationError::UnknownGroup(record.to))?;
+                let epoch = next_map.owner(slot).epoch;
+                debug_assert!(may_advance(record.step, Step::Committed { epoch }));
+                record.step = Step::Committed { epoch };
+                Ok((*record, Some(next_map)))
+            }
+            _ => {
+                let next = next.unwrap_or(record.step);
+                if !may_advance(record.step, next) {
+                    return Err(wrong(record));
+                }
+                record.step = next;
+                Ok((*record, None))
+            }
+        }
+    }
+
+    /// The invariant: each record is filed under its own slot and moves between two
+    /// different groups.
+    pub fn check(&self) -> Result<(), String> {
+        for (slot, migration) in &self.by_slot {
+            if migration.slot != *slot || migration.from == migration.to {
+                return Err(format!("malformed migration record {migration:?}"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A slot being copied into a data group, as its log decided.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Incoming {
+    pub migration: MigrationId,
+    /// The chunk expected next.
+    pub next_seq: u64,
+    /// The chunk marked last applied: the copy is whole.
+    pub complete: bool,
+    /// The largest key copied so far: the next chunk starts after it.
+    #[serde(with = "serde_bytes")]
+    pub last_key: Vec<u8>,
+}
+
+/// A data group's part in moves, decided by its own log: the slots it froze (serves
+/// nothing of), and the slots being copied into it (invisible until it owns them).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotMoves {
+    pub frozen: BTreeMap<Slot, MigrationId>,
+    pub incoming: BTreeMap<Slot, Incoming>,
+    /// Per slot given away, the newest epoch it was released for: a grant of an epoch at
+    /// or below it (from a map older than the move, arriving late) is never taken.
+    pub released: BTreeMap<Slot, Epoch>,
+}
+
+impl SlotMoves {
+    /// Whether `slot` is frozen (by any migration).
+    pub fn is_frozen(&self, slot: Slot) -> bool {
+        self.frozen.contains_key(&slot)
+    }
 }
 
 /// What the driver sees of the two groups' applied states, read from their leaders.
@@ -247,6 +492,140 @@ mod tests {
         );
         seen.ingested = None;
         assert_eq!(next_action(&aborted, &seen), Action::Finish);
+    }
+
+    fn map() -> SlotMap {
+        SlotMap::initial(&[1, 2, 3], 2, 3).expect("map")
+    }
+
+    #[test]
+    fn the_meta_record_walks_to_a_commit_that_moves_the_slot_in_the_map() {
+        let slot = Slot::new(0).expect("slot");
+        let map = map();
+        let from = map.owner(slot).group;
+        let to = if from == GroupId(1) {
+            GroupId(2)
+        } else {
+            GroupId(1)
+        };
+        let mut records = Migrations::default();
+        let (begun, _) = records
+            .apply(11, MetaStep::Begin { slot, to }, Some(&map))
+            .expect("begin");
+        assert_eq!(
+            (begun.id, begun.from, begun.step),
+            (11, from, Step::Planned)
+        );
+        assert!(matches!(
+            records.apply(12, MetaStep::Begin { slot, to }, Some(&map)),
+            Err(MigrationError::AlreadyMoving { .. })
+        ));
+        assert!(
+            matches!(
+                records.apply(
+                    12,
+                    MetaStep::Commit {
+                        slot,
+                        migration: 11
+                    },
+                    Some(&map)
+                ),
+                Err(MigrationError::WrongStep { .. })
+            ),
+            "no commit before the copy is recorded"
+        );
+        records
+            .apply(
+                13,
+                MetaStep::Copied {
+                    slot,
+                    migration: 11,
+                },
+                Some(&map),
+            )
+            .expect("copied");
+        let (committed, next) = records
+            .apply(
+                14,
+                MetaStep::Commit {
+                    slot,
+                    migration: 11,
+                },
+                Some(&map),
+            )
+            .expect("commit");
+        let next = next.expect("a commit changes the map");
+        assert_eq!(next.owner(slot).group, to);
+        assert_eq!(
+            committed.step,
+            Step::Committed {
+                epoch: next.version()
+            }
+        );
+        assert!(
+            matches!(
+                records.apply(
+                    15,
+                    MetaStep::Abort {
+                        slot,
+                        migration: 11
+                    },
+                    Some(&next)
+                ),
+                Err(MigrationError::WrongStep { .. })
+            ),
+            "no abort after the commit"
+        );
+        records
+            .apply(
+                16,
+                MetaStep::Finish {
+                    slot,
+                    migration: 11,
+                },
+                Some(&next),
+            )
+            .expect("finish");
+        assert!(records.is_empty());
+    }
+
+    #[test]
+    fn bad_moves_are_refused() {
+        let slot = Slot::new(0).expect("slot");
+        let map = map();
+        let owner = map.owner(slot).group;
+        let mut records = Migrations::default();
+        assert_eq!(
+            records.apply(1, MetaStep::Begin { slot, to: owner }, Some(&map)),
+            Err(MigrationError::AlreadyOwner { slot, group: owner })
+        );
+        assert_eq!(
+            records.apply(
+                1,
+                MetaStep::Begin {
+                    slot,
+                    to: GroupId(7)
+                },
+                Some(&map)
+            ),
+            Err(MigrationError::UnknownGroup(GroupId(7)))
+        );
+        assert_eq!(
+            records.apply(
+                1,
+                MetaStep::Begin {
+                    slot,
+                    to: GroupId(7)
+                },
+                None
+            ),
+            Err(MigrationError::NoMap)
+        );
+        assert!(matches!(
+            records.apply(1, MetaStep::Copied { slot, migration: 3 }, Some(&map)),
+            Err(MigrationError::Unknown { .. })
+        ));
+        assert!(records.is_empty());
     }
 
     #[test]

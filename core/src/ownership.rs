@@ -100,6 +100,21 @@ impl Ownership {
         changed
     }
 
+    /// Gives up `slot` if it is owned at an epoch older than `epoch` (the epoch at which
+    /// another group took it): a release for an older epoch, arriving late, never drops a
+    /// slot taken back since. Returns whether the slot was dropped.
+    pub fn release(&mut self, slot: Slot, epoch: Epoch) -> bool {
+        if self.epoch_of(slot).is_none_or(|held| held >= epoch) {
+            return false;
+        }
+        let mut slots = self.per_slot();
+        slots[usize::from(slot.get())] = None;
+        *self = Ownership::from_slots(&slots);
+        debug_assert!(!self.owns(slot));
+        debug_assert_eq!(self.check(), Ok(()));
+        true
+    }
+
     /// Every slot's epoch, `None` where not owned.
     fn per_slot(&self) -> Vec<Option<Epoch>> {
         let mut slots = vec![None; usize::from(SLOT_COUNT)];
@@ -207,6 +222,22 @@ mod tests {
         owned.take(&[range(0, 3, 1)]);
         owned.take(&[range(4, 7, 1)]);
         assert_eq!(owned.ranges(), &[range(0, 7, 1)]);
+    }
+
+    #[test]
+    fn a_release_drops_only_an_older_claim() {
+        let mut owned = Ownership::default();
+        owned.take(&[range(0, 9, 2)]);
+        assert!(!owned.release(slot(3), 2), "the same epoch is not newer");
+        assert!(
+            !owned.release(slot(3), 1),
+            "a late release of an older move"
+        );
+        assert!(owned.release(slot(3), 5));
+        assert!(!owned.owns(slot(3)));
+        assert_eq!(owned.ranges(), &[range(0, 2, 2), range(4, 9, 2)]);
+        assert!(!owned.release(slot(3), 6), "not owned any more");
+        assert!(!owned.release(slot(20), 6), "never owned");
     }
 
     proptest! {

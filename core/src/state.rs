@@ -12,6 +12,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::command::{Command, Response, Revision, ScanRange, Versioned, WriteOp};
+use crate::migration::{Incoming, Migrations, MoveStep, SlotMoves};
 use crate::ownership::{OwnedRange, Ownership};
 use crate::session::{SessionCheck, Sessions};
 use crate::slot::Slot;
@@ -26,6 +27,11 @@ pub struct ShardState {
     /// The cluster's slot map, in the meta group; `None` until the first one is set. Shared,
     /// as every request routes by it: readers take a pointer, not a copy of 1,024 owners.
     pub map: Option<Arc<SlotMap>>,
+    /// The data group's part in slot moves: frozen slots, slots being copied in, and the
+    /// epoch each released slot was given away at.
+    pub moves: SlotMoves,
+    /// The migrations the meta group records.
+    pub migrations: Migrations,
 }
 
 impl ShardState {
@@ -37,9 +43,25 @@ impl ShardState {
     /// The invariants of both parts.
     pub fn check(&self) -> Result<(), String> {
         self.owned.check()?;
+        self.migrations.check()?;
+        if let Some(slot) = self.moves.frozen.keys().find(|&&s| !self.owned.owns(s)) {
+            return Err(format!("{slot} is frozen but not owned"));
+        }
+        if let Some(slot) = self.moves.incoming.keys().find(|&&s| self.owned.owns(s)) {
+            return Err(format!("{slot} is being copied in but owned already"));
+        }
         match &self.map {
             Some(map) => map.check(),
             None => Ok(()),
+        }
+    }
+
+    /// Whether a request for `slot` may be served now: owned at an epoch, and not frozen.
+    pub fn serving(&self, slot: Slot) -> Serving {
+        match self.owned.epoch_of(slot) {
+            None => Serving::NotOwned,
+            Some(_) if self.moves.is_frozen(slot) => Serving::Frozen,
+            Some(epoch) => Serving::Owned { epoch },
         }
     }
 
@@ -49,6 +71,25 @@ impl ShardState {
             hash.write(&range.first.get().to_le_bytes());
             hash.write(&range.last.get().to_le_bytes());
             hash.write(&range.epoch.to_le_bytes());
+        }
+        for (slot, migration) in &self.moves.frozen {
+            hash.write(&slot.get().to_le_bytes());
+            hash.write(&migration.to_le_bytes());
+        }
+        for (slot, incoming) in &self.moves.incoming {
+            hash.write(&slot.get().to_le_bytes());
+            hash.write(&incoming.migration.to_le_bytes());
+            hash.write(&incoming.next_seq.to_le_bytes());
+            hash.write(&[u8::from(incoming.complete)]);
+            hash.write(&incoming.last_key);
+        }
+        for (slot, epoch) in &self.moves.released {
+            hash.write(&slot.get().to_le_bytes());
+            hash.write(&epoch.to_le_bytes());
+        }
+        for migration in self.migrations.iter() {
+            hash.write(&migration.id.to_le_bytes());
+            hash.write(format!("{migration:?}").as_bytes());
         }
         hash.write(&self.map_version().to_le_bytes());
         if let Some(map) = &self.map {
@@ -68,6 +109,17 @@ impl ShardState {
     }
 }
 
+/// Whether a group serves a slot, by its applied state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Serving {
+    /// Owned since `epoch`, not frozen: served.
+    Owned { epoch: crate::slot_map::Epoch },
+    /// Owned but frozen for a move: refused, retry soon.
+    Frozen,
+    /// Not owned: refused, the slot is served elsewhere.
+    NotOwned,
+}
+
 /// Where [`apply`] reads and writes rows: the map of a [`KvState`] in memory, or writes
 /// pending over a disk in the state machine (`storage::machine`).
 pub trait RowStore {
@@ -77,6 +129,8 @@ pub trait RowStore {
     fn get(&self, key: &[u8]) -> Result<Option<Versioned>, Self::Error>;
     /// Sets the row of `key`; `None` removes it.
     fn set(&mut self, key: &[u8], row: Option<Versioned>) -> Result<(), Self::Error>;
+    /// Removes every row of `slot`.
+    fn clear_slot(&mut self, slot: Slot) -> Result<(), Self::Error>;
 }
 
 /// Applies `command`, committed at log index `revision`, to `rows` and `sessions`, and says
@@ -95,13 +149,15 @@ pub fn apply<S: RowStore>(
 ) -> Result<Response, S::Error> {
     assert!(revision > 0, "log indexes used as revisions start at 1");
     if let Command::Single(_) | Command::Batch(_) = command {
-        if let Some(slot) = command
-            .ops()
-            .iter()
-            .map(|op| Slot::of(op.key()))
-            .find(|&slot| !shard.owned.owns(slot))
-        {
-            return Ok(Response::NotOwned { slot });
+        for slot in command.ops().iter().map(|op| Slot::of(op.key())) {
+            match shard.serving(slot) {
+                Serving::Owned { .. } => {}
+                Serving::NotOwned => return Ok(Response::NotOwned { slot }),
+                #[cfg(madsim)]
+                Serving::Frozen
+                    if crate::faults::enabled(crate::faults::Fault::SourceServesFrozen) => {}
+                Serving::Frozen => return Ok(Response::Frozen { slot }),
+            }
         }
     }
     let write = |rows: &mut S, key: &[u8], value: Option<&Vec<u8>>| {
@@ -186,7 +242,11 @@ pub fn apply<S: RowStore>(
             match check {
                 SessionCheck::Fresh => {
                     let response = apply(rows, sessions, shard, revision, command)?;
-                    sessions.record(session, response.clone());
+                    // A frozen slot's refusal is as if the write never arrived: the same
+                    // number may be sent again once the move is over.
+                    if !matches!(response, Response::Frozen { .. }) {
+                        sessions.record(session, response.clone());
+                    }
                     response
                 }
                 SessionCheck::Duplicate(response) => response,
@@ -195,10 +255,25 @@ pub fn apply<S: RowStore>(
             }
         }
         Command::Own(ranges) => {
-            let changed = shard.owned.take(ranges);
+            let changed = take(shard, ranges);
             Response::Owned {
                 changed: u32::try_from(changed).unwrap_or(u32::MAX),
             }
+        }
+        Command::Move(step) => Response::Stepped(apply_move(rows, shard, step)?),
+        Command::Migrate(step) => {
+            let outcome = shard
+                .migrations
+                .apply(revision, *step, shard.map.as_deref());
+            Response::Migration(match outcome {
+                Ok((migration, next_map)) => {
+                    if let Some(map) = next_map {
+                        shard.map = Some(Arc::new(map));
+                    }
+                    Ok(migration)
+                }
+                Err(err) => Err(err.to_string()),
+            })
         }
         Command::SetMap {
             expect_version,
@@ -218,6 +293,164 @@ pub fn apply<S: RowStore>(
     })
 }
 
+/// Takes the slots of `ranges`, except those released at an epoch newer than the grant
+/// (a grant from a map older than the move that took the slot away, arriving late). A
+/// slot taken is no longer being copied in.
+fn take(shard: &mut ShardState, ranges: &[OwnedRange]) -> usize {
+    let released = &shard.moves.released;
+    #[cfg(madsim)]
+    let stale_epochs = crate::faults::enabled(crate::faults::Fault::StaleEpochAccepted);
+    #[cfg(not(madsim))]
+    let stale_epochs = false;
+    let mut grants = Vec::with_capacity(ranges.len());
+    for range in ranges.iter().filter(|range| range.is_valid()) {
+        let mut first = None;
+        for n in range.first.get()..=range.last.get() {
+            let slot = Slot::new(n).unwrap_or(Slot::FIRST);
+            let stale =
+                !stale_epochs && released.get(&slot).is_some_and(|&gone| gone >= range.epoch);
+            match (stale, first) {
+                (false, None) => first = Some(slot),
+                (true, Some(from)) => {
+                    grants.push(OwnedRange {
+                        first: from,
+                        last: Slot::new(n - 1).unwrap_or(from),
+                        epoch: range.epoch,
+                    });
+                    first = None;
+                }
+                _ => {}
+            }
+        }
+        if let Some(from) = first {
+            grants.push(OwnedRange {
+                first: from,
+                last: range.last,
+                epoch: range.epoch,
+            });
+        }
+    }
+    let changed = shard.owned.take(&grants);
+    let owned = &shard.owned;
+    shard.moves.incoming.retain(|&slot, _| !owned.owns(slot));
+    changed
+}
+
+/// Applies one step of a move to a data group (see [`crate::migration`]): every step is
+/// idempotent, and a step that does not fit the state changes nothing and says why.
+fn apply_move<S: RowStore>(
+    rows: &mut S,
+    shard: &mut ShardState,
+    step: &MoveStep,
+) -> Result<Result<(), String>, S::Error> {
+    let slot = step.slot();
+    Ok(match step {
+        MoveStep::Freeze { migration, .. } => match shard.moves.frozen.get(&slot) {
+            Some(by) if by == migration => Ok(()),
+            Some(by) => Err(format!("{slot} is frozen by migration {by}")),
+            None if !shard.owned.owns(slot) => Err(format!("{slot} is not owned here")),
+            None => {
+                shard.moves.frozen.insert(slot, *migration);
+                Ok(())
+            }
+        },
+        MoveStep::Unfreeze { migration, .. } => {
+            if shard.moves.frozen.get(&slot) == Some(migration) {
+                shard.moves.frozen.remove(&slot);
+            }
+            Ok(())
+        }
+        MoveStep::Ingest {
+            migration,
+            seq,
+            last,
+            rows: chunk,
+            ..
+        } => {
+            if shard.owned.owns(slot) {
+                return Ok(Err(format!("{slot} is owned here already")));
+            }
+            if let Some((key, _)) = chunk.iter().find(|(key, _)| Slot::of(key) != slot) {
+                return Ok(Err(format!(
+                    "a row of {} in a chunk of {slot}",
+                    Slot::of(key)
+                )));
+            }
+            let fresh = match shard.moves.incoming.get(&slot) {
+                Some(incoming) if incoming.migration == *migration => {
+                    if incoming.complete || incoming.next_seq != *seq {
+                        return Ok(Err(format!(
+                            "expects chunk {} (complete: {})",
+                            incoming.next_seq, incoming.complete
+                        )));
+                    }
+                    false
+                }
+                _ if *seq != 0 => {
+                    return Ok(Err(format!(
+                        "no copy of {slot} for migration {migration} under way"
+                    )))
+                }
+                // A copy left by another migration (aborted, its drop lost): start afresh.
+                Some(_) => true,
+                None => true,
+            };
+            if fresh {
+                rows.clear_slot(slot)?;
+            }
+            for (key, row) in chunk {
+                rows.set(key, Some(row.clone()))?;
+            }
+            let last_key = chunk.last().map(|(key, _)| key.to_vec());
+            let incoming = shard
+                .moves
+                .incoming
+                .entry(slot)
+                .or_insert_with(|| Incoming {
+                    migration: *migration,
+                    next_seq: 0,
+                    complete: false,
+                    last_key: Vec::new(),
+                });
+            if fresh {
+                *incoming = Incoming {
+                    migration: *migration,
+                    next_seq: 0,
+                    complete: false,
+                    last_key: Vec::new(),
+                };
+            }
+            incoming.next_seq = seq + 1;
+            incoming.complete = *last;
+            if let Some(key) = last_key {
+                incoming.last_key = key;
+            }
+            Ok(())
+        }
+        MoveStep::DropCopy { migration, .. } => {
+            if shard
+                .moves
+                .incoming
+                .get(&slot)
+                .is_some_and(|incoming| incoming.migration == *migration)
+            {
+                shard.moves.incoming.remove(&slot);
+                rows.clear_slot(slot)?;
+            }
+            Ok(())
+        }
+        MoveStep::Release { epoch, .. } => {
+            if shard.owned.release(slot, *epoch) {
+                shard.moves.frozen.remove(&slot);
+                rows.clear_slot(slot)?;
+            }
+            let gone = shard.moves.released.entry(slot).or_insert(*epoch);
+            *gone = (*gone).max(*epoch);
+            Ok(())
+        }
+    })
+}
+
 /// The rows of a [`KvState`]: a map in memory, which never fails.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct MemRows(BTreeMap<Vec<u8>, Versioned>);
@@ -232,16 +465,19 @@ impl RowStore for MemRows {
     fn set(&mut self, key: &[u8], row: Option<Versioned>) -> Result<(), Self::Error> {
         match row {
             Some(row) => {
-                let revision = row.revision;
-                let previous = self.0.insert(key.to_vec(), row);
-                // Revisions only move forward: a key is never rewritten by an older entry (a
-                // batch may write one key twice at the same revision).
-                debug_assert!(previous.is_none_or(|p| p.revision <= revision));
+                // Revisions are a group's log indexes: a row copied in from another group
+                // keeps its own, which may be above this group's next one.
+                self.0.insert(key.to_vec(), row);
             }
             None => {
                 self.0.remove(key);
             }
         }
+        Ok(())
+    }
+
+    fn clear_slot(&mut self, slot: Slot) -> Result<(), Self::Error> {
+        self.0.retain(|key, _| Slot::of(key) != slot);
         Ok(())
     }
 }
@@ -276,7 +512,7 @@ impl KvState {
     /// A state that owns every slot at epoch 1, as a group given the whole key space.
     pub fn owning_every_slot() -> KvState {
         let mut state = KvState::default();
-        state.shard.owned.take(&[OwnedRange::EVERY_SLOT]);
+        take(&mut state.shard, &[OwnedRange::EVERY_SLOT]);
         state
     }
 
@@ -380,6 +616,163 @@ impl Fnv64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn moved(step: MoveStep) -> Command {
+        Command::Move(step)
+    }
+
+    fn slot_of(key: &str) -> Slot {
+        Slot::of(key.as_bytes())
+    }
+
+    #[test]
+    fn a_slot_moves_from_one_state_to_another_rows_and_revisions_intact() {
+        let mut source = KvState::owning_every_slot();
+        let mut dest = KvState::default();
+        source.apply(3, &put("{k}a", "1"));
+        source.apply(4, &put("{k}b", "2"));
+        source.apply(5, &put("other", "x"));
+        let slot = slot_of("{k}");
+        assert_eq!(
+            source.apply(6, &moved(MoveStep::Freeze { slot, migration: 9 })),
+            Response::Stepped(Ok(()))
+        );
+        assert_eq!(
+            source.apply(7, &put("{k}c", "3")),
+            Response::Frozen { slot },
+            "a frozen slot takes no write"
+        );
+        let rows: Vec<_> = source
+            .iter()
+            .filter(|(key, _)| Slot::of(key) == slot)
+            .map(|(key, row)| (serde_bytes::ByteBuf::from(key.clone()), row.clone()))
+            .collect();
+        let ingest = |seq, last, rows: Vec<_>| {
+            moved(MoveStep::Ingest {
+                slot,
+                migration: 9,
+                seq,
+                last,
+                rows,
+            })
+        };
+        assert_eq!(
+            dest.apply(2, &ingest(0, false, rows[..1].to_vec())),
+            Response::Stepped(Ok(()))
+        );
+        assert!(
+            matches!(
+                dest.apply(3, &ingest(0, false, rows[..1].to_vec())),
+                Response::Stepped(Err(_))
+            ),
+            "a chunk applied twice is refused"
+        );
+        assert_eq!(
+            dest.apply(4, &ingest(1, true, rows[1..].to_vec())),
+            Response::Stepped(Ok(()))
+        );
+        assert_eq!(
+            dest.apply(5, &get_put("{k}a")),
+            Response::NotOwned { slot },
+            "copied rows are invisible until the slot is taken"
+        );
+        dest.apply(
+            6,
+            &Command::Own(vec![OwnedRange {
+                first: slot,
+                last: slot,
+                epoch: 2,
+            }]),
+        );
+        assert_eq!(dest.get(b"{k}a").map(|v| v.revision), Some(3));
+        assert_eq!(dest.get(b"{k}b").map(|v| v.revision), Some(4));
+        assert!(dest.shard().moves.incoming.is_empty());
+        assert_eq!(
+            source.apply(8, &moved(MoveStep::Release { slot, epoch: 2 })),
+            Response::Stepped(Ok(()))
+        );
+        assert!(source.get(b"{k}a").is_none() && source.get(b"other").is_some());
+        assert!(!source.shard().owned.owns(slot));
+        assert!(source.shard().moves.frozen.is_empty());
+        // A grant from the map before the move, arriving late, is not taken back.
+        source.apply(9, &Command::Own(vec![OwnedRange::EVERY_SLOT]));
+        assert!(!source.shard().owned.owns(slot));
+        assert_eq!(source.shard().check(), Ok(()));
+        assert_eq!(dest.shard().check(), Ok(()));
+    }
+
+    fn get_put(key: &str) -> Command {
+        put(key, "overwrite")
+    }
+
+    #[test]
+    fn an_aborted_move_unfreezes_and_drops_the_copy() {
+        let mut source = KvState::owning_every_slot();
+        let mut dest = KvState::default();
+        source.apply(3, &put("{k}a", "1"));
+        let slot = slot_of("{k}");
+        source.apply(4, &moved(MoveStep::Freeze { slot, migration: 9 }));
+        assert!(matches!(
+            source.apply(
+                5,
+                &moved(MoveStep::Freeze {
+                    slot,
+                    migration: 10
+                })
+            ),
+            Response::Stepped(Err(_))
+        ));
+        dest.apply(
+            2,
+            &moved(MoveStep::Ingest {
+                slot,
+                migration: 9,
+                seq: 0,
+                last: false,
+                rows: vec![(
+                    serde_bytes::ByteBuf::from(b"{k}a".to_vec()),
+                    Versioned {
+                        value: b"1".to_vec(),
+                        revision: 3,
+                    },
+                )],
+            }),
+        );
+        assert_eq!(dest.len(), 1);
+        source.apply(6, &moved(MoveStep::Unfreeze { slot, migration: 9 }));
+        dest.apply(3, &moved(MoveStep::DropCopy { slot, migration: 9 }));
+        assert_eq!(dest.len(), 0);
+        assert!(dest.shard().moves.incoming.is_empty());
+        assert_eq!(
+            source.apply(7, &put("{k}a", "2")),
+            Response::Put { revision: 7 }
+        );
+    }
+
+    #[test]
+    fn a_frozen_refusal_is_not_recorded_in_the_session() {
+        let mut state = KvState::owning_every_slot();
+        let Response::Registered { client_id } = state.apply(2, &Command::Register) else {
+            panic!("register");
+        };
+        let slot = slot_of("{k}");
+        state.apply(3, &moved(MoveStep::Freeze { slot, migration: 9 }));
+        let tagged = Command::Tagged {
+            session: crate::session::SessionTag {
+                client_id,
+                seq: 1,
+                acked_below: 1,
+            },
+            command: Box::new(put("{k}a", "1")),
+        };
+        assert_eq!(state.apply(4, &tagged), Response::Frozen { slot });
+        state.apply(5, &moved(MoveStep::Unfreeze { slot, migration: 9 }));
+        assert_eq!(
+            state.apply(6, &tagged),
+            Response::Put { revision: 6 },
+            "the same number applies once the slot thaws"
+        );
+    }
 
     fn put(key: &str, value: &str) -> Command {
         Command::Single(WriteOp::Put {

@@ -144,8 +144,8 @@ fn model_apply(model: &mut Model, command: &Command, revision: u64) -> Response 
         Command::Register | Command::Tagged { .. } => {
             unreachable!("sessions have their own property test")
         }
-        Command::Own(_) | Command::SetMap { .. } => {
-            unreachable!("ownership and the slot map have their own tests")
+        Command::Own(_) | Command::SetMap { .. } | Command::Move(_) | Command::Migrate(_) => {
+            unreachable!("ownership, moves and the slot map have their own tests")
         }
     }
 }

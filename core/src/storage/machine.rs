@@ -38,7 +38,7 @@ use crate::types::{
 };
 
 /// The layout version of the applied state; a directory of another version is refused.
-pub const STATE_FORMAT: u32 = 2;
+pub const STATE_FORMAT: u32 = 3;
 
 /// What the applied meta row holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -108,8 +108,23 @@ impl AppliedMeta {
 /// The in-memory part of the applied state.
 #[derive(Debug, Default)]
 struct Applied {
+    /// Runs ahead of the disk while an entry run is being written.
     meta: AppliedMeta,
     sessions: Sessions,
+    /// What readers see of ownership: published once the rows it covers are on the disk,
+    /// so a slot taken in a run is never served before the rows copied in with it.
+    visible: Arc<ShardState>,
+}
+
+impl Applied {
+    fn new(meta: AppliedMeta, sessions: Sessions) -> Applied {
+        let visible = Arc::new(meta.shard.clone());
+        Applied {
+            meta,
+            sessions,
+            visible,
+        }
+    }
 }
 
 /// What [`SharedState::summary`] reads off the whole state.
@@ -194,17 +209,23 @@ impl SharedState {
 
     /// Whether the group owns `slot` at the applied state.
     pub fn owns(&self, slot: Slot) -> bool {
-        self.read().meta.shard.owned.owns(slot)
+        self.read().visible.owned.owns(slot)
     }
 
     /// The slots the group owns at the applied state.
     pub fn ownership(&self) -> crate::ownership::Ownership {
-        self.read().meta.shard.owned.clone()
+        self.read().visible.owned.clone()
+    }
+
+    /// The sharding state readers go by (ownership, moves, the map): a pointer, replaced
+    /// whenever it changes, so a reader can tell whether it changed while it read.
+    pub fn shard(&self) -> Arc<ShardState> {
+        self.read().visible.clone()
     }
 
     /// The slot map the group holds (the meta group), if any.
     pub fn slot_map(&self) -> Option<Arc<crate::slot_map::SlotMap>> {
-        self.read().meta.shard.map.clone()
+        self.read().visible.map.clone()
     }
 
     /// Sessions held.
@@ -343,6 +364,8 @@ struct PendingRows<'a> {
     disk: &'a dyn DiskRead,
     group: GroupId,
     generation: u32,
+    /// Slots whose rows on the disk are all gone (written first, as range deletes).
+    cleared: std::collections::BTreeSet<Slot>,
     pending: BTreeMap<Vec<u8>, Option<Versioned>>,
 }
 
@@ -352,7 +375,25 @@ impl<'a> PendingRows<'a> {
             disk,
             group,
             generation,
+            cleared: std::collections::BTreeSet::new(),
             pending: BTreeMap::new(),
+        }
+    }
+
+    /// The run's writes as one batch: cleared slots first, then the rows written since.
+    fn into_batch(self, batch: &mut WriteBatch) {
+        for slot in self.cleared {
+            batch.delete_range(
+                keys::slot_start(self.group, self.generation, slot),
+                keys::slot_end(self.group, self.generation, slot),
+            );
+        }
+        for (key, row) in self.pending {
+            let row_key = keys::row(self.group, self.generation, &key);
+            match row {
+                Some(row) => batch.put(row_key, codec::encode(&row)),
+                None => batch.delete(row_key),
+            }
         }
     }
 }
@@ -363,8 +404,15 @@ impl RowStore for PendingRows<'_> {
     fn get(&self, key: &[u8]) -> Result<Option<Versioned>, DiskError> {
         match self.pending.get(key) {
             Some(row) => Ok(row.clone()),
+            None if self.cleared.contains(&Slot::of(key)) => Ok(None),
             None => read_row(self.disk, self.group, self.generation, key),
         }
+    }
+
+    fn clear_slot(&mut self, slot: Slot) -> Result<(), DiskError> {
+        self.pending.retain(|key, _| Slot::of(key) != slot);
+        self.cleared.insert(slot);
+        Ok(())
     }
 
     /// A blind write: a put never reads what it replaces, so its cost does not depend on
@@ -488,7 +536,7 @@ impl StateMachineStore {
             shared: Arc::new(SharedState {
                 group,
                 disk,
-                applied: RwLock::new(Applied { meta, sessions }),
+                applied: RwLock::new(Applied::new(meta, sessions)),
             }),
             durable: Arc::new(durable),
             metrics,
@@ -560,13 +608,14 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I::IntoIter: OptionalSend,
     {
         let group = self.shared.group;
-        let (batch, responses) = {
+        let (batch, responses, shard) = {
             let mut applied = self.shared.write();
             let applied = &mut *applied;
             let generation = applied.meta.generation;
             let mut rows = PendingRows::new(&*self.shared.disk, group, generation);
             let mut responses = Vec::new();
             let mut batch = WriteBatch::default();
+            let mut shard_changed = false;
             for entry in entries {
                 // Entries arrive in order, each exactly once.
                 let expected_index = applied.meta.last_applied.map_or(0, |id| id.index) + 1;
@@ -579,14 +628,23 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 applied.meta.last_applied = Some(entry.log_id);
                 let response = match entry.payload {
                     EntryPayload::Blank => Response::None,
-                    EntryPayload::Normal(command) => state::apply(
-                        &mut rows,
-                        &mut applied.sessions,
-                        &mut applied.meta.shard,
-                        entry.log_id.index,
-                        &command,
-                    )
-                    .map_err(|e| read_err(&e))?,
+                    EntryPayload::Normal(command) => {
+                        shard_changed |= matches!(
+                            command,
+                            Command::Own(_)
+                                | Command::SetMap { .. }
+                                | Command::Move(_)
+                                | Command::Migrate(_)
+                        );
+                        state::apply(
+                            &mut rows,
+                            &mut applied.sessions,
+                            &mut applied.meta.shard,
+                            entry.log_id.index,
+                            &command,
+                        )
+                        .map_err(|e| read_err(&e))?
+                    }
                     EntryPayload::Membership(membership) => {
                         applied.meta.membership =
                             StoredMembership::new(Some(entry.log_id), membership);
@@ -595,13 +653,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 };
                 responses.push(response);
             }
-            for (key, row) in rows.pending {
-                let row_key = keys::row(group, generation, &key);
-                match row {
-                    Some(row) => batch.put(row_key, codec::encode(&row)),
-                    None => batch.delete(row_key),
-                }
-            }
+            rows.into_batch(&mut batch);
             session_ops(
                 &mut batch,
                 group,
@@ -609,8 +661,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 applied.sessions.take_effects(),
             );
             applied.meta.next_client_id = applied.sessions.next_client_id();
+            debug_assert_eq!(applied.meta.shard.check(), Ok(()));
             batch.put(keys::applied(group), codec::encode(&applied.meta));
-            (batch, responses)
+            let shard = shard_changed.then(|| Arc::new(applied.meta.shard.clone()));
+            (batch, responses, shard)
         };
         // Buffered: a crash may lose a suffix of applied runs, which the log replays.
         self.shared
@@ -618,6 +672,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             .write_dyn(batch, Durability::Buffered)
             .await
             .map_err(|e| write_err(&e))?;
+        if let Some(shard) = shard {
+            self.shared.write().visible = shard;
+        }
         Ok(responses)
     }
 
@@ -679,10 +736,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         tracing::debug!(group = %group, snapshot = ?meta.last_log_id, previous = ?self.shared.read().meta.last_applied, generation = staged.generation, "installing snapshot");
         // Readers switch first (the staged rows are complete), then the disk: a crash before
         // the synced write restarts on the old generation, which is still whole.
-        *self.shared.write() = Applied {
-            meta: new_meta.clone(),
-            sessions,
-        };
+        *self.shared.write() = Applied::new(new_meta.clone(), sessions);
         let mut switch = WriteBatch::default();
         switch.put(keys::applied(group), codec::encode(&new_meta));
         self.shared
