@@ -474,6 +474,44 @@ pub enum ClusterCommand {
         #[arg(long)]
         group: Option<u32>,
     },
+    /// Move hash slots to another data group while the cluster serves them (returns once
+    /// the moves are recorded; `cluster migrations` follows them, `--wait` waits).
+    MoveSlots {
+        /// One slot (`17`) or a range (`0..63`, both ends included).
+        #[arg(long, value_parser = parse_slot_range)]
+        slots: (u32, u32),
+        /// The data group to move them to.
+        #[arg(long)]
+        to: u32,
+        /// Wait until every move started is finished (at most this many seconds).
+        #[arg(long)]
+        wait: Option<u64>,
+    },
+    /// The slot moves in progress, with their step.
+    Migrations,
+}
+
+/// `A` or `A..B` (both ends included) as a slot range.
+fn parse_slot_range(text: &str) -> std::result::Result<(u32, u32), String> {
+    let number = |part: &str| {
+        part.trim()
+            .parse::<u32>()
+            .map_err(|_| format!("`{part}` is not a slot number"))
+    };
+    match text.split_once("..") {
+        Some((first, last)) => {
+            let last = last.strip_prefix('=').unwrap_or(last);
+            Ok((number(first)?, number(last)?))
+        }
+        None => number(text).map(|slot| (slot, slot)),
+    }
+}
+
+fn migration_json(m: &seedkv_proto::pb::Migration) -> serde_json::Value {
+    json!({
+        "id": m.id, "slot": m.slot, "from": m.from, "to": m.to, "step": m.step,
+        "epoch": m.epoch,
+    })
 }
 
 /// Runs a cluster command.
@@ -687,8 +725,23 @@ pub async fn cluster(conn: &Connection, command: ClusterCommand) -> Result<bool>
                 bail!("no endpoint answered: {last_error}");
             };
             let ranges = |group: &seedkv_proto::pb::GroupSlots| -> String {
-                let parts: Vec<String> = group
-                    .ranges
+                // Adjacent ranges taken at different epochs print as one.
+                let mut merged: Vec<(u32, u32)> = Vec::new();
+                for r in &group.ranges {
+                    match merged.last_mut() {
+                        Some(last) if last.1 + 1 == r.first => last.1 = r.last,
+                        _ => merged.push((r.first, r.last)),
+                    }
+                }
+                let parts: Vec<String> = merged
+                    .iter()
+                    .map(|&(first, last)| (first, last))
+                    .map(|(first, last)| seedkv_proto::pb::SlotRange {
+                        first,
+                        last,
+                        epoch: 0,
+                    })
+                    .collect::<Vec<_>>()
                     .iter()
                     .map(|r| {
                         if r.first == r.last {
@@ -743,6 +796,94 @@ pub async fn cluster(conn: &Connection, command: ClusterCommand) -> Result<bool>
                         leader,
                         g.slot_count,
                         ranges(g)
+                    );
+                }
+            }
+            Ok(true)
+        }
+        ClusterCommand::MoveSlots {
+            slots: (first, last),
+            to,
+            wait,
+        } => {
+            let started = client.move_slots(first, last, to).await.map_err(fail)?;
+            if json {
+                let moves: Vec<serde_json::Value> = started.iter().map(migration_json).collect();
+                out!("{}", json!({ "started": moves }));
+            } else {
+                out!(
+                    "{} slot moves to group {to} recorded (migrations {})",
+                    started.len(),
+                    match (started.first(), started.last()) {
+                        (Some(a), Some(b)) if a.id != b.id => format!("{}..{}", a.id, b.id),
+                        (Some(a), _) => a.id.to_string(),
+                        _ => "-".into(),
+                    }
+                );
+            }
+            let Some(wait_s) = wait else {
+                return Ok(true);
+            };
+            let ids: std::collections::BTreeSet<u64> = started.iter().map(|m| m.id).collect();
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(wait_s);
+            loop {
+                let left = client
+                    .migrations()
+                    .await
+                    .map_err(fail)?
+                    .migrations
+                    .iter()
+                    .filter(|m| ids.contains(&m.id))
+                    .count();
+                if left == 0 {
+                    if !json {
+                        out!("every move finished");
+                    }
+                    return Ok(true);
+                }
+                if std::time::Instant::now() >= deadline {
+                    bail!(
+                        "{left} of {} moves still in progress after {wait_s} s",
+                        ids.len()
+                    );
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+        }
+        ClusterCommand::Migrations => {
+            let answer = client.migrations().await.map_err(fail)?;
+            if json {
+                let moves: Vec<serde_json::Value> =
+                    answer.migrations.iter().map(migration_json).collect();
+                out!(
+                    "{}",
+                    json!({ "map_version": answer.map_version, "migrations": moves })
+                );
+            } else if answer.migrations.is_empty() {
+                out!(
+                    "no slot is moving (slot map version {})",
+                    answer.map_version
+                );
+            } else {
+                out!(
+                    "{:<10} {:>5} {:>5} {:>5}  STEP",
+                    "MIGRATION",
+                    "SLOT",
+                    "FROM",
+                    "TO"
+                );
+                for m in &answer.migrations {
+                    let step = if m.step == "committed" {
+                        format!("committed at epoch {}", m.epoch)
+                    } else {
+                        m.step.clone()
+                    };
+                    out!(
+                        "{:<10} {:>5} {:>5} {:>5}  {step}",
+                        m.id,
+                        m.slot,
+                        m.from,
+                        m.to
                     );
                 }
             }

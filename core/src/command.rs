@@ -117,6 +117,19 @@ impl Command {
 }
 
 impl Command {
+    /// Whether applying this command may change what the group knows about sharding
+    /// (ownership, moves, the slot map, migrations).
+    pub fn changes_shard(&self) -> bool {
+        match self {
+            Command::Own(_) | Command::SetMap { .. } | Command::Move(_) | Command::Migrate(_) => {
+                true
+            }
+            Command::Multi(commands) => commands.iter().any(Command::changes_shard),
+            Command::Tagged { command, .. } => command.changes_shard(),
+            Command::Single(_) | Command::Batch(_) | Command::Register => false,
+        }
+    }
+
     /// Bytes of keys and values this command carries (what the size limits count).
     pub fn payload_bytes(&self) -> usize {
         match self {

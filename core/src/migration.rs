@@ -16,12 +16,13 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::command::Versioned;
-use crate::slot::Slot;
+use crate::slot::{Slot, SLOT_COUNT};
 use crate::slot_map::{Epoch, SlotMap};
 use crate::types::GroupId;
 
-/// Names one migration for its whole life; never reused (the meta group's log index of
-/// its `Begin`).
+/// Names one migration for its whole life; never reused: the meta group's log index of its
+/// `Begin` times [`SLOT_COUNT`], plus its slot (one entry may begin moves of many slots,
+/// each slot at most once).
 pub type MigrationId = u64;
 
 /// Where a migration is, as the meta group records it.
@@ -46,6 +47,9 @@ pub struct Migration {
     pub to: GroupId,
     pub step: Step,
 }
+
+/// A row's key inside an `Ingest` chunk (encoded as one block of bytes).
+pub use serde_bytes::ByteBuf;
 
 /// Bytes of rows one `Ingest` chunk carries at most (one row over it travels alone).
 pub const CHUNK_BYTES: usize = 512 * 1024;
@@ -176,7 +180,7 @@ impl Migrations {
                 return Err(MigrationError::AlreadyOwner { slot, group: to });
             }
             let migration = Migration {
-                id: index,
+                id: index * u64::from(SLOT_COUNT) + u64::from(slot.get()),
                 slot,
                 from,
                 to,
@@ -514,8 +518,9 @@ mod tests {
             .expect("begin");
         assert_eq!(
             (begun.id, begun.from, begun.step),
-            (11, from, Step::Planned)
+            (11 * 1024, from, Step::Planned)
         );
+        let id = begun.id;
         assert!(matches!(
             records.apply(12, MetaStep::Begin { slot, to }, Some(&map)),
             Err(MigrationError::AlreadyMoving { .. })
@@ -526,7 +531,7 @@ mod tests {
                     12,
                     MetaStep::Commit {
                         slot,
-                        migration: 11
+                        migration: id
                     },
                     Some(&map)
                 ),
@@ -539,7 +544,7 @@ mod tests {
                 13,
                 MetaStep::Copied {
                     slot,
-                    migration: 11,
+                    migration: id,
                 },
                 Some(&map),
             )
@@ -549,7 +554,7 @@ mod tests {
                 14,
                 MetaStep::Commit {
                     slot,
-                    migration: 11,
+                    migration: id,
                 },
                 Some(&map),
             )
@@ -568,7 +573,7 @@ mod tests {
                     15,
                     MetaStep::Abort {
                         slot,
-                        migration: 11
+                        migration: id
                     },
                     Some(&next)
                 ),
@@ -581,7 +586,7 @@ mod tests {
                 16,
                 MetaStep::Finish {
                     slot,
-                    migration: 11,
+                    migration: id,
                 },
                 Some(&next),
             )

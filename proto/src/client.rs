@@ -33,12 +33,18 @@ use crate::network::connect;
 use crate::pb;
 use crate::pb::admin_client::AdminClient;
 use crate::pb::kv_client::KvClient;
-use crate::status::{leader_hint, moved_slot, never_proposed, session_refusal, SessionRefusal};
+use crate::status::{
+    leader_hint, moved_slot, never_proposed, session_refusal, try_again_slot, SessionRefusal,
+};
 
 pub use crate::pb::Consistency;
 
 /// The longest pause between two attempts.
 pub const MAX_BACKOFF_MS: u64 = 1_000;
+
+/// How many `TRY_AGAIN` refusals (a slot frozen while it moves) one call waits out, each
+/// after `retry_backoff_ms`, besides its attempts.
+pub const MAX_FROZEN_WAITS: u32 = 200;
 
 /// How a [`Client`] reaches the cluster.
 #[derive(Debug, Clone)]
@@ -379,10 +385,14 @@ impl Client {
         // that just died, still named by its followers) would spend every attempt in a few
         // milliseconds, long before an election ends.
         let mut unreachable: Vec<String> = Vec::new();
-        for attempt in 0..self.config.max_attempts {
+        let mut attempt = 0;
+        // Refusals of a frozen slot wait apart from the attempts, up to their own bound.
+        let mut frozen_waits = 0;
+        while attempt < self.config.max_attempts {
             if attempt > 0 {
                 backoff = (backoff * 2).min(Duration::from_millis(MAX_BACKOFF_MS));
             }
+            attempt += 1;
             let Some((addr, cached)) = self.target(group) else {
                 break;
             };
@@ -404,6 +414,17 @@ impl Client {
             };
             last_error = format!("{addr}: {}", status.message());
             tracing::debug!(?group, attempt, %addr, code = ?status.code(), "refused: {}", status.message());
+            if try_again_slot(&status).is_some() {
+                // The slot is frozen while it moves: nothing was done. Ask again shortly
+                // (the answer becomes MOVED once the move commits).
+                if frozen_waits < MAX_FROZEN_WAITS {
+                    frozen_waits += 1;
+                    attempt -= 1;
+                    backoff = Duration::from_millis(self.config.retry_backoff_ms);
+                }
+                tokio::time::sleep(Duration::from_millis(self.config.retry_backoff_ms)).await;
+                continue;
+            }
             if let Some(hint) = leader_hint(&status) {
                 // A node also says "not the leader" when it truncated a write it had
                 // proposed, which may still commit elsewhere; only a refusal marked as
@@ -1113,6 +1134,96 @@ impl Client {
             })
             .await?;
         Ok(reply.log_index)
+    }
+}
+
+impl Client {
+    /// Moves slots `first..=last` to data group `to` (recorded at the meta group's leader,
+    /// which carries the moves out); the migrations started.
+    pub async fn move_slots(
+        &self,
+        first: u32,
+        last: u32,
+        to: u32,
+    ) -> Result<Vec<pb::Migration>, ClientError> {
+        let request = pb::MoveSlotsRequest { first, last, to };
+        let reply = self
+            .call(Retry::OnlyIfNotApplied, None, |ch| async move {
+                AdminClient::new(ch).move_slots(request).await
+            })
+            .await?;
+        Ok(reply.started)
+    }
+
+    /// The slot moves in progress, as a node's replica of the meta group holds them.
+    pub async fn migrations(&self) -> Result<pb::MigrationsResponse, ClientError> {
+        self.call(Retry::Always, None, |ch| async move {
+            AdminClient::new(ch)
+                .migrations(pb::MigrationsRequest {})
+                .await
+        })
+        .await
+    }
+
+    /// Data group `group`'s part in the move of `slot`, from its leader.
+    pub async fn slot_state(
+        &self,
+        group: u32,
+        slot: u32,
+    ) -> Result<pb::SlotStateResponse, ClientError> {
+        let request = pb::SlotStateRequest { group, slot };
+        self.call(Retry::Always, Some(group), |ch| async move {
+            AdminClient::new(ch).slot_state(request).await
+        })
+        .await
+    }
+
+    /// Rows of `slot`, frozen by `migration` in group `group`, after `after` (from the
+    /// first with `None`), from the group's leader.
+    pub async fn slot_rows(
+        &self,
+        group: u32,
+        slot: u32,
+        migration: u64,
+        after: Option<&[u8]>,
+    ) -> Result<pb::SlotRowsResponse, ClientError> {
+        let request = pb::SlotRowsRequest {
+            group,
+            slot,
+            migration,
+            after: after.map(<[u8]>::to_vec).unwrap_or_default(),
+            from_start: after.is_none(),
+        };
+        self.call(Retry::Always, Some(group), |ch| {
+            let request = request.clone();
+            async move {
+                AdminClient::new(ch)
+                    .max_decoding_message_size(usize::MAX)
+                    .slot_rows(request)
+                    .await
+            }
+        })
+        .await
+    }
+
+    /// Proposes one step of a move (an encoded command) in `group`, at its leader. Every
+    /// step is idempotent, so it is resent freely.
+    pub async fn move_step(
+        &self,
+        group: u32,
+        command: Vec<u8>,
+    ) -> Result<pb::MoveStepResponse, ClientError> {
+        let request = pb::MoveStepRequest { group, command };
+        self.call(Retry::Always, Some(group), |ch| {
+            let request = request.clone();
+            async move {
+                AdminClient::new(ch)
+                    .max_encoding_message_size(usize::MAX)
+                    .move_step(request)
+                    .await
+            }
+        })
+        .await
     }
 }
 

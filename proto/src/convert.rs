@@ -89,3 +89,22 @@ pub fn scan(request: &pb::ScanRequest, limits: &Limits) -> (ScanRange, usize) {
     };
     (range, limit)
 }
+
+/// A migration record as the Admin service reports it.
+pub fn migration(migration: &seedkv_core::migration::Migration) -> pb::Migration {
+    use seedkv_core::migration::Step;
+    let (step, epoch) = match migration.step {
+        Step::Planned => ("planned", 0),
+        Step::Copied => ("copied", 0),
+        Step::Committed { epoch } => ("committed", epoch),
+        Step::Aborted => ("aborted", 0),
+    };
+    pb::Migration {
+        id: migration.id,
+        slot: u32::from(migration.slot.get()),
+        from: migration.from.0,
+        to: migration.to.0,
+        step: step.to_string(),
+        epoch,
+    }
+}

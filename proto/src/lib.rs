@@ -21,6 +21,7 @@ pub mod identity;
 mod keeper;
 pub mod lease;
 pub mod metrics;
+mod mover;
 pub mod network;
 pub mod node;
 mod pinning;

@@ -17,6 +17,7 @@ use seedkv_core::routing::{self, Decision};
 use seedkv_core::runtime::timeout;
 use seedkv_core::slot::Slot;
 use seedkv_core::slot_map::{SlotMap, DEFAULT_REPLICAS, META_GROUP};
+use seedkv_core::state::{Serving, ShardState};
 use seedkv_core::storage::snapshot::{SnapshotFrame, SnapshotRefused, SnapshotReply, Staging};
 use seedkv_core::storage::{
     Disk, DiskError, DynDisk, LogStore, LogSyncer, NodeIdentity, SharedState, SnapshotData,
@@ -34,7 +35,7 @@ use crate::network::GrpcNetwork;
 use crate::pb;
 use crate::proposer::Proposer;
 use crate::read_index::ReadIndex;
-use crate::status::{moved, not_leader, not_proposed, session_expired, stale_write};
+use crate::status::{moved, not_leader, not_proposed, session_expired, stale_write, try_again};
 use crate::trace::Tracer;
 
 /// What a node needs to start.
@@ -386,6 +387,7 @@ impl Node {
         });
         tokio::spawn(crate::pinning::pin_incarnations(Arc::downgrade(&node)));
         tokio::spawn(crate::keeper::keep_grants(Arc::downgrade(&node)));
+        tokio::spawn(crate::mover::drive(Arc::downgrade(&node)));
         tokio::spawn(crate::heartbeat::beat(
             Arc::downgrade(&node),
             heartbeat_interval_ms,
@@ -990,10 +992,16 @@ impl Node {
         let ids: Vec<GroupId> = owning.iter().map(|group| group.id).collect();
         let map = self.slot_map();
         match routing::route(slot, &ids, session_group, map.as_deref()) {
-            Decision::Serve(id) => owning
-                .into_iter()
-                .find(|group| group.id == id)
-                .ok_or_else(|| Status::internal("routing chose a group it was not given")),
+            Decision::Serve(id) => {
+                let group = owning
+                    .into_iter()
+                    .find(|group| group.id == id)
+                    .ok_or_else(|| Status::internal("routing chose a group it was not given"))?;
+                match refusal(self, &group.state.shard(), slot) {
+                    Some(status) => Err(status),
+                    None => Ok(group),
+                }
+            }
             Decision::Moved { slot, owner } => Err(moved(slot, owner)),
         }
     }
@@ -1102,7 +1110,109 @@ impl Node {
         )
     }
 
-    /// The limits every request is checked against.
+    /// The hosted group `group` and slot `slot` of a move step, at the group's leader (a
+    /// node that does not lead it refuses with the leader hint).
+    fn moving_group(&self, group: u32, slot: u32) -> Result<(Arc<Group>, Slot), Status> {
+        let slot = u16::try_from(slot)
+            .ok()
+            .and_then(Slot::new)
+            .ok_or_else(|| Status::invalid_argument(format!("slot {slot} is out of range")))?;
+        if group == META_GROUP.0 {
+            return Err(Status::invalid_argument("the meta group holds no slot"));
+        }
+        let group = self.group_to_change(group)?;
+        ensure_leader(&group.raft)?;
+        Ok((group, slot))
+    }
+
+    /// Records a move of every slot of `request` in the meta group, at its leader; nothing
+    /// is recorded unless every slot can move.
+    async fn begin_moves(
+        &self,
+        request: pb::MoveSlotsRequest,
+    ) -> Result<Vec<seedkv_core::migration::Migration>, Status> {
+        use seedkv_core::migration::MetaStep;
+        let slot = |n: u32| {
+            u16::try_from(n).ok().and_then(Slot::new).ok_or_else(|| {
+                Status::invalid_argument(format!("slot {n} is out of range 0..=1023"))
+            })
+        };
+        let (first, last) = (slot(request.first)?, slot(request.last)?);
+        if first > last {
+            return Err(Status::invalid_argument(format!(
+                "the slot range {}..{} is inverted",
+                first.get(),
+                last.get()
+            )));
+        }
+        if request.to == META_GROUP.0 {
+            return Err(Status::invalid_argument(
+                "group 0 is the meta group, which holds no slot",
+            ));
+        }
+        let to = GroupId(request.to);
+        let meta = self.meta();
+        ensure_leader(&meta.raft)?;
+        let shard = meta.state.shard();
+        let map = shard.map.as_deref().ok_or_else(|| {
+            Status::unavailable("the cluster has no slot map yet (it is starting); retry")
+        })?;
+        if !map.groups().contains_key(&to) {
+            return Err(Status::invalid_argument(format!(
+                "no data group {to} in the slot map"
+            )));
+        }
+        let slots: Vec<Slot> = (first.get()..=last.get()).filter_map(Slot::new).collect();
+        for &slot in &slots {
+            if map.owner(slot).group == to {
+                return Err(Status::invalid_argument(format!(
+                    "group {to} owns {slot} already; nothing was moved"
+                )));
+            }
+            if let Some(moving) = shard.migrations.of(slot) {
+                return Err(Status::failed_precondition(format!(
+                    "{slot} is already moving (migration {}, to group {}); nothing was moved",
+                    moving.id, moving.to
+                )));
+            }
+        }
+        let steps = slots
+            .iter()
+            .map(|&slot| Command::Migrate(MetaStep::Begin { slot, to }))
+            .collect();
+        let written = timeout(
+            std::time::Duration::from_millis(MOVE_STEP_COMMIT_MS),
+            meta.raft.client_write(Command::Multi(steps)),
+        )
+        .await
+        .map_err(|_| Status::unavailable("the moves were not recorded in time; they may still be"))?
+        .map_err(client_write_error)?;
+        let Response::Multi(responses) = written.data else {
+            return Err(unexpected(&written.data));
+        };
+        let mut started = Vec::new();
+        let mut refused = Vec::new();
+        for response in responses {
+            match response {
+                Response::Migration(Ok(migration)) => started.push(migration),
+                Response::Migration(Err(reason)) => refused.push(reason),
+                other => return Err(unexpected(&other)),
+            }
+        }
+        if let Some(reason) = refused.first() {
+            // Another move recorded between the check and the entry: report it, with
+            // those that did start (they go on).
+            return Err(Status::failed_precondition(format!(
+                "{} of {} slots could not move ({reason}); {} started",
+                refused.len(),
+                slots.len(),
+                started.len()
+            )));
+        }
+        Ok(started)
+    }
+
+    /// The limits every request is checked against.    /// The limits every request is checked against.
     pub fn limits(&self) -> &Limits {
         &self.limits
     }
@@ -1158,6 +1268,7 @@ impl Node {
             Response::NotOwned { slot } => {
                 Err(moved(slot, self.slot_map().map(|map| map.owner(slot))))
             }
+            Response::Frozen { slot } => Err(try_again(slot)),
             response => Ok(response),
         }
     }
@@ -1336,6 +1447,10 @@ fn without_compare(
 /// unknown outcome (and this node's membership lock released).
 const MEMBERSHIP_STEP_MS: u64 = 10_000;
 
+/// How long one step of a slot move (or the record of moves) may take to commit before it
+/// is reported with an unknown outcome.
+const MOVE_STEP_COMMIT_MS: u64 = 10_000;
+
 /// How long a membership change waits for the previous one on this node to finish.
 const MEMBERSHIP_LOCK_WAIT_MS: u64 = 1_000;
 
@@ -1407,17 +1522,52 @@ fn ensure_leader(raft: &Raft) -> Result<(), Status> {
     }))
 }
 
-/// Refuses a read of `key` unless the group owns its slot now. Checked after the read; sound
-/// only while slots are never given away: a slot taken since the read had no row written
-/// yet, so the read's answer was the true one. Once slots move, ownership must come from
-/// the same applied point as the rows (see docs/SHARDING.md).
-fn owned(node: &Node, group: &Group, key: &[u8]) -> Result<(), Status> {
-    let slot = Slot::of(key);
-    if group.state.owns(slot) {
-        Ok(())
-    } else {
-        Err(moved(slot, node.slot_map().map(|map| map.owner(slot))))
+/// Why `shard` does not serve `slot`, if it does not: `MOVED` when the group does not own
+/// it, `TRY_AGAIN` while it is frozen to move.
+fn refusal(node: &Node, shard: &ShardState, slot: Slot) -> Option<Status> {
+    match shard.serving(slot) {
+        Serving::Owned { .. } => None,
+        #[cfg(madsim)]
+        Serving::Frozen
+            if seedkv_core::faults::enabled(seedkv_core::faults::Fault::SourceServesFrozen) =>
+        {
+            None
+        }
+        Serving::Frozen => Some(try_again(slot)),
+        Serving::NotOwned => Some(moved(slot, node.slot_map().map(|map| map.owner(slot)))),
     }
+}
+
+/// Reads rows of `slots` from `group` with `read`, refusing unless the group serves every
+/// one of them both before and after the read at the same epoch. Slots leave a group: a
+/// read must not answer from rows another group may have written since. The group serves
+/// a slot unfrozen at one epoch only while no other group can (the destination activates
+/// after the source froze, and a source never thaws after the commit), so rows read
+/// between two such checks are the slot's true rows.
+fn read_served<T>(
+    node: &Node,
+    group: &Group,
+    slots: &[Slot],
+    read: impl FnOnce() -> Result<T, Status>,
+) -> Result<T, Status> {
+    let before = group.state.shard();
+    if let Some(status) = slots.iter().find_map(|&slot| refusal(node, &before, slot)) {
+        return Err(status);
+    }
+    let value = read()?;
+    let after = group.state.shard();
+    if Arc::ptr_eq(&before, &after) {
+        return Ok(value);
+    }
+    for &slot in slots {
+        if let Some(status) = refusal(node, &after, slot) {
+            return Err(status);
+        }
+        if after.serving(slot) != before.serving(slot) {
+            return Err(try_again(slot));
+        }
+    }
+    Ok(value)
 }
 
 /// The group a request's session names (0: the cluster's only data group).
@@ -1478,9 +1628,9 @@ impl pb::kv_server::Kv for KvService {
         let row = self
             .0
             .read(&group, req.consistency, |group| {
-                let row = group.state.get(&req.key).map_err(disk_error)?;
-                owned(&self.0, group, &req.key)?;
-                Ok(row)
+                read_served(&self.0, group, &[Slot::of(&req.key)], || {
+                    group.state.get(&req.key).map_err(disk_error)
+                })
             })
             .await?;
         tracing::debug!(
@@ -1522,7 +1672,21 @@ impl pb::kv_server::Kv for KvService {
         let mut rows = self
             .0
             .read(&group, req.consistency, |group| {
-                group.state.scan(&range, limit + 1).map_err(disk_error)
+                // Any slot of the group may hold keys of the range: every one it owns must
+                // be served, before and after.
+                let before = group.state.shard();
+                let frozen: Vec<Slot> = before.moves.frozen.keys().copied().collect();
+                read_served(&self.0, group, &frozen, || {
+                    let rows = group.state.scan(&range, limit + 1).map_err(disk_error)?;
+                    let after = group.state.shard();
+                    if let Some(&slot) = after.moves.frozen.keys().next() {
+                        return Err(try_again(slot));
+                    }
+                    if after.owned != before.owned {
+                        return Err(try_again(Slot::FIRST));
+                    }
+                    Ok(rows)
+                })
             })
             .await?;
         let more = rows.len() > limit;
@@ -1563,11 +1727,10 @@ impl pb::kv_server::Kv for KvService {
             let rows = self
                 .0
                 .read(group, req.consistency, |group| {
-                    let rows = group.state.multi_get(&keys).map_err(disk_error)?;
-                    for key in &keys {
-                        owned(&self.0, group, key)?;
-                    }
-                    Ok(rows)
+                    let slots: Vec<Slot> = keys.iter().map(|key| Slot::of(key)).collect();
+                    read_served(&self.0, group, &slots, || {
+                        group.state.multi_get(&keys).map_err(disk_error)
+                    })
                 })
                 .await?;
             for (&index, row) in indexes.iter().zip(&rows) {
@@ -1985,6 +2148,109 @@ fn client_write_error(err: RaftError<NodeId, ClientWriteError<NodeId, Member>>) 
 
 #[tonic::async_trait]
 impl pb::admin_server::Admin for AdminService {
+    async fn move_slots(
+        &self,
+        request: Request<pb::MoveSlotsRequest>,
+    ) -> Result<GrpcResponse<pb::MoveSlotsResponse>, Status> {
+        let request = request.into_inner();
+        let started = self.0.begin_moves(request).await?;
+        Ok(GrpcResponse::new(pb::MoveSlotsResponse {
+            started: started.iter().map(convert::migration).collect(),
+        }))
+    }
+
+    async fn migrations(
+        &self,
+        _request: Request<pb::MigrationsRequest>,
+    ) -> Result<GrpcResponse<pb::MigrationsResponse>, Status> {
+        let shard = self.0.meta().state.shard();
+        Ok(GrpcResponse::new(pb::MigrationsResponse {
+            migrations: shard.migrations.iter().map(convert::migration).collect(),
+            map_version: shard.map_version(),
+        }))
+    }
+
+    async fn slot_state(
+        &self,
+        request: Request<pb::SlotStateRequest>,
+    ) -> Result<GrpcResponse<pb::SlotStateResponse>, Status> {
+        let request = request.into_inner();
+        let (group, slot) = self.0.moving_group(request.group, request.slot)?;
+        let shard = group.state.shard();
+        let incoming = shard.moves.incoming.get(&slot);
+        Ok(GrpcResponse::new(pb::SlotStateResponse {
+            frozen_by: shard.moves.frozen.get(&slot).copied().unwrap_or(0),
+            owned_epoch: shard.owned.epoch_of(slot).unwrap_or(0),
+            incoming: incoming.is_some(),
+            incoming_migration: incoming.map_or(0, |i| i.migration),
+            next_seq: incoming.map_or(0, |i| i.next_seq),
+            complete: incoming.is_some_and(|i| i.complete),
+            last_key: incoming.map(|i| i.last_key.clone()).unwrap_or_default(),
+            applied_index: group.state.last_applied().map_or(0, |id| id.index),
+        }))
+    }
+
+    async fn slot_rows(
+        &self,
+        request: Request<pb::SlotRowsRequest>,
+    ) -> Result<GrpcResponse<pb::SlotRowsResponse>, Status> {
+        let request = request.into_inner();
+        let (group, slot) = self.0.moving_group(request.group, request.slot)?;
+        if group.state.shard().moves.frozen.get(&slot) != Some(&request.migration) {
+            return Err(Status::failed_precondition(format!(
+                "{slot} is not frozen for migration {} in group {} here (yet)",
+                request.migration, group.id
+            )));
+        }
+        let after = (!request.from_start).then_some(request.after.as_slice());
+        let (rows, done) = group
+            .state
+            .slot_rows(slot, after, seedkv_core::migration::CHUNK_BYTES)
+            .map_err(disk_error)?;
+        Ok(GrpcResponse::new(pb::SlotRowsResponse {
+            rows: rows
+                .into_iter()
+                .map(|(key, v)| pb::KeyValue {
+                    key,
+                    value: v.value,
+                    revision: v.revision,
+                })
+                .collect(),
+            done,
+        }))
+    }
+
+    async fn move_step(
+        &self,
+        request: Request<pb::MoveStepRequest>,
+    ) -> Result<GrpcResponse<pb::MoveStepResponse>, Status> {
+        let request = request.into_inner();
+        let command: Command = codec::decode(&request.command)
+            .map_err(|err| Status::invalid_argument(format!("undecodable step: {err}")))?;
+        if !matches!(command, Command::Move(_) | Command::Own(_)) {
+            return Err(Status::invalid_argument(
+                "a move step is a Move or an Own command",
+            ));
+        }
+        if request.group == META_GROUP.0 {
+            return Err(Status::invalid_argument("the meta group holds no slot"));
+        }
+        let group = self.0.group_to_change(request.group)?;
+        ensure_leader(&group.raft)?;
+        let written = timeout(
+            std::time::Duration::from_millis(MOVE_STEP_COMMIT_MS),
+            group.raft.client_write(command),
+        )
+        .await
+        .map_err(|_| Status::unavailable("the step did not commit in time; it may still"))?
+        .map_err(client_write_error)?;
+        let (applied, refusal) = match written.data {
+            Response::Stepped(Ok(())) | Response::Owned { .. } => (true, String::new()),
+            Response::Stepped(Err(reason)) => (false, reason),
+            other => return Err(unexpected(&other)),
+        };
+        Ok(GrpcResponse::new(pb::MoveStepResponse { applied, refusal }))
+    }
     async fn status(
         &self,
         request: Request<pb::StatusRequest>,

@@ -74,6 +74,31 @@ pub fn moved_slot(status: &Status) -> Option<Slot> {
     Slot::new(value.parse().ok()?)
 }
 
+/// Metadata key of a `TRY_AGAIN` refusal: the slot, frozen while it moves.
+pub const TRY_AGAIN_SLOT: &str = "seedkv-try-again-slot";
+
+/// The refusal of a request for a slot its group froze to move it: nothing was done, and
+/// the same request may be sent again (to the same group, or to the new owner once the
+/// move commits, which a later `MOVED` names).
+pub fn try_again(slot: Slot) -> Status {
+    let mut status = Status::unavailable(format!(
+        "TRY_AGAIN: {slot} is moving to another group; nothing was done; retry shortly"
+    ));
+    if let Ok(value) = slot.get().to_string().parse() {
+        status.metadata_mut().insert(TRY_AGAIN_SLOT, value);
+    }
+    status
+}
+
+/// If `status` is a `TRY_AGAIN` refusal: the slot it names.
+pub fn try_again_slot(status: &Status) -> Option<Slot> {
+    if status.code() != Code::Unavailable {
+        return None;
+    }
+    let value = status.metadata().get(TRY_AGAIN_SLOT)?.to_str().ok()?;
+    Slot::new(value.parse().ok()?)
+}
+
 /// Why a session write was refused (see [`session_refusal`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SessionRefusal {

@@ -138,6 +138,9 @@ pub struct StateSummary {
     pub key_count: u64,
 }
 
+/// Rows of one slot in key order, and whether they are the last.
+pub type SlotRows = (Vec<(Vec<u8>, Versioned)>, bool);
+
 /// The applied state of one group, shared by Raft (which applies) and the read path.
 pub struct SharedState {
     group: GroupId,
@@ -307,6 +310,37 @@ impl SharedState {
             }
         }
         Ok(best.into_iter().collect())
+    }
+
+    /// Rows of `slot` in key order after `after` (from the first with `None`), about
+    /// `max_bytes` of them at most (at least one row if any is left), from one view; and
+    /// whether no row follows the last one returned.
+    pub fn slot_rows(
+        &self,
+        slot: Slot,
+        after: Option<&[u8]>,
+        max_bytes: usize,
+    ) -> Result<SlotRows, DiskError> {
+        let (view, generation) = self.view()?;
+        let mut from = keys::slot_start(self.group, generation, slot);
+        if let Some(after) = after {
+            from.extend_from_slice(after);
+            from.push(0);
+        }
+        let to = keys::slot_end(self.group, generation, slot);
+        let found = view.scan_bytes(&from, &to, WALK_ROWS, max_bytes)?;
+        let bytes: usize = found
+            .iter()
+            .map(|(key, value)| key.len() + value.len())
+            .sum();
+        let done = found.len() < WALK_ROWS && bytes < max_bytes;
+        let mut rows = Vec::with_capacity(found.len());
+        for (row, bytes) in found {
+            let key = keys::row_user_key(&row).ok_or_else(|| corrupt(&row, "not a row key"))?;
+            let value: Versioned = codec::decode(&bytes).map_err(|err| corrupt(&row, err))?;
+            rows.push((key.to_vec(), value));
+        }
+        Ok((rows, done))
     }
 
     /// A 64-bit digest of every row and session (see [`crate::KvState::digest`], which
@@ -629,13 +663,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 let response = match entry.payload {
                     EntryPayload::Blank => Response::None,
                     EntryPayload::Normal(command) => {
-                        shard_changed |= matches!(
-                            command,
-                            Command::Own(_)
-                                | Command::SetMap { .. }
-                                | Command::Move(_)
-                                | Command::Migrate(_)
-                        );
+                        shard_changed |= command.changes_shard();
                         state::apply(
                             &mut rows,
                             &mut applied.sessions,

@@ -1,0 +1,325 @@
+//! The migration driver: the meta group's leader carries every recorded slot move through
+//! its steps.
+//!
+//! What to do next is decided in `seedkv_core::migration::next_action` from the meta
+//! record and what the two groups' leaders report of their applied states; this module only
+//! asks and proposes. Every step is an idempotent entry in some group's log, so a driver
+//! that stops (the meta leader crashed or lost its term) leaves nothing half done: the next
+//! meta leader reads the record and carries on, and two drivers for a moment only repeat
+//! what is decided. A move that makes no progress for [`STALL_ABORT_MS`] before its commit
+//! is aborted (its source or destination cannot be reached); after the commit a move only
+//! finishes.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use openraft::ServerState;
+use seedkv_core::codec;
+use seedkv_core::migration::{
+    next_action, Action, ByteBuf, Ingested, MetaStep, Migration, MigrationId, MoveStep, Observed,
+    Step,
+};
+use seedkv_core::ownership::OwnedRange;
+use seedkv_core::runtime::timeout;
+use seedkv_core::{Command, Response, Versioned};
+use tokio::time::Instant;
+
+use crate::client::{Client, ClientConfig};
+use crate::node::{Group, Node};
+
+/// How often the meta leader looks for moves to carry.
+pub const DRIVE_EVERY_MS: u64 = 20;
+
+/// Moves carried at once; the others wait, recorded but not yet frozen.
+pub const MAX_MOVING: usize = 8;
+
+/// A move before its commit with no step applied for this long is aborted.
+pub const STALL_ABORT_MS: u64 = 30_000;
+
+/// Pause after a step that failed or changed nothing, before looking again.
+const STEP_RETRY_MS: u64 = 20;
+
+/// How long a meta entry of the driver may take to commit.
+const META_COMMIT_MS: u64 = 10_000;
+
+/// Runs until the node is dropped or its Raft stops.
+pub(crate) async fn drive(node: Weak<Node>) {
+    let moving: Arc<Mutex<BTreeSet<MigrationId>>> = Arc::default();
+    loop {
+        tokio::time::sleep(Duration::from_millis(DRIVE_EVERY_MS)).await;
+        let Some(strong) = node.upgrade() else {
+            return;
+        };
+        let state = strong.raft().metrics().borrow().state;
+        if state == ServerState::Shutdown {
+            return;
+        }
+        if state != ServerState::Leader {
+            continue;
+        }
+        let records = strong.meta().state.shard();
+        for migration in records.migrations.iter() {
+            let mut moving_now = lock(&moving);
+            if moving_now.len() >= MAX_MOVING {
+                break;
+            }
+            if moving_now.insert(migration.id) {
+                let (node, moving, migration) = (node.clone(), moving.clone(), *migration);
+                tokio::spawn(async move {
+                    carry(node, migration).await;
+                    lock(&moving).remove(&migration.id);
+                });
+            }
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Carries one move until it is finished, or this node no longer leads the meta group.
+async fn carry(node: Weak<Node>, migration: Migration) {
+    let (slot, id) = (migration.slot, migration.id);
+    let client = {
+        let Some(node) = node.upgrade() else { return };
+        internal_client(&node)
+    };
+    let mut progress_at = Instant::now();
+    loop {
+        let Some(strong) = node.upgrade() else { return };
+        let meta = strong.meta().clone();
+        let node_id = strong.id();
+        drop(strong);
+        if meta.raft.metrics().borrow().state != ServerState::Leader {
+            return;
+        }
+        let Some(record) = meta
+            .state
+            .shard()
+            .migrations
+            .of(slot)
+            .copied()
+            .filter(|record| record.id == id)
+        else {
+            return;
+        };
+        let stalled = progress_at.elapsed() > Duration::from_millis(STALL_ABORT_MS);
+        let outcome = if stalled && matches!(record.step, Step::Planned | Step::Copied) {
+            tracing::warn!(node = node_id, migration = id, %slot, "move stalled: aborting it");
+            propose_meta(
+                &meta,
+                MetaStep::Abort {
+                    slot,
+                    migration: id,
+                },
+            )
+            .await
+        } else {
+            step(&client, &meta, &record).await
+        };
+        match outcome {
+            Ok(true) => progress_at = Instant::now(),
+            Ok(false) => tokio::time::sleep(Duration::from_millis(STEP_RETRY_MS)).await,
+            Err(err) => {
+                tracing::debug!(node = node_id, migration = id, %slot, "move step: {err}");
+                tokio::time::sleep(Duration::from_millis(STEP_RETRY_MS)).await;
+            }
+        }
+    }
+}
+
+/// A client of the cluster for the driver's calls, through the meta group's members.
+fn internal_client(node: &Node) -> Client {
+    let endpoints = node
+        .meta()
+        .raft
+        .metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .nodes()
+        .map(|(_, member)| member.addr.clone())
+        .collect();
+    Client::new(ClientConfig::new(endpoints))
+}
+
+/// Looks at the two groups, takes the next step of `record`; whether a step applied.
+async fn step(client: &Client, meta: &Group, record: &Migration) -> Result<bool, String> {
+    let (slot, id) = (record.slot, record.id);
+    let n = u32::from(slot.get());
+    let source = client
+        .slot_state(record.from.0, n)
+        .await
+        .map_err(|err| format!("asking source group {}: {err}", record.from))?;
+    let dest = client
+        .slot_state(record.to.0, n)
+        .await
+        .map_err(|err| format!("asking destination group {}: {err}", record.to))?;
+    let copying = dest.incoming && dest.incoming_migration == id;
+    let seen = Observed {
+        source_frozen: source.frozen_by == id,
+        source_released: source.owned_epoch == 0,
+        ingested: copying.then_some(Ingested {
+            next_seq: dest.next_seq,
+            complete: dest.complete || (copy_whole_after_first_chunk() && dest.next_seq > 0),
+        }),
+        destination_owns: (dest.owned_epoch > 0).then_some(dest.owned_epoch),
+    };
+    let in_group = |group: seedkv_core::GroupId, step: MoveStep| {
+        propose_in(client, group.0, Command::Move(step))
+    };
+    match next_action(record, &seen) {
+        Action::Freeze { group } => {
+            in_group(
+                group,
+                MoveStep::Freeze {
+                    slot,
+                    migration: id,
+                },
+            )
+            .await
+        }
+        Action::Copy { from, to, next_seq } => {
+            let after = (next_seq > 0).then_some(dest.last_key.as_slice());
+            let chunk = client
+                .slot_rows(from.0, n, id, after)
+                .await
+                .map_err(|err| format!("reading rows from group {from}: {err}"))?;
+            let rows = chunk
+                .rows
+                .into_iter()
+                .map(|kv| {
+                    (
+                        ByteBuf::from(kv.key),
+                        Versioned {
+                            value: kv.value,
+                            revision: kv.revision,
+                        },
+                    )
+                })
+                .collect();
+            let ingest = MoveStep::Ingest {
+                slot,
+                migration: id,
+                seq: next_seq,
+                last: chunk.done,
+                rows,
+            };
+            in_group(to, ingest).await
+        }
+        Action::RecordCopied => {
+            propose_meta(
+                meta,
+                MetaStep::Copied {
+                    slot,
+                    migration: id,
+                },
+            )
+            .await
+        }
+        Action::Commit => {
+            propose_meta(
+                meta,
+                MetaStep::Commit {
+                    slot,
+                    migration: id,
+                },
+            )
+            .await
+        }
+        Action::AwaitActivation { epoch } => {
+            // The destination's leader takes what the map gives it on its own; asking it
+            // here only spares the wait for its next look.
+            let grant = OwnedRange {
+                first: slot,
+                last: slot,
+                epoch,
+            };
+            propose_in(client, record.to.0, Command::Own(vec![grant])).await
+        }
+        Action::Release { group, epoch } => {
+            in_group(group, MoveStep::Release { slot, epoch }).await
+        }
+        Action::Unfreeze { group } => {
+            in_group(
+                group,
+                MoveStep::Unfreeze {
+                    slot,
+                    migration: id,
+                },
+            )
+            .await
+        }
+        Action::DropCopy { group } => {
+            in_group(
+                group,
+                MoveStep::DropCopy {
+                    slot,
+                    migration: id,
+                },
+            )
+            .await
+        }
+        Action::Finish => {
+            propose_meta(
+                meta,
+                MetaStep::Finish {
+                    slot,
+                    migration: id,
+                },
+            )
+            .await
+        }
+    }
+}
+
+/// The `ActivateBeforeCopied` fault: the copy counts as whole after its first chunk.
+/// Deliberately wrong.
+fn copy_whole_after_first_chunk() -> bool {
+    #[cfg(madsim)]
+    {
+        seedkv_core::faults::enabled(seedkv_core::faults::Fault::ActivateBeforeCopied)
+    }
+    #[cfg(not(madsim))]
+    {
+        false
+    }
+}
+
+/// Proposes `command` in data group `group` at its leader; whether it applied.
+async fn propose_in(client: &Client, group: u32, command: Command) -> Result<bool, String> {
+    let reply = client
+        .move_step(group, codec::encode(&command))
+        .await
+        .map_err(|err| format!("proposing {command} in group {group}: {err}"))?;
+    if !reply.applied {
+        tracing::debug!(group, "{command} changed nothing: {}", reply.refusal);
+    }
+    Ok(reply.applied)
+}
+
+/// Proposes `step` in the meta group, which this node leads; whether it applied.
+async fn propose_meta(meta: &Group, step: MetaStep) -> Result<bool, String> {
+    let written = timeout(
+        Duration::from_millis(META_COMMIT_MS),
+        meta.raft.client_write(Command::Migrate(step)),
+    )
+    .await
+    .map_err(|_| format!("{step:?} did not commit in time"))?
+    .map_err(|err| format!("{step:?}: {err}"))?;
+    match written.data {
+        Response::Migration(Ok(record)) => {
+            tracing::info!(migration = record.id, slot = %record.slot, from = %record.from, to = %record.to, step = ?record.step, "move step recorded");
+            Ok(true)
+        }
+        Response::Migration(Err(reason)) => {
+            tracing::debug!("{step:?} refused: {reason}");
+            Ok(false)
+        }
+        other => Err(format!("{step:?} answered {other:?}")),
+    }
+}
