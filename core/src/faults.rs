@@ -98,6 +98,9 @@ impl Fault {
             Fault::LeaseInResumedTerm => 512,
             Fault::ReplicaReadsBeforeCaughtUp => 1024,
             Fault::LearnerReplacedInPlace => 2048,
+            Fault::SourceServesFrozen => 4096,
+            Fault::ActivateBeforeCopied => 8192,
+            Fault::StaleEpochAccepted => 16384,
         }
     }
 }

@@ -584,7 +584,8 @@ impl Client {
         Ok(route.map.clone().unwrap_or(map))
     }
 
-    fn forget_map(&self) {
+    /// Drops the cached slot map: the next call that routes fetches it again.
+    pub fn forget_map(&self) {
         self.route().map = None;
     }
 
@@ -860,10 +861,35 @@ impl Client {
         limit: u32,
         consistency: Consistency,
     ) -> Result<(Vec<(Vec<u8>, Versioned)>, bool), ClientError> {
+        let mut uncovered = String::new();
+        for _ in 0..self.config.max_attempts {
+            match self.scan_groups(range, limit, consistency).await? {
+                Ok(found) => return Ok(found),
+                Err(why) => uncovered = why,
+            }
+            // A slot moved between two groups' answers: scan again with a fresh map.
+            self.forget_map();
+            tokio::time::sleep(Duration::from_millis(self.config.retry_backoff_ms)).await;
+        }
+        Err(ClientError::Unavailable(format!(
+            "the scan's answers never covered every slot once ({uncovered}): slots kept moving"
+        )))
+    }
+
+    /// One scan of every group; `Err(why)` inside if the answers did not cover every slot
+    /// exactly once.
+    #[allow(clippy::type_complexity)]
+    async fn scan_groups(
+        &self,
+        range: &ScanRange,
+        limit: u32,
+        consistency: Consistency,
+    ) -> Result<Result<(Vec<(Vec<u8>, Versioned)>, bool), String>, ClientError> {
         let map = self.slot_map().await?;
         let mut entries = Vec::new();
         let mut more = false;
         let mut cut_at: Option<usize> = None;
+        let mut covered = vec![0u32; usize::from(seedkv_core::slot::SLOT_COUNT)];
         for group in map.groups() {
             let request = pb::ScanRequest {
                 prefix: range.prefix.clone(),
@@ -879,6 +905,12 @@ impl Client {
                     async move { kv(ch).scan(request).await }
                 })
                 .await?;
+            for owned in &reply.covered {
+                let last = (owned.last as usize).min(covered.len() - 1);
+                for count in covered.iter_mut().take(last + 1).skip(owned.first as usize) {
+                    *count += 1;
+                }
+            }
             if reply.more {
                 // Cut short: this many is what the server gives at most.
                 cut_at = Some(cut_at.unwrap_or(usize::MAX).min(reply.entries.len()));
@@ -905,7 +937,10 @@ impl Client {
             entries.truncate(keep);
             more = true;
         }
-        Ok((entries, more))
+        if let Some(slot) = covered.iter().position(|&count| count != 1) {
+            return Ok(Err(format!("slot {slot} was in {} answers", covered[slot])));
+        }
+        Ok(Ok((entries, more)))
     }
 
     /// One admin call to the node at `addr`: no retry, no leader following. The outer error

@@ -172,7 +172,9 @@ async fn step(client: &Client, meta: &Group, record: &Migration) -> Result<bool,
     let in_group = |group: seedkv_core::GroupId, step: MoveStep| {
         propose_in(client, group.0, Command::Move(step))
     };
-    match next_action(record, &seen) {
+    let action = next_action(record, &seen);
+    tracing::debug!(migration = id, %slot, ?seen, ?action, "next step");
+    match action {
         Action::Freeze { group } => {
             in_group(
                 group,
@@ -189,6 +191,7 @@ async fn step(client: &Client, meta: &Group, record: &Migration) -> Result<bool,
                 .slot_rows(from.0, n, id, after)
                 .await
                 .map_err(|err| format!("reading rows from group {from}: {err}"))?;
+            tracing::debug!(migration = id, %slot, next_seq, rows = chunk.rows.len(), done = chunk.done, "copying a chunk");
             let rows = chunk
                 .rows
                 .into_iter()

@@ -1669,7 +1669,7 @@ impl pb::kv_server::Kv for KvService {
             .map_err(|err| Status::invalid_argument(err.to_string()))?;
         let group = self.0.named_group(req.group)?;
         // One more than asked tells whether the result was cut short.
-        let mut rows = self
+        let (mut rows, covered) = self
             .0
             .read(&group, req.consistency, |group| {
                 // Any slot of the group may hold keys of the range: every one it owns must
@@ -1685,7 +1685,7 @@ impl pb::kv_server::Kv for KvService {
                     if after.owned != before.owned {
                         return Err(try_again(Slot::FIRST));
                     }
-                    Ok(rows)
+                    Ok((rows, after.owned.clone()))
                 })
             })
             .await?;
@@ -1699,7 +1699,20 @@ impl pb::kv_server::Kv for KvService {
                 revision: v.revision,
             })
             .collect();
-        Ok(GrpcResponse::new(pb::ScanResponse { entries, more }))
+        let covered = covered
+            .ranges()
+            .iter()
+            .map(|range| pb::SlotRange {
+                first: u32::from(range.first.get()),
+                last: u32::from(range.last.get()),
+                epoch: range.epoch,
+            })
+            .collect();
+        Ok(GrpcResponse::new(pb::ScanResponse {
+            entries,
+            more,
+            covered,
+        }))
     }
 
     async fn multi_get(
@@ -1733,6 +1746,13 @@ impl pb::kv_server::Kv for KvService {
                     })
                 })
                 .await?;
+            tracing::debug!(
+                node = self.0.id,
+                group = %group.id,
+                keys = ?keys.iter().map(|k| String::from_utf8_lossy(k).into_owned()).collect::<Vec<_>>(),
+                found = ?rows.iter().map(|r| r.as_ref().map(|v| v.revision)).collect::<Vec<_>>(),
+                "multi-get"
+            );
             for (&index, row) in indexes.iter().zip(&rows) {
                 values[index] = get_response(row.as_ref());
             }

@@ -20,6 +20,7 @@ pub mod scenario;
 pub mod cluster;
 #[cfg(madsim)]
 pub mod lease_watch;
+pub mod mover;
 #[cfg(madsim)]
 pub mod nemesis;
 #[cfg(madsim)]

@@ -52,7 +52,7 @@ pub async fn run(
     }
     while Instant::now() < deadline {
         tokio::time::sleep(millis(500..2_500)).await;
-        let overlap = scenario == Scenario::Mixed && thread_rng().gen_bool(0.5);
+        let overlap = scenario.overlaps_faults() && thread_rng().gen_bool(0.5);
         let count = if overlap { 2 } else { 1 };
         let mut down = Vec::new();
         for _ in 0..count {

@@ -244,6 +244,14 @@ pub async fn run(config: RunConfig) -> RunReport {
             merged
         })
     });
+    // Slots move from their own operator too, in the `migration` scenario.
+    let mover = (config.scenario.moves_slots() && config.plan.is_none()).then(|| {
+        extra_host(&handle, "mover", 3).spawn(crate::mover::run(
+            endpoints.clone(),
+            config.workload.keys,
+            deadline,
+        ))
+    });
     match &config.plan {
         Some(plan) => nemesis::run_plan(plan, cluster.clone(), deadline, &mut note).await,
         None => nemesis::run(config.scenario, cluster.clone(), deadline, &mut note).await,
@@ -279,6 +287,22 @@ pub async fn run(config: RunConfig) -> RunReport {
             }
         }
     }
+    if let Some(mover) = mover {
+        let budget = deadline.saturating_duration_since(Instant::now()) + Duration::from_secs(30);
+        match tokio::time::timeout(budget, mover).await {
+            Ok(Ok(done)) => note(format!(
+                "slot mover: {} moves recorded, {} requests refused",
+                done.started, done.refused
+            )),
+            _ => {
+                return failed(
+                    start,
+                    &trace,
+                    "the slot mover did not finish within 30 s of the deadline".into(),
+                )
+            }
+        }
+    }
     for (reader, addr) in replica_readers.into_iter().zip(&replica_addrs) {
         let budget = deadline.saturating_duration_since(Instant::now()) + Duration::from_secs(30);
         match tokio::time::timeout(budget, reader).await {
@@ -295,8 +319,28 @@ pub async fn run(config: RunConfig) -> RunReport {
     }
     note("workload done; healed".into());
 
+    // Every slot move finishes (or aborts) once the faults are healed.
+    if config.scenario.moves_slots() {
+        let settled = client_host
+            .spawn(crate::mover::settle(
+                endpoints.clone(),
+                Duration::from_secs(120),
+            ))
+            .await;
+        match settled {
+            Ok(Ok(())) => note("every slot move finished".into()),
+            Ok(Err(why)) => return failed(start, &trace, why),
+            Err(_) => return failed(start, &trace, "the slot move check stopped".into()),
+        }
+    }
     // Convergence: every replica applies the leader's whole log and holds the same state.
-    let converged = converge(&cluster, config.converge_timeout).await;
+    let mut converged = converge(&cluster, config.converge_timeout).await;
+    if converged.is_ok() {
+        let c = lock_cluster(&cluster);
+        if let Err(why) = rows_only_where_owned(&c) {
+            converged = Err(why);
+        }
+    }
     if converged.is_ok() {
         let reader = workload::client(endpoints.clone());
         let reads = client_host.spawn(workload::read_every_key(
@@ -426,6 +470,49 @@ fn one_owner_per_slot(cluster: &SimCluster) -> Result<(), String> {
             return Err(format!(
                 "{slot} is owned by groups {groups:?} across the nodes, not by exactly one"
             ));
+        }
+    }
+    Ok(())
+}
+
+/// After the moves: no replica holds rows of a slot its group does not own (a release or
+/// a dropped copy left undone), nothing is half moved (frozen, copied in), and the meta
+/// group records no move.
+fn rows_only_where_owned(cluster: &SimCluster) -> Result<(), String> {
+    for index in 0..cluster.len() {
+        let Some(node) = cluster.node(index) else {
+            continue;
+        };
+        for (group, state) in node.group_states() {
+            let shard = state.shard();
+            if group == seedkv_core::slot_map::META_GROUP {
+                if let Some(moving) = shard.migrations.iter().next() {
+                    return Err(format!(
+                        "node {}: the meta group still records {moving:?}",
+                        index + 1
+                    ));
+                }
+                continue;
+            }
+            if !shard.moves.frozen.is_empty() || !shard.moves.incoming.is_empty() {
+                return Err(format!(
+                    "node {}: group {} is left mid-move: frozen {:?}, copying in {:?}",
+                    index + 1,
+                    group.0,
+                    shard.moves.frozen.keys().collect::<Vec<_>>(),
+                    shard.moves.incoming.keys().collect::<Vec<_>>()
+                ));
+            }
+            let slots = state
+                .row_slots()
+                .map_err(|err| format!("node {}: reading rows: {err}", index + 1))?;
+            if let Some(slot) = slots.iter().find(|&&slot| !shard.owned.owns(slot)) {
+                return Err(format!(
+                    "node {}: group {} holds rows of {slot}, which it does not own",
+                    index + 1,
+                    group.0
+                ));
+            }
         }
     }
     Ok(())

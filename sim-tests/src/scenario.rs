@@ -26,6 +26,9 @@ pub enum Scenario {
     /// impatient operator makes other replicas stand, partitions; every node's clock runs
     /// at its own rate (as in every scenario).
     Clock,
+    /// The `mixed` faults while slots move between data groups continuously, the slots of
+    /// the workload's keys most of all.
+    Migration,
 }
 
 /// A kind of fault the nemesis can inject.
@@ -53,7 +56,7 @@ pub enum FaultKind {
 
 impl Scenario {
     /// Every scenario with its name.
-    pub const ALL: [(Scenario, &'static str); 8] = [
+    pub const ALL: [(Scenario, &'static str); 9] = [
         (Scenario::Basic, "basic"),
         (Scenario::Partition, "partition"),
         (Scenario::CrashRestart, "crash-restart"),
@@ -62,6 +65,7 @@ impl Scenario {
         (Scenario::Membership, "membership"),
         (Scenario::Disk, "disk"),
         (Scenario::Clock, "clock"),
+        (Scenario::Migration, "migration"),
     ];
 
     /// The faults this scenario draws from.
@@ -71,7 +75,7 @@ impl Scenario {
             Scenario::Partition => &[FaultKind::Partition],
             Scenario::CrashRestart => &[FaultKind::Crash],
             Scenario::LossyNet => &[FaultKind::Lossy],
-            Scenario::Mixed => &[
+            Scenario::Mixed | Scenario::Migration => &[
                 FaultKind::Partition,
                 FaultKind::Crash,
                 FaultKind::Lossy,
@@ -89,7 +93,20 @@ impl Scenario {
 
     /// Whether an operator changes the membership during the run.
     pub fn changes_membership(self) -> bool {
-        matches!(self, Scenario::Mixed | Scenario::Membership)
+        matches!(
+            self,
+            Scenario::Mixed | Scenario::Membership | Scenario::Migration
+        )
+    }
+
+    /// Whether slots move between data groups during the run.
+    pub fn moves_slots(self) -> bool {
+        self == Scenario::Migration
+    }
+
+    /// Whether faults overlap (two at once, sometimes).
+    pub fn overlaps_faults(self) -> bool {
+        matches!(self, Scenario::Mixed | Scenario::Migration)
     }
 
     /// The scenario's name.

@@ -343,6 +343,21 @@ impl SharedState {
         Ok((rows, done))
     }
 
+    /// The slots that hold at least one row, from one view (one short read per slot): for
+    /// checks that rows live only where their slot is owned.
+    pub fn row_slots(&self) -> Result<Vec<Slot>, DiskError> {
+        let (view, generation) = self.view()?;
+        let mut slots = Vec::new();
+        for slot in Slot::all() {
+            let from = keys::slot_start(self.group, generation, slot);
+            let to = keys::slot_end(self.group, generation, slot);
+            if !view.scan(&from, &to, 1, false)?.is_empty() {
+                slots.push(slot);
+            }
+        }
+        Ok(slots)
+    }
+
     /// A 64-bit digest of every row and session (see [`crate::KvState::digest`], which
     /// gives the same digest for the same state). Reads every row: for tests and checks.
     pub fn digest(&self) -> Result<u64, DiskError> {
@@ -663,15 +678,20 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 let response = match entry.payload {
                     EntryPayload::Blank => Response::None,
                     EntryPayload::Normal(command) => {
-                        shard_changed |= command.changes_shard();
-                        state::apply(
+                        let changes_shard = command.changes_shard();
+                        shard_changed |= changes_shard;
+                        let response = state::apply(
                             &mut rows,
                             &mut applied.sessions,
                             &mut applied.meta.shard,
                             entry.log_id.index,
                             &command,
                         )
-                        .map_err(|e| read_err(&e))?
+                        .map_err(|e| read_err(&e))?;
+                        if changes_shard {
+                            tracing::debug!(group = %group, index = entry.log_id.index, %command, ?response, "applied a sharding entry");
+                        }
+                        response
                     }
                     EntryPayload::Membership(membership) => {
                         applied.meta.membership =
