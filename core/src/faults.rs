@@ -42,8 +42,8 @@ pub enum Fault {
     LearnerReplacedInPlace,
     /// A source group keeps serving a slot after freezing it for a move.
     SourceServesFrozen,
-    /// The migration driver records a copy as whole after its first chunk: the destination
-    /// activates the slot without the rest of its rows.
+    /// The migration driver records a copy as whole once the source froze the slot, before
+    /// the destination applied it: the destination activates the slot without its rows.
     ActivateBeforeCopied,
     /// A group takes a grant older than the epoch it released the slot at (a late grant
     /// from a map before the move).

@@ -293,18 +293,27 @@ impl SlotMoves {
     }
 }
 
-/// What the driver sees of the two groups' applied states, read from their leaders.
+/// What the driver knows of the two groups' applied states. Every field is a positive
+/// fact: something a replica's applied state shows happened, or a step the driver saw
+/// apply. A replica behind (a leader that has not applied all it committed, a node back on
+/// a blank disk) can only hide facts, never show false ones; a fact not seen yet only makes
+/// the driver propose an idempotent step again. "The source does not own the slot", read
+/// from a replica behind, could be false: it is never used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Observed {
     /// The source has frozen the slot for this migration.
     pub source_frozen: bool,
-    /// The source no longer holds the slot (released, or never frozen and unfrozen).
+    /// The source released the slot for an epoch at or after this migration's commit.
     pub source_released: bool,
     /// Chunks of the slot the destination has applied for this migration, and whether the
     /// last one was among them.
     pub ingested: Option<Ingested>,
     /// The epoch at which the destination owns the slot, if it does.
     pub destination_owns: Option<Epoch>,
+    /// After an abort: the driver saw the source apply its `Unfreeze`.
+    pub source_thawed: bool,
+    /// After an abort: the driver saw the destination apply its `DropCopy`.
+    pub copy_dropped: bool,
 }
 
 /// How far the destination's copy has come.
@@ -369,10 +378,12 @@ pub fn next_action(migration: &Migration, seen: &Observed) -> Action {
                 Action::Finish
             }
         }
+        // Both undo steps are proposed whatever the groups show (their absence could be a
+        // replica behind): each applies only to this migration's freeze or copy.
         Step::Aborted => {
-            if seen.source_frozen {
+            if !seen.source_thawed {
                 Action::Unfreeze { group: from }
-            } else if seen.ingested.is_some() {
+            } else if !seen.copy_dropped {
                 Action::DropCopy { group: to }
             } else {
                 Action::Finish
@@ -492,9 +503,20 @@ mod tests {
         seen.source_frozen = false;
         assert_eq!(
             next_action(&aborted, &seen),
+            Action::Unfreeze { group: GroupId(1) },
+            "a source that shows no freeze may be a replica behind: unfreeze anyway"
+        );
+        seen.source_thawed = true;
+        assert_eq!(
+            next_action(&aborted, &seen),
             Action::DropCopy { group: GroupId(2) }
         );
         seen.ingested = None;
+        assert_eq!(
+            next_action(&aborted, &seen),
+            Action::DropCopy { group: GroupId(2) }
+        );
+        seen.copy_dropped = true;
         assert_eq!(next_action(&aborted, &seen), Action::Finish);
     }
 

@@ -391,9 +391,16 @@ fn apply_move<S: RowStore>(
                         "no copy of {slot} for migration {migration} under way"
                     )))
                 }
-                // A copy left by another migration (aborted, its drop lost): start afresh.
-                Some(_) => true,
-                None => true,
+                // A copy of an older migration (aborted, its drop lost): start afresh. Never
+                // over a newer one: a first chunk of an old move, delayed, must not replace
+                // (and empty) the copy a later move is making or has made whole.
+                Some(incoming) if incoming.migration > *migration => {
+                    return Ok(Err(format!(
+                        "{slot} is being copied in for the newer migration {}",
+                        incoming.migration
+                    )))
+                }
+                Some(_) | None => true,
             };
             if fresh {
                 rows.clear_slot(slot)?;

@@ -1241,6 +1241,15 @@ impl Client {
         .await
     }
 
+    /// Every slot data group `group` froze or is copying in, from its leader.
+    pub async fn group_moves(&self, group: u32) -> Result<pb::GroupMovesResponse, ClientError> {
+        let request = pb::GroupMovesRequest { group };
+        self.call(Retry::Always, Some(group), |ch| async move {
+            AdminClient::new(ch).group_moves(request).await
+        })
+        .await
+    }
+
     /// Proposes one step of a move (an encoded command) in `group`, at its leader. Every
     /// step is idempotent, so it is resent freely.
     pub async fn move_step(

@@ -22,6 +22,7 @@ use seedkv_core::migration::{
 };
 use seedkv_core::ownership::OwnedRange;
 use seedkv_core::runtime::timeout;
+use seedkv_core::slot::Slot;
 use seedkv_core::{Command, Response, Versioned};
 use tokio::time::Instant;
 
@@ -89,6 +90,7 @@ async fn carry(node: Weak<Node>, migration: Migration) {
         internal_client(&node)
     };
     let mut progress_at = Instant::now();
+    let mut undone = Undone::default();
     loop {
         let Some(strong) = node.upgrade() else { return };
         let meta = strong.meta().clone();
@@ -119,7 +121,7 @@ async fn carry(node: Weak<Node>, migration: Migration) {
             )
             .await
         } else {
-            step(&client, &meta, &record).await
+            step(&client, &meta, &record, &mut undone).await
         };
         match outcome {
             Ok(true) => progress_at = Instant::now(),
@@ -130,6 +132,82 @@ async fn carry(node: Weak<Node>, migration: Migration) {
             }
         }
     }
+}
+
+/// How often the meta leader looks for what moves no longer recorded left in the groups.
+pub const LEFTOVERS_EVERY_MS: u64 = 1_000;
+
+/// Runs until the node is dropped or its Raft stops: while this node leads the meta group,
+/// undoes freezes and copies of moves the meta group no longer records. A driver that lost
+/// the meta leadership may still have a step in flight (a `Freeze`, a first `Ingest`) that
+/// applies after its move was aborted or finished; nothing else would ever undo it.
+pub(crate) async fn collect_leftovers(node: Weak<Node>) {
+    let mut client: Option<Arc<Client>> = None;
+    loop {
+        tokio::time::sleep(Duration::from_millis(LEFTOVERS_EVERY_MS)).await;
+        let Some(strong) = node.upgrade() else {
+            return;
+        };
+        let state = strong.raft().metrics().borrow().state;
+        if state == ServerState::Shutdown {
+            return;
+        }
+        if state != ServerState::Leader {
+            continue;
+        }
+        let meta = strong.meta().clone();
+        let groups: Vec<u32> = strong
+            .slot_map()
+            .map(|map| map.groups().keys().map(|group| group.0).collect())
+            .unwrap_or_default();
+        let client = client
+            .get_or_insert_with(|| Arc::new(internal_client(&strong)))
+            .clone();
+        drop(strong);
+        for group in groups {
+            if let Err(err) = undo_leftovers(&client, &meta, group).await {
+                tracing::debug!(group, "looking for leftovers of moves: {err}");
+            }
+        }
+    }
+}
+
+/// Undoes in `group` every freeze and copy of a move the meta group no longer records.
+async fn undo_leftovers(client: &Client, meta: &Group, group: u32) -> Result<(), String> {
+    let moves = client
+        .group_moves(group)
+        .await
+        .map_err(|err| err.to_string())?;
+    if moves.frozen.is_empty() && moves.incoming.is_empty() {
+        return Ok(());
+    }
+    // The group's state first, then the records as of now: a move whose step the group
+    // applied was recorded before, so it is among the records unless it is over.
+    meta.read_index
+        .wait()
+        .await
+        .map_err(|status| status.message().to_string())?;
+    let records = meta.state.shard();
+    let recorded = |migration: u64| records.migrations.iter().any(|m| m.id == migration);
+    let frozen = moves.frozen.iter().map(|entry| (entry, true));
+    let incoming = moves.incoming.iter().map(|entry| (entry, false));
+    for (entry, is_freeze) in frozen.chain(incoming) {
+        if recorded(entry.migration) {
+            continue;
+        }
+        let Some(slot) = u16::try_from(entry.slot).ok().and_then(Slot::new) else {
+            continue;
+        };
+        let migration = entry.migration;
+        let step = if is_freeze {
+            MoveStep::Unfreeze { slot, migration }
+        } else {
+            MoveStep::DropCopy { slot, migration }
+        };
+        tracing::info!(group, %slot, migration, "undoing what a move no longer recorded left");
+        propose_in(client, group, Command::Move(step)).await?;
+    }
+    Ok(())
 }
 
 /// A client of the cluster for the driver's calls, through the meta group's members.
@@ -147,8 +225,20 @@ fn internal_client(node: &Node) -> Client {
     Client::new(ClientConfig::new(endpoints))
 }
 
+/// The undo steps of an aborted move this driver saw apply.
+#[derive(Debug, Default)]
+struct Undone {
+    thawed: bool,
+    dropped: bool,
+}
+
 /// Looks at the two groups, takes the next step of `record`; whether a step applied.
-async fn step(client: &Client, meta: &Group, record: &Migration) -> Result<bool, String> {
+async fn step(
+    client: &Client,
+    meta: &Group,
+    record: &Migration,
+    undone: &mut Undone,
+) -> Result<bool, String> {
     let (slot, id) = (record.slot, record.id);
     let n = u32::from(slot.get());
     let source = client
@@ -160,19 +250,28 @@ async fn step(client: &Client, meta: &Group, record: &Migration) -> Result<bool,
         .await
         .map_err(|err| format!("asking destination group {}: {err}", record.to))?;
     let copying = dest.incoming && dest.incoming_migration == id;
+    let committed_at = match record.step {
+        Step::Committed { epoch } => Some(epoch),
+        _ => None,
+    };
     let seen = Observed {
         source_frozen: source.frozen_by == id,
-        source_released: source.owned_epoch == 0,
+        source_released: committed_at.is_some_and(|epoch| source.released_epoch >= epoch),
+        source_thawed: undone.thawed,
+        copy_dropped: undone.dropped,
         ingested: copying.then_some(Ingested {
             next_seq: dest.next_seq,
-            complete: dest.complete || (copy_whole_after_first_chunk() && dest.next_seq > 0),
+            complete: dest.complete,
         }),
         destination_owns: (dest.owned_epoch > 0).then_some(dest.owned_epoch),
     };
     let in_group = |group: seedkv_core::GroupId, step: MoveStep| {
         propose_in(client, group.0, Command::Move(step))
     };
-    let action = next_action(record, &seen);
+    let mut action = next_action(record, &seen);
+    if copy_counted_whole_at_once() && matches!(action, Action::Copy { .. }) {
+        action = Action::RecordCopied;
+    }
     tracing::debug!(migration = id, %slot, ?seen, ?action, "next step");
     match action {
         Action::Freeze { group } => {
@@ -248,24 +347,28 @@ async fn step(client: &Client, meta: &Group, record: &Migration) -> Result<bool,
             in_group(group, MoveStep::Release { slot, epoch }).await
         }
         Action::Unfreeze { group } => {
-            in_group(
+            let applied = in_group(
                 group,
                 MoveStep::Unfreeze {
                     slot,
                     migration: id,
                 },
             )
-            .await
+            .await?;
+            undone.thawed |= applied;
+            Ok(applied)
         }
         Action::DropCopy { group } => {
-            in_group(
+            let applied = in_group(
                 group,
                 MoveStep::DropCopy {
                     slot,
                     migration: id,
                 },
             )
-            .await
+            .await?;
+            undone.dropped |= applied;
+            Ok(applied)
         }
         Action::Finish => {
             propose_meta(
@@ -280,9 +383,9 @@ async fn step(client: &Client, meta: &Group, record: &Migration) -> Result<bool,
     }
 }
 
-/// The `ActivateBeforeCopied` fault: the copy counts as whole after its first chunk.
-/// Deliberately wrong.
-fn copy_whole_after_first_chunk() -> bool {
+/// The `ActivateBeforeCopied` fault: the copy counts as whole as soon as the source is
+/// frozen, before the destination holds it. Deliberately wrong.
+fn copy_counted_whole_at_once() -> bool {
     #[cfg(madsim)]
     {
         seedkv_core::faults::enabled(seedkv_core::faults::Fault::ActivateBeforeCopied)

@@ -388,6 +388,7 @@ impl Node {
         tokio::spawn(crate::pinning::pin_incarnations(Arc::downgrade(&node)));
         tokio::spawn(crate::keeper::keep_grants(Arc::downgrade(&node)));
         tokio::spawn(crate::mover::drive(Arc::downgrade(&node)));
+        tokio::spawn(crate::mover::collect_leftovers(Arc::downgrade(&node)));
         tokio::spawn(crate::heartbeat::beat(
             Arc::downgrade(&node),
             heartbeat_interval_ms,
@@ -2207,6 +2208,29 @@ impl pb::admin_server::Admin for AdminService {
             complete: incoming.is_some_and(|i| i.complete),
             last_key: incoming.map(|i| i.last_key.clone()).unwrap_or_default(),
             applied_index: group.state.last_applied().map_or(0, |id| id.index),
+            released_epoch: shard.moves.released.get(&slot).copied().unwrap_or(0),
+        }))
+    }
+
+    async fn group_moves(
+        &self,
+        request: Request<pb::GroupMovesRequest>,
+    ) -> Result<GrpcResponse<pb::GroupMovesResponse>, Status> {
+        let request = request.into_inner();
+        let (group, _) = self.0.moving_group(request.group, 0)?;
+        let shard = group.state.shard();
+        let entry = |(slot, migration): (&Slot, &u64)| pb::SlotMigration {
+            slot: u32::from(slot.get()),
+            migration: *migration,
+        };
+        Ok(GrpcResponse::new(pb::GroupMovesResponse {
+            frozen: shard.moves.frozen.iter().map(entry).collect(),
+            incoming: shard
+                .moves
+                .incoming
+                .iter()
+                .map(|(slot, incoming)| entry((slot, &incoming.migration)))
+                .collect(),
         }))
     }
 

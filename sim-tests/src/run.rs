@@ -532,7 +532,11 @@ async fn converge(
     // A cluster healed just after it bootstrapped may still be setting its first slot map
     // and taking the grants (each one more entry): converge again until every slot has its
     // owner, within the same bound.
+    let mut owner_error = None;
     loop {
+        if let Some(why) = owner_error.take().filter(|_| Instant::now() >= give_up) {
+            return Err(why);
+        }
         let mut all = Vec::new();
         for group in &groups {
             let applied = converge_group(cluster, *group, give_up, bound).await?;
@@ -545,7 +549,10 @@ async fn converge(
         match owners {
             Ok(()) => return Ok(all),
             Err(why) if Instant::now() >= give_up => return Err(why),
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            Err(why) => {
+                owner_error = Some(why);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
         }
     }
 }

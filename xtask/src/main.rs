@@ -513,7 +513,7 @@ fn sweep(binary: &Path, args: &SimArgs) -> Result<Summary> {
 /// other voters that still exist, which takes five nodes; the lease bugs need clocks that
 /// drift, leaders cut off while replicas are asked to stand, and restarts; the last number
 /// is the read replicas beside the nodes.
-const BUGS: [(&str, &str, u64, u64); 11] = [
+const BUGS: [(&str, &str, u64, u64); 14] = [
     ("vote-not-persisted", "mixed", 3, 0),
     ("ack-before-commit", "mixed", 3, 0),
     ("stale-linearizable-read", "mixed", 3, 0),
@@ -527,6 +527,11 @@ const BUGS: [(&str, &str, u64, u64); 11] = [
     ("lease-in-resumed-term", "mixed", 3, 0),
     // A diskless read replica restarted blank, updated in place.
     ("learner-replaced-in-place", "mixed", 3, 1),
+    // Slot moves: the source serving a frozen slot, the destination activating before it
+    // holds the copy, a late grant taking back a slot given away.
+    ("source-serves-frozen", "migration", 3, 0),
+    ("activate-before-copied", "migration", 3, 0),
+    ("stale-epoch-accepted", "migration", 3, 0),
 ];
 
 /// For each deliberate bug: a sweep of its scenario must fail within `max_seeds`, and the failing
@@ -789,6 +794,14 @@ fn test(args: &TestArgs) -> Result<bool> {
     };
     println!("--- sweep: mixed, 3 nodes and a read replica, seeds 0..30");
     tally(sweep(&binary, &with_replica)?);
+    // Slots moving between groups under the mixed faults.
+    let migration = SimArgs {
+        scenario: "migration".into(),
+        seeds: Some("0..60".into()),
+        ..mixed.clone()
+    };
+    println!("--- sweep: migration, 5 nodes, seeds 0..60");
+    tally(sweep(&binary, &migration)?);
     let twice = SimArgs {
         seeds: Some("1000..1020".into()),
         twice: true,
