@@ -489,6 +489,24 @@ pub enum ClusterCommand {
     },
     /// The slot moves in progress, with their step.
     Migrations,
+    /// Add a data group on some of the cluster's nodes (the first is its preferred
+    /// leader); it owns no slot until `rebalance` or `move-slots` gives it some.
+    AddGroup {
+        /// Node ids, comma-separated: `--nodes 1,2,3`.
+        #[arg(long, value_delimiter = ',', required = true)]
+        nodes: Vec<u64>,
+        /// Its share of the slots relative to the other groups' weights (at least 1).
+        #[arg(long, default_value_t = 1)]
+        weight: u32,
+    },
+    /// Set a data group's weight (takes effect at the next `rebalance`).
+    SetWeight { group: u32, weight: u32 },
+    /// Move the fewest slots that make every data group's share follow its weight.
+    Rebalance {
+        /// Wait until every move started is finished (at most this many seconds).
+        #[arg(long)]
+        wait: Option<u64>,
+    },
 }
 
 /// `A` or `A..B` (both ends included) as a slot range.
@@ -504,6 +522,43 @@ fn parse_slot_range(text: &str) -> std::result::Result<(u32, u32), String> {
             Ok((number(first)?, number(last)?))
         }
         None => number(text).map(|slot| (slot, slot)),
+    }
+}
+
+/// Waits, if asked (`wait` seconds at most), until none of the moves `started` is left.
+async fn wait_for_moves(
+    client: &seedkv_proto::Client,
+    started: &[seedkv_proto::pb::Migration],
+    wait: Option<u64>,
+    json: bool,
+) -> Result<bool> {
+    let Some(wait_s) = wait else {
+        return Ok(true);
+    };
+    let ids: std::collections::BTreeSet<u64> = started.iter().map(|m| m.id).collect();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(wait_s);
+    loop {
+        let left = client
+            .migrations()
+            .await
+            .map_err(fail)?
+            .migrations
+            .iter()
+            .filter(|m| ids.contains(&m.id))
+            .count();
+        if left == 0 {
+            if !json {
+                out!("every move finished");
+            }
+            return Ok(true);
+        }
+        if std::time::Instant::now() >= deadline {
+            bail!(
+                "{left} of {} moves still in progress after {wait_s} s",
+                ids.len()
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
 }
 
@@ -821,34 +876,49 @@ pub async fn cluster(conn: &Connection, command: ClusterCommand) -> Result<bool>
                     }
                 );
             }
-            let Some(wait_s) = wait else {
-                return Ok(true);
-            };
-            let ids: std::collections::BTreeSet<u64> = started.iter().map(|m| m.id).collect();
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(wait_s);
-            loop {
-                let left = client
-                    .migrations()
-                    .await
-                    .map_err(fail)?
-                    .migrations
-                    .iter()
-                    .filter(|m| ids.contains(&m.id))
-                    .count();
-                if left == 0 {
-                    if !json {
-                        out!("every move finished");
-                    }
-                    return Ok(true);
-                }
-                if std::time::Instant::now() >= deadline {
-                    bail!(
-                        "{left} of {} moves still in progress after {wait_s} s",
-                        ids.len()
-                    );
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            wait_for_moves(&client, &started, wait, json).await
+        }
+        ClusterCommand::AddGroup { nodes, weight } => {
+            let (group, version) = client.add_group(&nodes, weight).await.map_err(fail)?;
+            if json {
+                out!(
+                    "{}",
+                    json!({ "group": group, "nodes": nodes, "weight": weight, "map_version": version })
+                );
+            } else {
+                out!(
+                    "group {group} added on nodes {nodes:?} at weight {weight} (slot map version \
+                     {version}); it owns no slot yet: run `seedkv cluster rebalance`"
+                );
             }
+            Ok(true)
+        }
+        ClusterCommand::SetWeight { group, weight } => {
+            let version = client.set_weight(group, weight).await.map_err(fail)?;
+            if json {
+                out!(
+                    "{}",
+                    json!({ "group": group, "weight": weight, "map_version": version })
+                );
+            } else {
+                out!(
+                    "group {group} now weighs {weight} (slot map version {version}); run \
+                     `seedkv cluster rebalance` to move slots accordingly"
+                );
+            }
+            Ok(true)
+        }
+        ClusterCommand::Rebalance { wait } => {
+            let started = client.rebalance().await.map_err(fail)?;
+            if json {
+                let moves: Vec<serde_json::Value> = started.iter().map(migration_json).collect();
+                out!("{}", json!({ "started": moves }));
+            } else if started.is_empty() {
+                out!("every group already holds its weighted share; nothing to move");
+            } else {
+                out!("{} slot moves recorded", started.len());
+            }
+            wait_for_moves(&client, &started, wait, json).await
         }
         ClusterCommand::Migrations => {
             let answer = client.migrations().await.map_err(fail)?;

@@ -1241,6 +1241,46 @@ impl Client {
         .await
     }
 
+    /// Adds a data group on `nodes` (the preferred leader first) at `weight`; its id and
+    /// the map version that records it.
+    pub async fn add_group(&self, nodes: &[u64], weight: u32) -> Result<(u32, u64), ClientError> {
+        let request = pb::AddGroupRequest {
+            nodes: nodes.to_vec(),
+            weight,
+        };
+        let reply = self
+            .call(Retry::OnlyIfNotApplied, None, |ch| {
+                let request = request.clone();
+                async move { AdminClient::new(ch).add_group(request).await }
+            })
+            .await?;
+        Ok((reply.group, reply.map_version))
+    }
+
+    /// Sets data group `group`'s weight; the map version that records it.
+    pub async fn set_weight(&self, group: u32, weight: u32) -> Result<u64, ClientError> {
+        let request = pb::SetWeightRequest { group, weight };
+        let reply = self
+            .call(Retry::OnlyIfNotApplied, None, |ch| async move {
+                AdminClient::new(ch).set_weight(request).await
+            })
+            .await?;
+        Ok(reply.map_version)
+    }
+
+    /// Moves the fewest slots that make every group's share follow its weight; the moves
+    /// started.
+    pub async fn rebalance(&self) -> Result<Vec<pb::Migration>, ClientError> {
+        let reply = self
+            .call(Retry::OnlyIfNotApplied, None, |ch| async move {
+                AdminClient::new(ch)
+                    .rebalance(pb::RebalanceRequest {})
+                    .await
+            })
+            .await?;
+        Ok(reply.started)
+    }
+
     /// Every slot data group `group` froze or is copying in, from its leader.
     pub async fn group_moves(&self, group: u32) -> Result<pb::GroupMovesResponse, ClientError> {
         let request = pb::GroupMovesRequest { group };

@@ -80,6 +80,32 @@ pub(crate) async fn keep_grants(node: Weak<Node>) {
             return;
         }
         let map = node.slot_map();
+        // Groups added after the bootstrap are started by their first replica.
+        for (&group, info) in map.iter().flat_map(|map| map.groups()) {
+            if info.replicas.first() != Some(&node.id()) || node.hosted(group).is_some() {
+                continue;
+            }
+            if !lock(&proposing).insert(group) {
+                continue;
+            }
+            let (weak, proposing, replicas) = (
+                Arc::downgrade(&node),
+                proposing.clone(),
+                info.replicas.clone(),
+            );
+            tokio::spawn(async move {
+                if let Some(node) = weak.upgrade() {
+                    if let Err(err) = node.start_added_group(group, &replicas).await {
+                        tracing::debug!(
+                            group = group.0,
+                            "starting an added group: {}",
+                            err.message()
+                        );
+                    }
+                }
+                lock(&proposing).remove(&group);
+            });
+        }
         for group in node.groups() {
             let (state, term) = {
                 let metrics = group.raft.metrics();

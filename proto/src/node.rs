@@ -1132,7 +1132,6 @@ impl Node {
         &self,
         request: pb::MoveSlotsRequest,
     ) -> Result<Vec<seedkv_core::migration::Migration>, Status> {
-        use seedkv_core::migration::MetaStep;
         let slot = |n: u32| {
             u16::try_from(n).ok().and_then(Slot::new).ok_or_else(|| {
                 Status::invalid_argument(format!("slot {n} is out of range 0..=1023"))
@@ -1152,7 +1151,7 @@ impl Node {
             ));
         }
         let to = GroupId(request.to);
-        let meta = self.meta();
+        let meta = self.meta().clone();
         ensure_leader(&meta.raft)?;
         let shard = meta.state.shard();
         let map = shard.map.as_deref().ok_or_else(|| {
@@ -1163,8 +1162,26 @@ impl Node {
                 "no data group {to} in the slot map"
             )));
         }
-        let slots: Vec<Slot> = (first.get()..=last.get()).filter_map(Slot::new).collect();
-        for &slot in &slots {
+        let moves: Vec<(Slot, GroupId)> = (first.get()..=last.get())
+            .filter_map(Slot::new)
+            .map(|slot| (slot, to))
+            .collect();
+        self.record_moves(&meta, &moves).await
+    }
+
+    /// Records `moves` (slot, destination) in the meta group, whose leader this node is;
+    /// nothing is recorded unless every slot can move.
+    async fn record_moves(
+        &self,
+        meta: &Group,
+        moves: &[(Slot, GroupId)],
+    ) -> Result<Vec<seedkv_core::migration::Migration>, Status> {
+        use seedkv_core::migration::MetaStep;
+        let shard = meta.state.shard();
+        let map = shard.map.as_deref().ok_or_else(|| {
+            Status::unavailable("the cluster has no slot map yet (it is starting); retry")
+        })?;
+        for &(slot, to) in moves {
             if map.owner(slot).group == to {
                 return Err(Status::invalid_argument(format!(
                     "group {to} owns {slot} already; nothing was moved"
@@ -1177,9 +1194,9 @@ impl Node {
                 )));
             }
         }
-        let steps = slots
+        let steps = moves
             .iter()
-            .map(|&slot| Command::Migrate(MetaStep::Begin { slot, to }))
+            .map(|&(slot, to)| Command::Migrate(MetaStep::Begin { slot, to }))
             .collect();
         let written = timeout(
             std::time::Duration::from_millis(MOVE_STEP_COMMIT_MS),
@@ -1206,11 +1223,155 @@ impl Node {
             return Err(Status::failed_precondition(format!(
                 "{} of {} slots could not move ({reason}); {} started",
                 refused.len(),
-                slots.len(),
+                moves.len(),
                 started.len()
             )));
         }
         Ok(started)
+    }
+
+    /// Proposes `next` as the slot map over `current` in the meta group, whose leader this
+    /// node must be; refused (nothing changed) if the map changed meanwhile.
+    async fn change_map(&self, current: &SlotMap, next: SlotMap) -> Result<u64, Status> {
+        let meta = self.meta();
+        ensure_leader(&meta.raft)?;
+        let command = Command::SetMap {
+            expect_version: current.version(),
+            map: Box::new(next),
+        };
+        let written = timeout(
+            std::time::Duration::from_millis(MOVE_STEP_COMMIT_MS),
+            meta.raft.client_write(command),
+        )
+        .await
+        .map_err(|_| Status::unavailable("the map change did not commit in time; it may still"))?
+        .map_err(client_write_error)?;
+        match written.data {
+            Response::MapSet {
+                succeeded: true,
+                version,
+            } => Ok(version),
+            Response::MapSet { version, .. } => Err(Status::aborted(format!(
+                "the slot map changed meanwhile (now version {version}); nothing was changed; \
+                 retry"
+            ))),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// The slot map as the meta group's leader (this node) holds it.
+    fn leader_map(&self) -> Result<Arc<SlotMap>, Status> {
+        ensure_leader(&self.meta().raft)?;
+        self.slot_map().ok_or_else(|| {
+            Status::unavailable("the cluster has no slot map yet (it is starting); retry")
+        })
+    }
+
+    async fn add_group(&self, request: pb::AddGroupRequest) -> Result<(GroupId, u64), Status> {
+        let map = self.leader_map()?;
+        if request.nodes.is_empty() {
+            return Err(Status::invalid_argument(
+                "a data group needs at least one node (--nodes 1,2,3)",
+            ));
+        }
+        let members: BTreeSet<NodeId> = self
+            .meta()
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect();
+        if let Some(stray) = request.nodes.iter().find(|id| !members.contains(id)) {
+            return Err(Status::invalid_argument(format!(
+                "node {stray} is not a voting member of the cluster (members: {members:?})"
+            )));
+        }
+        let group = GroupId(map.groups().keys().map(|g| g.0).max().unwrap_or(0) + 1);
+        let next = map
+            .with_group(group, request.nodes.clone(), request.weight)
+            .map_err(|err| Status::invalid_argument(err.to_string()))?;
+        let version = self.change_map(&map, next).await?;
+        Ok((group, version))
+    }
+
+    async fn set_weight(&self, request: pb::SetWeightRequest) -> Result<u64, Status> {
+        let map = self.leader_map()?;
+        let next = map
+            .with_weight(GroupId(request.group), request.weight)
+            .map_err(|err| Status::invalid_argument(err.to_string()))?;
+        self.change_map(&map, next).await
+    }
+
+    async fn rebalance(&self) -> Result<Vec<seedkv_core::migration::Migration>, Status> {
+        let map = self.leader_map()?;
+        let meta = self.meta().clone();
+        let moving = meta.state.shard().migrations.len();
+        if moving > 0 {
+            return Err(Status::failed_precondition(format!(
+                "{moving} slot moves are in progress (seedkv cluster migrations); rebalance \
+                 once they are done; nothing was moved"
+            )));
+        }
+        let plan = seedkv_core::rebalance::plan(&map)
+            .map_err(|err| Status::invalid_argument(err.to_string()))?;
+        if plan.is_empty() {
+            return Ok(Vec::new());
+        }
+        let moves: Vec<(Slot, GroupId)> = plan.iter().map(|m| (m.slot, m.to)).collect();
+        self.record_moves(&meta, &moves).await
+    }
+
+    /// Starts data group `group`, added to the map on `replicas` after the bootstrap, if
+    /// this node is its first replica and no replica started it: opens it here and writes
+    /// its first membership, with the members' incarnations as the meta group records them
+    /// (a node back on a blank disk, whose incarnation the meta group does not record,
+    /// starts nothing).
+    pub(crate) async fn start_added_group(
+        &self,
+        group: GroupId,
+        replicas: &[NodeId],
+    ) -> Result<(), Status> {
+        let members: BTreeMap<NodeId, Member> = self
+            .meta()
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(id, member)| (*id, member.clone()))
+            .collect();
+        if members.get(&self.id).map(|m| m.incarnation) != Some(self.incarnation()) {
+            return Ok(());
+        }
+        let chosen: BTreeMap<NodeId, Member> = replicas
+            .iter()
+            .filter_map(|id| Some((*id, members.get(id)?.clone())))
+            .filter(|(_, member)| member.incarnation != 0)
+            .collect();
+        if chosen.len() != replicas.len() {
+            return Err(Status::unavailable(format!(
+                "not every replica of group {group} is a member with a known incarnation yet"
+            )));
+        }
+        let raft = self.host(group).await?.raft.clone();
+        if raft.is_initialized().await.unwrap_or(true) {
+            return Ok(());
+        }
+        match raft.initialize(chosen).await {
+            Ok(()) => {
+                tracing::info!(
+                    node = self.id,
+                    group = group.0,
+                    "started an added data group"
+                );
+                Ok(())
+            }
+            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(()),
+            Err(err) => Err(membership_error(err)),
+        }
     }
 
     /// The limits every request is checked against.    /// The limits every request is checked against.
@@ -2169,6 +2330,35 @@ fn client_write_error(err: RaftError<NodeId, ClientWriteError<NodeId, Member>>) 
 
 #[tonic::async_trait]
 impl pb::admin_server::Admin for AdminService {
+    async fn add_group(
+        &self,
+        request: Request<pb::AddGroupRequest>,
+    ) -> Result<GrpcResponse<pb::AddGroupResponse>, Status> {
+        let (group, map_version) = self.0.add_group(request.into_inner()).await?;
+        Ok(GrpcResponse::new(pb::AddGroupResponse {
+            group: group.0,
+            map_version,
+        }))
+    }
+
+    async fn set_weight(
+        &self,
+        request: Request<pb::SetWeightRequest>,
+    ) -> Result<GrpcResponse<pb::SetWeightResponse>, Status> {
+        let map_version = self.0.set_weight(request.into_inner()).await?;
+        Ok(GrpcResponse::new(pb::SetWeightResponse { map_version }))
+    }
+
+    async fn rebalance(
+        &self,
+        _request: Request<pb::RebalanceRequest>,
+    ) -> Result<GrpcResponse<pb::MoveSlotsResponse>, Status> {
+        let started = self.0.rebalance().await?;
+        Ok(GrpcResponse::new(pb::MoveSlotsResponse {
+            started: started.iter().map(convert::migration).collect(),
+        }))
+    }
+
     async fn move_slots(
         &self,
         request: Request<pb::MoveSlotsRequest>,

@@ -12,6 +12,7 @@
 //! - `nemesis`: the fault schedule;
 //! - `lease_watch`: no lease held while another node leads a later term;
 //! - `operator`: membership changes, checked against the changes acknowledged;
+//! - `mover`: slot moves between data groups, all finished once the faults heal;
 //! - `run`: one seed end to end, with its fingerprint.
 
 pub mod scenario;
@@ -20,6 +21,7 @@ pub mod scenario;
 pub mod cluster;
 #[cfg(madsim)]
 pub mod lease_watch;
+#[cfg(madsim)]
 pub mod mover;
 #[cfg(madsim)]
 pub mod nemesis;
