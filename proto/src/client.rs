@@ -46,6 +46,9 @@ pub const MAX_BACKOFF_MS: u64 = 1_000;
 /// after `retry_backoff_ms`, besides its attempts.
 pub const MAX_FROZEN_WAITS: u32 = 200;
 
+/// `TRY_AGAIN` refusals from one node before the call asks another.
+const FROZEN_WAITS_PER_NODE: u32 = 10;
+
 /// How a [`Client`] reaches the cluster.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
@@ -421,6 +424,12 @@ impl Client {
                     frozen_waits += 1;
                     attempt -= 1;
                     backoff = Duration::from_millis(self.config.retry_backoff_ms);
+                }
+                // A node whose move long ended elsewhere (cut off before it applied the
+                // release) keeps answering TRY_AGAIN: look elsewhere now and then.
+                if frozen_waits % FROZEN_WAITS_PER_NODE == 0 {
+                    self.rotate(group, &addr);
+                    self.forget_map();
                 }
                 tokio::time::sleep(Duration::from_millis(self.config.retry_backoff_ms)).await;
                 continue;

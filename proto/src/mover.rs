@@ -99,6 +99,18 @@ async fn carry(node: Weak<Node>, migration: Migration) {
         if meta.raft.metrics().borrow().state != ServerState::Leader {
             return;
         }
+        // A leader cut off from the meta group's other members still thinks it leads:
+        // confirm with a quorum, and read the record as of then, before every step.
+        if let Err(status) = meta.read_index.wait().await {
+            tracing::debug!(
+                node = node_id,
+                migration = id,
+                "not confirmed as the meta leader: {}",
+                status.message()
+            );
+            tokio::time::sleep(Duration::from_millis(STEP_RETRY_MS)).await;
+            continue;
+        }
         let Some(record) = meta
             .state
             .shard()

@@ -985,10 +985,23 @@ impl Node {
     /// The hosted data group that serves `slot`, for a request in `session_group`'s session
     /// if any; otherwise the `MOVED` refusal.
     fn serving(&self, slot: Slot, session_group: Option<GroupId>) -> Result<Arc<Group>, Status> {
-        let owning: Vec<Arc<Group>> = self
+        // While a slot moves, this node's replica of its old group may not have applied the
+        // release yet when its replica of the new group took it: the newer epoch wins
+        // (epochs are granted only by committed maps). Two owners at one epoch would be a
+        // broken invariant, which routing refuses.
+        let owned: Vec<(Arc<Group>, u64)> = self
             .groups()
             .into_iter()
-            .filter(|group| group.state.owns(slot))
+            .filter_map(|group| {
+                let epoch = group.state.shard().owned.epoch_of(slot)?;
+                Some((group, epoch))
+            })
+            .collect();
+        let newest = owned.iter().map(|(_, epoch)| *epoch).max();
+        let owning: Vec<Arc<Group>> = owned
+            .into_iter()
+            .filter(|(_, epoch)| Some(*epoch) == newest)
+            .map(|(group, _)| group)
             .collect();
         let ids: Vec<GroupId> = owning.iter().map(|group| group.id).collect();
         let map = self.slot_map();
@@ -999,6 +1012,14 @@ impl Node {
                     .find(|group| group.id == id)
                     .ok_or_else(|| Status::internal("routing chose a group it was not given"))?;
                 match refusal(self, &group.state.shard(), slot) {
+                    // A replica that does not lead the group may be cut off, its freeze
+                    // long since released elsewhere: send the client to the leader.
+                    Some(status)
+                        if crate::status::try_again_slot(&status).is_some()
+                            && group.raft.metrics().borrow().state != ServerState::Leader =>
+                    {
+                        ensure_leader(&group.raft).and(Err(status))
+                    }
                     Some(status) => Err(status),
                     None => Ok(group),
                 }

@@ -138,6 +138,18 @@ pub struct StateSummary {
     pub key_count: u64,
 }
 
+/// What readers see while a run that changes `old` into `new` is being written: `old`, with
+/// every slot whose serving differs between the two frozen (refused, retried).
+fn in_transition(old: &ShardState, new: &ShardState) -> ShardState {
+    let mut interim = old.clone();
+    for slot in Slot::all() {
+        if old.owned.owns(slot) && old.serving(slot) != new.serving(slot) {
+            interim.moves.frozen.entry(slot).or_insert(0);
+        }
+    }
+    interim
+}
+
 /// Rows of one slot in key order, and whether they are the last.
 pub type SlotRows = (Vec<(Vec<u8>, Versioned)>, bool);
 
@@ -711,7 +723,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             applied.meta.next_client_id = applied.sessions.next_client_id();
             debug_assert_eq!(applied.meta.shard.check(), Ok(()));
             batch.put(keys::applied(group), codec::encode(&applied.meta));
-            let shard = shard_changed.then(|| Arc::new(applied.meta.shard.clone()));
+            let shard = shard_changed.then(|| {
+                // Until the batch is on the disk, readers must not see the rows of a slot
+                // whose serving changed in this run (released, its rows deleted; taken, its
+                // copy not written yet): such slots read as frozen meanwhile.
+                applied.visible = Arc::new(in_transition(&applied.visible, &applied.meta.shard));
+                Arc::new(applied.meta.shard.clone())
+            });
             (batch, responses, shard)
         };
         // Buffered: a crash may lose a suffix of applied runs, which the log replays.
@@ -826,6 +844,33 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_slot_whose_serving_changes_reads_as_frozen_until_the_run_is_written() {
+        use crate::ownership::OwnedRange;
+        let slot = |n| Slot::new(n).expect("slot");
+        let mut old = ShardState::default();
+        old.owned.take(&[OwnedRange {
+            first: slot(0),
+            last: slot(9),
+            epoch: 1,
+        }]);
+        let mut new = old.clone();
+        assert!(new.owned.release(slot(3), 2));
+        new.owned.take(&[OwnedRange {
+            first: slot(20),
+            last: slot(20),
+            epoch: 2,
+        }]);
+        let interim = in_transition(&old, &new);
+        assert_eq!(interim.serving(slot(3)), state::Serving::Frozen);
+        assert_eq!(interim.serving(slot(4)), state::Serving::Owned { epoch: 1 });
+        assert_eq!(
+            interim.serving(slot(20)),
+            state::Serving::NotOwned,
+            "taken, but its rows may not be written yet"
+        );
+    }
 
     #[test]
     fn prefix_end_is_the_next_prefix() {
