@@ -103,6 +103,10 @@ pub struct BenchArgs {
     /// `seedkv check-history` (seedkv target only).
     #[arg(long)]
     record_history: Option<PathBuf>,
+    /// Prefix of the bench's keys (default `bench/`, or a prefix of the run's own when it
+    /// records a history). A `{hash tag}` in it puts every key in one slot.
+    #[arg(long)]
+    key_prefix: Option<String>,
 }
 
 /// Most clients one bench runs.
@@ -543,8 +547,9 @@ pub async fn run(conn: &Connection, args: BenchArgs) -> Result<bool> {
         (None, None) => Some(Duration::from_secs(10)),
     };
     // A recorded history must start from absent keys: give the run keys of its own.
-    let key_prefix = match &args.record_history {
-        Some(_) => {
+    let key_prefix = match (&args.key_prefix, &args.record_history) {
+        (Some(prefix), _) => prefix.clone(),
+        (None, Some(_)) => {
             // Only names this run's keys; nothing replays it.
             #[allow(clippy::disallowed_methods)]
             let now = std::time::SystemTime::now();
@@ -553,7 +558,7 @@ pub async fn run(conn: &Connection, args: BenchArgs) -> Result<bool> {
                 .map_or(0, |d| d.as_nanos());
             format!("bench-{nanos:x}-{}/", std::process::id())
         }
-        None => "bench/".to_string(),
+        (None, None) => "bench/".to_string(),
     };
     let resolved = Arc::new(BenchArgsResolved {
         key_prefix,

@@ -489,6 +489,9 @@ pub enum ClusterCommand {
     },
     /// The slot moves in progress, with their step.
     Migrations,
+    /// The hash slot of KEY (CRC16 of the key, or of its `{hash tag}`) and the data group
+    /// the slot map gives it to.
+    Keyslot { key: String },
     /// Add a data group on some of the cluster's nodes (the first is its preferred
     /// leader); it owns no slot until `rebalance` or `move-slots` gives it some.
     AddGroup {
@@ -919,6 +922,20 @@ pub async fn cluster(conn: &Connection, command: ClusterCommand) -> Result<bool>
                 out!("{} slot moves recorded", started.len());
             }
             wait_for_moves(&client, &started, wait, json).await
+        }
+        ClusterCommand::Keyslot { key } => {
+            let slot = seedkv_core::slot::Slot::of(key.as_bytes());
+            let map = client.slot_map().await.map_err(fail)?;
+            let group = map.group_of(key.as_bytes());
+            if json {
+                out!(
+                    "{}",
+                    json!({ "key": key, "slot": slot.get(), "group": group })
+                );
+            } else {
+                out!("slot {} (group {group})", slot.get());
+            }
+            Ok(true)
         }
         ClusterCommand::Migrations => {
             let answer = client.migrations().await.map_err(fail)?;

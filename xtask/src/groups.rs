@@ -80,9 +80,14 @@ struct Row {
     put_p99_ms: Option<f64>,
 }
 
-/// One cluster of `groups` data groups: idle CPU over `idle_s`, then `bench_s` of puts if
-/// `bench`.
-fn one(binary: &Path, dir: &Path, groups: u32, idle_s: u64, bench: Option<f64>) -> Result<Row> {
+/// A release 3-node cluster on loopback with `groups` data groups, every group serving;
+/// its server processes (stopped when dropped) and endpoints. `tag` names its files in `dir`.
+pub(crate) fn start_cluster(
+    binary: &Path,
+    dir: &Path,
+    tag: &str,
+    groups: u32,
+) -> Result<(Vec<ServerProcess>, String)> {
     let addrs: Vec<String> = (0..3)
         .map(|_| free_port().map(|p| format!("127.0.0.1:{p}")))
         .collect::<Result<_>>()?;
@@ -99,9 +104,7 @@ fn one(binary: &Path, dir: &Path, groups: u32, idle_s: u64, bench: Option<f64>) 
             "--listen".into(),
             addr.clone(),
             "--data-dir".into(),
-            dir.join(format!("g{groups}-n{}", i + 1))
-                .display()
-                .to_string(),
+            dir.join(format!("{tag}-n{}", i + 1)).display().to_string(),
             "--initial-cluster".into(),
             initial.join(","),
             "--groups".into(),
@@ -110,7 +113,7 @@ fn one(binary: &Path, dir: &Path, groups: u32, idle_s: u64, bench: Option<f64>) 
         servers.push(start_server(
             binary,
             &args,
-            &dir.join(format!("g{groups}-n{}.log", i + 1)),
+            &dir.join(format!("{tag}-n{}.log", i + 1)),
         )?);
     }
     let endpoints = addrs.join(",");
@@ -121,6 +124,13 @@ fn one(binary: &Path, dir: &Path, groups: u32, idle_s: u64, bench: Option<f64>) 
         }
         std::thread::sleep(Duration::from_millis(500));
     }
+    Ok((servers, endpoints))
+}
+
+/// One cluster of `groups` data groups: idle CPU over `idle_s`, then `bench_s` of puts if
+/// `bench`.
+fn one(binary: &Path, dir: &Path, groups: u32, idle_s: u64, bench: Option<f64>) -> Result<Row> {
+    let (servers, endpoints) = start_cluster(binary, dir, &format!("g{groups}"), groups)?;
     if !succeeds_quietly(Command::new(binary).args([
         "--endpoints",
         &endpoints,

@@ -15,6 +15,7 @@ use anyhow::{bail, Context, Result};
 
 mod groups;
 mod handover;
+mod moves;
 mod ops;
 use clap::{Args, Parser, Subcommand};
 
@@ -78,6 +79,14 @@ enum Task {
         /// Seconds of each CPU window, without and with scrapes.
         #[arg(long, default_value_t = 60)]
         window_s: u64,
+    },
+    /// What moving one slot (10,000 keys of 256 B) costs a loaded 3-node cluster: the
+    /// 64-client mixed throughput before and during the move, and the longest write to the
+    /// moving slot.
+    MeasureMove {
+        /// Seconds of each load.
+        #[arg(long, default_value_t = 15.0)]
+        bench_s: f64,
     },
     /// What many Raft groups cost a release 3-node cluster: idle CPU of its processes, and
     /// puts/s of 64 clients, per data group count.
@@ -186,6 +195,7 @@ fn main() -> ExitCode {
         Task::CheckerTimes => checker_times(),
         Task::Handover { rounds } => handover::handover(rounds),
         Task::MeasureOps { bench_s, window_s } => ops::measure_ops(bench_s, window_s),
+        Task::MeasureMove { bench_s } => moves::measure_move(bench_s),
         Task::MeasureGroups {
             idle,
             puts,
