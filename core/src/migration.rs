@@ -68,9 +68,12 @@ pub enum MoveStep {
         slot: Slot,
         migration: MigrationId,
         seq: u64,
-        /// This chunk completes the copy.
-        last: bool,
+        chunk: Chunk,
         rows: Vec<(serde_bytes::ByteBuf, Versioned)>,
+        /// The last key the source read for this chunk (the rows may leave it out): the
+        /// next chunk starts after it. Empty: no key was read.
+        #[serde(with = "serde_bytes")]
+        read_to: Vec<u8>,
     },
     /// The destination deletes what it copied of `slot` (the migration was aborted).
     DropCopy { slot: Slot, migration: MigrationId },
@@ -89,6 +92,27 @@ impl MoveStep {
             | MoveStep::Release { slot, .. } => *slot,
         }
     }
+}
+
+/// Which part of a copy an `Ingest` chunk carries.
+///
+/// The copy is made in two parts so that the slot is frozen only for the second, short
+/// one. The *pass* walks the slot in key order while the source still serves it; each chunk
+/// is read from a view of the source at some applied index. Then the source freezes the
+/// slot, and the *changes* part sends every row written after the oldest of those views
+/// (a write applied after a view has a revision above the view's index), and finally the
+/// number of rows the frozen slot holds: the destination holds every row the source holds
+/// (unchanged since the pass, or sent as a change), so it holds exactly those rows if and
+/// only if it holds as many. More means a row deleted during the pass is still there: the
+/// copy starts over, frozen this time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Chunk {
+    /// Rows of the pass, read from a view of the source at applied index `view_index`;
+    /// `end`: no row follows.
+    Pass { view_index: u64, end: bool },
+    /// Rows changed after the pass began, read from the frozen source; `end`: no change
+    /// follows, and the frozen slot holds this many rows in all.
+    Changes { end: Option<u64> },
 }
 
 /// A change to the migrations the meta group records. Proposed by nodes, never by clients.
@@ -268,11 +292,34 @@ pub struct Incoming {
     pub migration: MigrationId,
     /// The chunk expected next.
     pub next_seq: u64,
-    /// The chunk marked last applied: the copy is whole.
+    /// The pass reached the slot's last row.
+    pub passed: bool,
+    /// The oldest applied index of the source any pass chunk was read at: every row
+    /// written to the slot since has a higher revision.
+    pub base: u64,
+    /// The copy is whole: the changes are in, and the row count matched the source's.
     pub complete: bool,
-    /// The largest key copied so far: the next chunk starts after it.
+    /// Rows of the slot the destination holds.
+    pub held: u64,
+    /// The largest key copied so far in the current part (empty at the start of the
+    /// changes): the next chunk starts after it.
     #[serde(with = "serde_bytes")]
     pub last_key: Vec<u8>,
+}
+
+impl Incoming {
+    /// A copy for `migration` about to start.
+    pub fn start(migration: MigrationId) -> Incoming {
+        Incoming {
+            migration,
+            next_seq: 0,
+            passed: false,
+            base: u64::MAX,
+            complete: false,
+            held: 0,
+            last_key: Vec::new(),
+        }
+    }
 }
 
 /// A data group's part in moves, decided by its own log: the slots it froze (serves
@@ -321,18 +368,28 @@ pub struct Observed {
 pub struct Ingested {
     /// The sequence number of the next chunk it expects.
     pub next_seq: u64,
-    /// The chunk marked last is applied: the copy is whole.
+    /// The pass reached the slot's last row.
+    pub passed: bool,
+    /// The copy is whole.
     pub complete: bool,
 }
 
 /// The next entry the driver proposes for a migration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
-    /// In the source's log: stop serving the slot (`TRY_AGAIN` from then on).
+    /// In the source's log, once the pass is over: stop serving the slot (`TRY_AGAIN` from
+    /// then on).
     Freeze { group: GroupId },
-    /// Read the next chunk from the source (frozen, so its rows no longer change) and
-    /// propose it in the destination's log.
+    /// Read the next chunk of the pass from the source (serving or frozen) and propose it
+    /// in the destination's log.
     Copy {
+        from: GroupId,
+        to: GroupId,
+        next_seq: u64,
+    },
+    /// Read the next rows changed since the pass began from the frozen source, and propose
+    /// them in the destination's log.
+    CopyChanges {
         from: GroupId,
         to: GroupId,
         next_seq: u64,
@@ -358,9 +415,19 @@ pub enum Action {
 pub fn next_action(migration: &Migration, seen: &Observed) -> Action {
     let (from, to) = (migration.from, migration.to);
     match migration.step {
-        Step::Planned if !seen.source_frozen => Action::Freeze { group: from },
         Step::Planned => match seen.ingested {
             Some(Ingested { complete: true, .. }) => Action::RecordCopied,
+            Some(Ingested {
+                passed: true,
+                next_seq,
+                ..
+            }) => {
+                if seen.source_frozen {
+                    Action::CopyChanges { from, to, next_seq }
+                } else {
+                    Action::Freeze { group: from }
+                }
+            }
             Some(Ingested { next_seq, .. }) => Action::Copy { from, to, next_seq },
             None => Action::Copy {
                 from,
@@ -418,40 +485,45 @@ mod tests {
 
     #[test]
     fn a_migration_walks_its_steps_in_order() {
+        let planned = migration(Step::Planned);
+        let copy = |next_seq| Action::Copy {
+            from: GroupId(1),
+            to: GroupId(2),
+            next_seq,
+        };
         let mut seen = Observed::default();
-        assert_eq!(
-            next_action(&migration(Step::Planned), &seen),
-            Action::Freeze { group: GroupId(1) }
-        );
-        seen.source_frozen = true;
-        assert_eq!(
-            next_action(&migration(Step::Planned), &seen),
-            Action::Copy {
-                from: GroupId(1),
-                to: GroupId(2),
-                next_seq: 0
-            }
-        );
+        assert_eq!(next_action(&planned, &seen), copy(0), "the pass runs first");
         seen.ingested = Some(Ingested {
             next_seq: 3,
+            passed: false,
+            complete: false,
+        });
+        assert_eq!(next_action(&planned, &seen), copy(3));
+        seen.ingested = Some(Ingested {
+            next_seq: 4,
+            passed: true,
             complete: false,
         });
         assert_eq!(
-            next_action(&migration(Step::Planned), &seen),
-            Action::Copy {
+            next_action(&planned, &seen),
+            Action::Freeze { group: GroupId(1) },
+            "frozen only once the pass is over"
+        );
+        seen.source_frozen = true;
+        assert_eq!(
+            next_action(&planned, &seen),
+            Action::CopyChanges {
                 from: GroupId(1),
                 to: GroupId(2),
-                next_seq: 3
+                next_seq: 4
             }
         );
         seen.ingested = Some(Ingested {
-            next_seq: 4,
+            next_seq: 6,
+            passed: true,
             complete: true,
         });
-        assert_eq!(
-            next_action(&migration(Step::Planned), &seen),
-            Action::RecordCopied
-        );
+        assert_eq!(next_action(&planned, &seen), Action::RecordCopied);
         assert_eq!(next_action(&migration(Step::Copied), &seen), Action::Commit);
         let committed = migration(Step::Committed { epoch: 9 });
         assert_eq!(
@@ -492,6 +564,7 @@ mod tests {
             source_frozen: true,
             ingested: Some(Ingested {
                 next_seq: 2,
+                passed: false,
                 complete: false,
             }),
             ..Observed::default()

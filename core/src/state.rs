@@ -12,7 +12,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::command::{Command, Response, Revision, ScanRange, Versioned, WriteOp};
-use crate::migration::{Incoming, Migrations, MoveStep, SlotMoves};
+use crate::migration::{Chunk, Incoming, Migrations, MoveStep, SlotMoves};
 use crate::ownership::{OwnedRange, Ownership};
 use crate::session::{SessionCheck, Sessions};
 use crate::slot::Slot;
@@ -363,8 +363,9 @@ fn apply_move<S: RowStore>(
         MoveStep::Ingest {
             migration,
             seq,
-            last,
+            chunk: part,
             rows: chunk,
+            read_to,
             ..
         } => {
             if shard.owned.owns(slot) {
@@ -402,37 +403,58 @@ fn apply_move<S: RowStore>(
                 }
                 Some(_) | None => true,
             };
+            let mut incoming = match shard.moves.incoming.get(&slot) {
+                Some(incoming) if !fresh => incoming.clone(),
+                _ => Incoming::start(*migration),
+            };
+            match part {
+                Chunk::Pass { .. } if incoming.passed => {
+                    return Ok(Err(format!("the pass over {slot} is over")));
+                }
+                Chunk::Changes { .. } if !incoming.passed => {
+                    return Ok(Err(format!("the pass over {slot} is not over")));
+                }
+                _ => {}
+            }
             if fresh {
                 rows.clear_slot(slot)?;
             }
             for (key, row) in chunk {
+                if rows.get(key)?.is_none() {
+                    incoming.held += 1;
+                }
                 rows.set(key, Some(row.clone()))?;
             }
-            let last_key = chunk.last().map(|(key, _)| key.to_vec());
-            let incoming = shard
-                .moves
-                .incoming
-                .entry(slot)
-                .or_insert_with(|| Incoming {
-                    migration: *migration,
-                    next_seq: 0,
-                    complete: false,
-                    last_key: Vec::new(),
-                });
-            if fresh {
-                *incoming = Incoming {
-                    migration: *migration,
-                    next_seq: 0,
-                    complete: false,
-                    last_key: Vec::new(),
-                };
-            }
             incoming.next_seq = seq + 1;
-            incoming.complete = *last;
-            if let Some(key) = last_key {
-                incoming.last_key = key;
+            if !read_to.is_empty() {
+                incoming.last_key = read_to.clone();
             }
-            Ok(())
+            let mut outcome = Ok(());
+            match *part {
+                Chunk::Pass { view_index, end } => {
+                    incoming.base = incoming.base.min(view_index);
+                    if end {
+                        incoming.passed = true;
+                        incoming.last_key.clear();
+                    }
+                }
+                Chunk::Changes { end: None } => {}
+                Chunk::Changes { end: Some(held) } if held == incoming.held => {
+                    incoming.complete = true;
+                }
+                Chunk::Changes { end: Some(held) } => {
+                    // A row deleted at the source during the pass is still here: start over.
+                    outcome = Err(format!(
+                        "the source holds {held} rows of {slot} and this copy {}: it starts over",
+                        incoming.held
+                    ));
+                    rows.clear_slot(slot)?;
+                    incoming = Incoming::start(*migration);
+                    incoming.next_seq = seq + 1;
+                }
+            }
+            shard.moves.incoming.insert(slot, incoming);
+            outcome
         }
         MoveStep::DropCopy { migration, .. } => {
             if shard
@@ -654,30 +676,38 @@ mod tests {
             .filter(|(key, _)| Slot::of(key) == slot)
             .map(|(key, row)| (serde_bytes::ByteBuf::from(key.clone()), row.clone()))
             .collect();
-        let ingest = |seq, last, rows: Vec<_>| {
+        let ingest = |seq, chunk, rows: Vec<_>| {
             moved(MoveStep::Ingest {
                 slot,
                 migration: 9,
                 seq,
-                last,
+                chunk,
                 rows,
+                read_to: Vec::new(),
             })
         };
+        let pass = |end| Chunk::Pass { view_index: 5, end };
         assert_eq!(
-            dest.apply(2, &ingest(0, false, rows[..1].to_vec())),
+            dest.apply(2, &ingest(0, pass(false), rows[..1].to_vec())),
             Response::Stepped(Ok(()))
         );
         assert!(
             matches!(
-                dest.apply(3, &ingest(0, false, rows[..1].to_vec())),
+                dest.apply(3, &ingest(0, pass(false), rows[..1].to_vec())),
                 Response::Stepped(Err(_))
             ),
             "a chunk applied twice is refused"
         );
         assert_eq!(
-            dest.apply(4, &ingest(1, true, rows[1..].to_vec())),
+            dest.apply(4, &ingest(1, pass(true), rows[1..].to_vec())),
             Response::Stepped(Ok(()))
         );
+        assert!(!dest.shard().moves.incoming[&slot].complete);
+        assert_eq!(
+            dest.apply(5, &ingest(2, Chunk::Changes { end: Some(2) }, Vec::new())),
+            Response::Stepped(Ok(()))
+        );
+        assert!(dest.shard().moves.incoming[&slot].complete);
         assert_eq!(
             dest.apply(5, &get_put("{k}a")),
             Response::NotOwned { slot },
@@ -735,7 +765,11 @@ mod tests {
                 slot,
                 migration: 9,
                 seq: 0,
-                last: false,
+                chunk: Chunk::Pass {
+                    view_index: 3,
+                    end: false,
+                },
+                read_to: Vec::new(),
                 rows: vec![(
                     serde_bytes::ByteBuf::from(b"{k}a".to_vec()),
                     Versioned {
@@ -754,6 +788,52 @@ mod tests {
             source.apply(7, &put("{k}a", "2")),
             Response::Put { revision: 7 }
         );
+    }
+
+    #[test]
+    fn a_copy_holding_a_row_deleted_during_the_pass_starts_over() {
+        let slot = slot_of("{k}");
+        let row = |key: &str, revision| {
+            (
+                serde_bytes::ByteBuf::from(key.as_bytes().to_vec()),
+                Versioned {
+                    value: b"v".to_vec(),
+                    revision,
+                },
+            )
+        };
+        let ingest = |seq, chunk, rows| {
+            moved(MoveStep::Ingest {
+                slot,
+                migration: 9,
+                seq,
+                chunk,
+                rows,
+                read_to: Vec::new(),
+            })
+        };
+        let mut dest = KvState::default();
+        // The pass saw a and b; b was deleted and c written before the freeze.
+        dest.apply(
+            2,
+            &ingest(
+                0,
+                Chunk::Pass {
+                    view_index: 10,
+                    end: true,
+                },
+                vec![row("{k}a", 4), row("{k}b", 5)],
+            ),
+        );
+        let refused = dest.apply(
+            3,
+            &ingest(1, Chunk::Changes { end: Some(2) }, vec![row("{k}c", 12)]),
+        );
+        assert!(matches!(refused, Response::Stepped(Err(_))), "{refused:?}");
+        let incoming = &dest.shard().moves.incoming[&slot];
+        assert!(!incoming.passed && !incoming.complete && incoming.held == 0);
+        assert_eq!(incoming.next_seq, 2, "the next chunk starts the pass again");
+        assert_eq!(dest.len(), 0, "the copy so far is gone");
     }
 
     #[test]

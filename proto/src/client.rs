@@ -43,11 +43,14 @@ pub use crate::pb::Consistency;
 pub const MAX_BACKOFF_MS: u64 = 1_000;
 
 /// How many `TRY_AGAIN` refusals (a slot frozen while it moves) one call waits out, each
-/// after `retry_backoff_ms`, besides its attempts.
-pub const MAX_FROZEN_WAITS: u32 = 200;
+/// after [`FROZEN_WAIT_MS`], besides its attempts: 10 s in all.
+pub const MAX_FROZEN_WAITS: u32 = 1_000;
+
+/// The pause after a `TRY_AGAIN` refusal: a move's freeze lasts tens of milliseconds.
+pub const FROZEN_WAIT_MS: u64 = 10;
 
 /// `TRY_AGAIN` refusals from one node before the call asks another.
-const FROZEN_WAITS_PER_NODE: u32 = 10;
+const FROZEN_WAITS_PER_NODE: u32 = 50;
 
 /// How a [`Client`] reaches the cluster.
 #[derive(Debug, Clone)]
@@ -431,7 +434,7 @@ impl Client {
                     self.rotate(group, &addr);
                     self.forget_map();
                 }
-                tokio::time::sleep(Duration::from_millis(self.config.retry_backoff_ms)).await;
+                tokio::time::sleep(Duration::from_millis(FROZEN_WAIT_MS)).await;
                 continue;
             }
             if let Some(hint) = leader_hint(&status) {
@@ -619,13 +622,20 @@ impl Client {
             }
         }
         let mut last = String::new();
+        let mut moved_once = false;
         for _ in 0..self.config.max_attempts {
             let group = self.slot_map().await?.group_of(key);
             match self.attempts(Retry::Always, Some(group), &mut send).await {
                 Ok(reply) => return Ok(reply),
                 Err(Failure::Moved) => {
                     last = format!("group {group} does not serve the key's slot (yet)");
-                    tokio::time::sleep(Duration::from_millis(self.config.retry_backoff_ms)).await;
+                    // The map just fetched again names the new owner as soon as the move
+                    // committed: go at once the first time, then pace.
+                    if moved_once {
+                        tokio::time::sleep(Duration::from_millis(self.config.retry_backoff_ms))
+                            .await;
+                    }
+                    moved_once = true;
                 }
                 Err(failure) => return Err(self.failure(failure)),
             }
@@ -689,7 +699,12 @@ impl Client {
                             "the key's slot was not served by any group the client reached".into(),
                         ));
                     }
-                    tokio::time::sleep(Duration::from_millis(self.config.retry_backoff_ms)).await;
+                    // At once the first time: the map fetched again names the new owner
+                    // as soon as the move committed.
+                    if moved > 1 {
+                        tokio::time::sleep(Duration::from_millis(self.config.retry_backoff_ms))
+                            .await;
+                    }
                 }
                 Err(Failure::SessionExpired) => {
                     expired += 1;
@@ -1222,14 +1237,18 @@ impl Client {
         .await
     }
 
-    /// Rows of `slot`, frozen by `migration` in group `group`, after `after` (from the
-    /// first with `None`), from the group's leader.
+    /// Rows of `slot` in group `group` for `migration`, after `after` (from the first with
+    /// `None`), with revisions above `since`, from the group's leader: `live` reads a slot
+    /// the group still serves (the copy's pass), otherwise the slot must be frozen for
+    /// `migration`.
     pub async fn slot_rows(
         &self,
         group: u32,
         slot: u32,
         migration: u64,
         after: Option<&[u8]>,
+        since: u64,
+        live: bool,
     ) -> Result<pb::SlotRowsResponse, ClientError> {
         let request = pb::SlotRowsRequest {
             group,
@@ -1237,6 +1256,8 @@ impl Client {
             migration,
             after: after.map(<[u8]>::to_vec).unwrap_or_default(),
             from_start: after.is_none(),
+            since,
+            live,
         };
         self.call(Retry::Always, Some(group), |ch| {
             let request = request.clone();

@@ -17,8 +17,8 @@ use std::time::Duration;
 use openraft::ServerState;
 use seedkv_core::codec;
 use seedkv_core::migration::{
-    next_action, Action, ByteBuf, Ingested, MetaStep, Migration, MigrationId, MoveStep, Observed,
-    Step,
+    next_action, Action, ByteBuf, Chunk, Ingested, MetaStep, Migration, MigrationId, MoveStep,
+    Observed, Step,
 };
 use seedkv_core::ownership::OwnedRange;
 use seedkv_core::runtime::timeout;
@@ -273,6 +273,7 @@ async fn step(
         copy_dropped: undone.dropped,
         ingested: copying.then_some(Ingested {
             next_seq: dest.next_seq,
+            passed: dest.passed,
             complete: dest.complete,
         }),
         destination_owns: (dest.owned_epoch > 0).then_some(dest.owned_epoch),
@@ -281,49 +282,44 @@ async fn step(
         propose_in(client, group.0, Command::Move(step))
     };
     let mut action = next_action(record, &seen);
-    if copy_counted_whole_at_once() && matches!(action, Action::Copy { .. }) {
+    if copy_counted_whole_at_once()
+        && matches!(action, Action::Copy { .. } | Action::CopyChanges { .. })
+    {
         action = Action::RecordCopied;
     }
     tracing::debug!(migration = id, %slot, ?seen, ?action, "next step");
     match action {
         Action::Freeze { group } => {
-            in_group(
+            let frozen = in_group(
                 group,
                 MoveStep::Freeze {
                     slot,
                     migration: id,
                 },
             )
-            .await
+            .await?;
+            if frozen && !copy_counted_whole_at_once() {
+                // The slot is unavailable from now until the destination takes it: take the
+                // steps in between at once, without looking at the groups again.
+                if let Err(err) = switch_over(client, meta, record, dest).await {
+                    tracing::debug!(migration = id, %slot, "switching over: {err}");
+                }
+            }
+            Ok(frozen)
         }
         Action::Copy { from, to, next_seq } => {
-            let after = (next_seq > 0).then_some(dest.last_key.as_slice());
-            let chunk = client
-                .slot_rows(from.0, n, id, after)
-                .await
-                .map_err(|err| format!("reading rows from group {from}: {err}"))?;
-            tracing::debug!(migration = id, %slot, next_seq, rows = chunk.rows.len(), done = chunk.done, "copying a chunk");
-            let rows = chunk
-                .rows
-                .into_iter()
-                .map(|kv| {
-                    (
-                        ByteBuf::from(kv.key),
-                        Versioned {
-                            value: kv.value,
-                            revision: kv.revision,
-                        },
-                    )
-                })
-                .collect();
-            let ingest = MoveStep::Ingest {
-                slot,
-                migration: id,
-                seq: next_seq,
-                last: chunk.done,
-                rows,
+            let read = Read {
+                live: !seen.source_frozen,
+                since: 0,
             };
-            in_group(to, ingest).await
+            copy_chunk(client, record, from, to, next_seq, &dest, read).await
+        }
+        Action::CopyChanges { from, to, next_seq } => {
+            let read = Read {
+                live: false,
+                since: dest.base,
+            };
+            copy_chunk(client, record, from, to, next_seq, &dest, read).await
         }
         Action::RecordCopied => {
             propose_meta(
@@ -393,6 +389,174 @@ async fn step(
             .await
         }
     }
+}
+
+/// Once the source froze the slot: copies the changes since the pass, records the copy,
+/// commits the move and asks the destination to take the slot, one step right after the
+/// other (each is a step the driver would take next anyway; any refusal or failure leaves
+/// the rest to the usual loop, which looks at the groups first).
+async fn switch_over(
+    client: &Client,
+    meta: &Group,
+    record: &Migration,
+    mut dest: crate::pb::SlotStateResponse,
+) -> Result<(), String> {
+    let (slot, id) = (record.slot, record.id);
+    loop {
+        let read = Read {
+            live: false,
+            since: dest.base,
+        };
+        let done = copy_changes(client, record, &mut dest, read).await?;
+        if done {
+            break;
+        }
+    }
+    if !propose_meta(
+        meta,
+        MetaStep::Copied {
+            slot,
+            migration: id,
+        },
+    )
+    .await?
+    {
+        return Err("the copy was not recorded".into());
+    }
+    if !propose_meta(
+        meta,
+        MetaStep::Commit {
+            slot,
+            migration: id,
+        },
+    )
+    .await?
+    {
+        return Err("the move was not committed".into());
+    }
+    let epoch = match meta.state.shard().migrations.of(slot) {
+        Some(Migration {
+            id: recorded,
+            step: Step::Committed { epoch },
+            ..
+        }) if *recorded == id => *epoch,
+        _ => return Err("the commit is not in the record".into()),
+    };
+    let grant = OwnedRange {
+        first: slot,
+        last: slot,
+        epoch,
+    };
+    propose_in(client, record.to.0, Command::Own(vec![grant])).await?;
+    Ok(())
+}
+
+/// One chunk of the changes, tracked in `dest` as the destination will hold it; whether
+/// it was the last (and the copy is whole).
+async fn copy_changes(
+    client: &Client,
+    record: &Migration,
+    dest: &mut crate::pb::SlotStateResponse,
+    read: Read,
+) -> Result<bool, String> {
+    let (done, read_to) =
+        read_and_ingest(client, record, record.from, record.to, dest, read).await?;
+    dest.next_seq += 1;
+    if !read_to.is_empty() {
+        dest.last_key = read_to;
+    }
+    Ok(done)
+}
+
+/// How a chunk is read from the source.
+struct Read {
+    /// The source still serves the slot (the pass before the freeze).
+    live: bool,
+    /// Only rows with revisions above this (0: all).
+    since: u64,
+}
+
+/// Reads chunk `next_seq` of the copy from the source's leader and proposes it at the
+/// destination's; whether it applied.
+async fn copy_chunk(
+    client: &Client,
+    record: &Migration,
+    from: seedkv_core::GroupId,
+    to: seedkv_core::GroupId,
+    next_seq: u64,
+    dest: &crate::pb::SlotStateResponse,
+    read: Read,
+) -> Result<bool, String> {
+    debug_assert_eq!(next_seq, dest.next_seq);
+    let mut dest = dest.clone();
+    dest.next_seq = next_seq;
+    read_and_ingest(client, record, from, to, &dest, read)
+        .await
+        .map(|_| true)
+}
+
+/// Reads the chunk the destination expects next (as `dest` reports it) from the source's
+/// leader and proposes it at the destination's: whether it applied as the copy's last
+/// chunk, and the last key read. A chunk refused is an error.
+async fn read_and_ingest(
+    client: &Client,
+    record: &Migration,
+    from: seedkv_core::GroupId,
+    to: seedkv_core::GroupId,
+    dest: &crate::pb::SlotStateResponse,
+    read: Read,
+) -> Result<(bool, Vec<u8>), String> {
+    let (slot, id, next_seq) = (record.slot, record.id, dest.next_seq);
+    // Keys are never empty: an empty last key means the part starts at the slot's start.
+    let after = (!dest.last_key.is_empty()).then_some(dest.last_key.as_slice());
+    let chunk = client
+        .slot_rows(
+            from.0,
+            u32::from(slot.get()),
+            id,
+            after,
+            read.since,
+            read.live,
+        )
+        .await
+        .map_err(|err| format!("reading rows from group {from}: {err}"))?;
+    tracing::debug!(migration = id, %slot, next_seq, rows = chunk.rows.len(), done = chunk.done, live = read.live, since = read.since, "copying a chunk");
+    let kind = if read.since == 0 && !dest.passed {
+        Chunk::Pass {
+            view_index: chunk.view_index,
+            end: chunk.done,
+        }
+    } else {
+        Chunk::Changes {
+            end: chunk.done.then_some(chunk.total),
+        }
+    };
+    let rows = chunk
+        .rows
+        .into_iter()
+        .map(|kv| {
+            (
+                ByteBuf::from(kv.key),
+                Versioned {
+                    value: kv.value,
+                    revision: kv.revision,
+                },
+            )
+        })
+        .collect();
+    let read_to = chunk.last_key.clone();
+    let ingest = MoveStep::Ingest {
+        slot,
+        migration: id,
+        seq: next_seq,
+        chunk: kind,
+        rows,
+        read_to: chunk.last_key,
+    };
+    if !propose_in(client, to.0, Command::Move(ingest)).await? {
+        return Err(format!("chunk {next_seq} was refused"));
+    }
+    Ok((chunk.done, read_to))
 }
 
 /// The `ActivateBeforeCopied` fault: the copy counts as whole as soon as the source is

@@ -2418,6 +2418,8 @@ impl pb::admin_server::Admin for AdminService {
             next_seq: incoming.map_or(0, |i| i.next_seq),
             complete: incoming.is_some_and(|i| i.complete),
             last_key: incoming.map(|i| i.last_key.clone()).unwrap_or_default(),
+            passed: incoming.is_some_and(|i| i.passed),
+            base: incoming.map_or(0, |i| i.base),
             applied_index: group.state.last_applied().map_or(0, |id| id.index),
             released_epoch: shard.moves.released.get(&slot).copied().unwrap_or(0),
         }))
@@ -2451,19 +2453,30 @@ impl pb::admin_server::Admin for AdminService {
     ) -> Result<GrpcResponse<pb::SlotRowsResponse>, Status> {
         let request = request.into_inner();
         let (group, slot) = self.0.moving_group(request.group, request.slot)?;
-        if group.state.shard().moves.frozen.get(&slot) != Some(&request.migration) {
+        let shard = group.state.shard();
+        let frozen_here = shard.moves.frozen.get(&slot) == Some(&request.migration);
+        let readable = frozen_here || (request.live && shard.owned.owns(slot));
+        if !readable {
             return Err(Status::failed_precondition(format!(
-                "{slot} is not frozen for migration {} in group {} here (yet)",
-                request.migration, group.id
+                "{slot} is not {} for migration {} in group {} here (yet)",
+                if request.live { "held" } else { "frozen" },
+                request.migration,
+                group.id
             )));
         }
         let after = (!request.from_start).then_some(request.after.as_slice());
-        let (rows, done) = group
+        let chunk = group
             .state
-            .slot_rows(slot, after, seedkv_core::migration::CHUNK_BYTES)
+            .slot_rows(
+                slot,
+                after,
+                request.since,
+                seedkv_core::migration::CHUNK_BYTES,
+            )
             .map_err(disk_error)?;
         Ok(GrpcResponse::new(pb::SlotRowsResponse {
-            rows: rows
+            rows: chunk
+                .rows
                 .into_iter()
                 .map(|(key, v)| pb::KeyValue {
                     key,
@@ -2471,7 +2484,10 @@ impl pb::admin_server::Admin for AdminService {
                     revision: v.revision,
                 })
                 .collect(),
-            done,
+            done: chunk.done,
+            last_key: chunk.last_key.unwrap_or_default(),
+            view_index: chunk.view_index,
+            total: chunk.total.unwrap_or(0),
         }))
     }
 

@@ -150,8 +150,21 @@ fn in_transition(old: &ShardState, new: &ShardState) -> ShardState {
     interim
 }
 
-/// Rows of one slot in key order, and whether they are the last.
-pub type SlotRows = (Vec<(Vec<u8>, Versioned)>, bool);
+/// A chunk of one slot's rows, read from one view of the disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotRows {
+    /// The rows asked for, in key order.
+    pub rows: Vec<(Vec<u8>, Versioned)>,
+    /// The last key read (a filter may have left it out of `rows`): the next chunk starts
+    /// after it.
+    pub last_key: Option<Vec<u8>>,
+    /// No row of the slot follows.
+    pub done: bool,
+    /// The applied index of the view read.
+    pub view_index: u64,
+    /// Once `done`: the rows the slot holds in all, in that view.
+    pub total: Option<u64>,
+}
 
 /// The applied state of one group, shared by Raft (which applies) and the read path.
 pub struct SharedState {
@@ -324,35 +337,78 @@ impl SharedState {
         Ok(best.into_iter().collect())
     }
 
-    /// Rows of `slot` in key order after `after` (from the first with `None`), about
-    /// `max_bytes` of them at most (at least one row if any is left), from one view; and
-    /// whether no row follows the last one returned.
+    /// Rows of `slot` in key order after `after` (from the first with `None`) whose
+    /// revision is above `since` (0: every row), about `max_bytes` of rows read at most (at
+    /// least one row if any is left), from one view of the disk. See [`SlotRows`].
     pub fn slot_rows(
         &self,
         slot: Slot,
         after: Option<&[u8]>,
+        since: u64,
         max_bytes: usize,
     ) -> Result<SlotRows, DiskError> {
-        let (view, generation) = self.view()?;
+        let view = self.disk.view()?;
+        let meta = AppliedMeta::read(&*view, self.group)?;
+        let generation = meta.generation;
         let mut from = keys::slot_start(self.group, generation, slot);
         if let Some(after) = after {
             from.extend_from_slice(after);
             from.push(0);
         }
         let to = keys::slot_end(self.group, generation, slot);
-        let found = view.scan_bytes(&from, &to, WALK_ROWS, max_bytes)?;
-        let bytes: usize = found
-            .iter()
-            .map(|(key, value)| key.len() + value.len())
-            .sum();
-        let done = found.len() < WALK_ROWS && bytes < max_bytes;
-        let mut rows = Vec::with_capacity(found.len());
-        for (row, bytes) in found {
-            let key = keys::row_user_key(&row).ok_or_else(|| corrupt(&row, "not a row key"))?;
-            let value: Versioned = codec::decode(&bytes).map_err(|err| corrupt(&row, err))?;
-            rows.push((key.to_vec(), value));
-        }
-        Ok((rows, done))
+        // Pages of the slot until the rows kept reach `max_bytes` or the slot ends: rows
+        // filtered out (unchanged since `since`) cost a read, not a chunk.
+        let mut rows = Vec::new();
+        let mut kept_bytes = 0;
+        let mut last_key = None;
+        let done = loop {
+            let found = view.scan_bytes(&from, &to, WALK_ROWS, max_bytes)?;
+            let read: usize = found
+                .iter()
+                .map(|(key, value)| key.len() + value.len())
+                .sum();
+            let end = found.len() < WALK_ROWS && read < max_bytes;
+            if let Some((last, _)) = found.last() {
+                from = last.clone();
+                from.push(0);
+            }
+            for (row, bytes) in found {
+                let key = keys::row_user_key(&row).ok_or_else(|| corrupt(&row, "not a row key"))?;
+                let value: Versioned = codec::decode(&bytes).map_err(|err| corrupt(&row, err))?;
+                last_key = Some(key.to_vec());
+                if value.revision > since {
+                    kept_bytes += row.len() + bytes.len();
+                    rows.push((key.to_vec(), value));
+                }
+            }
+            if end {
+                break true;
+            }
+            if kept_bytes >= max_bytes || since == 0 {
+                break false;
+            }
+        };
+        let total = if done {
+            let mut count = 0u64;
+            let mut from = keys::slot_start(self.group, generation, slot);
+            loop {
+                let page = view.scan_bytes(&from, &to, WALK_ROWS, WALK_BYTES)?;
+                let Some((last, _)) = page.last() else { break };
+                count += page.len() as u64;
+                from = last.clone();
+                from.push(0);
+            }
+            Some(count)
+        } else {
+            None
+        };
+        Ok(SlotRows {
+            rows,
+            last_key,
+            done,
+            view_index: meta.last_applied.map_or(0, |id| id.index),
+            total,
+        })
     }
 
     /// The slots that hold at least one row, from one view (one short read per slot): for
