@@ -502,6 +502,9 @@ pub enum ClusterCommand {
         #[arg(long, default_value_t = 1)]
         weight: u32,
     },
+    /// Remove a data group that owns no slot from the slot map (its replicas keep its
+    /// Raft log on disk, idle).
+    RemoveGroup { group: u32 },
     /// Set a data group's weight (takes effect at the next `rebalance`).
     SetWeight { group: u32, weight: u32 },
     /// Move the fewest slots that make every data group's share follow its weight.
@@ -896,6 +899,15 @@ pub async fn cluster(conn: &Connection, command: ClusterCommand) -> Result<bool>
             }
             Ok(true)
         }
+        ClusterCommand::RemoveGroup { group } => {
+            let version = client.remove_group(group).await.map_err(fail)?;
+            if json {
+                out!("{}", json!({ "removed": group, "map_version": version }));
+            } else {
+                out!("group {group} removed from the slot map (version {version})");
+            }
+            Ok(true)
+        }
         ClusterCommand::SetWeight { group, weight } => {
             let version = client.set_weight(group, weight).await.map_err(fail)?;
             if json {
@@ -1000,6 +1012,13 @@ pub async fn cluster(conn: &Connection, command: ClusterCommand) -> Result<bool>
                 );
             } else {
                 out!("node {id} added to group {group}; voters are now {next:?}");
+                if group == 0 {
+                    out!(
+                        "to give it data: `seedkv cluster add-node {id} {addr} --group G` for a \
+                         replica of group G, or `seedkv cluster add-group --nodes {id},...` and \
+                         `seedkv cluster rebalance` for a new group"
+                    );
+                }
             }
             Ok(true)
         }

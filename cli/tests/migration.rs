@@ -227,6 +227,10 @@ async fn slots_move_to_an_added_group_under_load_and_nothing_is_lost() {
         &cli(&endpoints, &["cluster", "add-group", "--nodes", "1,7"]),
         "node 7 is not a voting member",
     );
+    refused(
+        &cli(&endpoints, &["cluster", "remove-group", "3"]),
+        "still owns 341 slots",
+    );
     let after = ok(
         &cli(&endpoints, &["--output", "json", "cluster", "slots"]),
         "cluster slots",

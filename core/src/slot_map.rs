@@ -67,6 +67,8 @@ pub enum PlacementError {
     GroupExists(GroupId),
     #[error("group 0 is the meta group; data groups count from 1")]
     MetaGroup,
+    #[error("group {group} still owns {slots} slots: move them away first (set its weight to 1 and rebalance, or move-slots)")]
+    StillOwns { group: GroupId, slots: usize },
 }
 
 /// The slot map: an owner for every slot, the data groups, and a version that grows with
@@ -285,6 +287,24 @@ impl SlotMap {
         Ok(next)
     }
 
+    /// The next version of the map without data group `group`, which must own no slot.
+    pub fn without_group(&self, group: GroupId) -> Result<SlotMap, PlacementError> {
+        if !self.groups.contains_key(&group) {
+            return Err(PlacementError::UnknownGroup(group));
+        }
+        let owned = self.slot_count_of(group);
+        if owned > 0 {
+            return Err(PlacementError::StillOwns {
+                group,
+                slots: owned,
+            });
+        }
+        let mut next = self.next_version();
+        next.groups.remove(&group);
+        debug_assert_eq!(next.check(), Ok(()));
+        Ok(next)
+    }
+
     /// The next version of the map with `group` weighted `weight`.
     pub fn with_weight(&self, group: GroupId, weight: u32) -> Result<SlotMap, PlacementError> {
         if weight == 0 {
@@ -457,6 +477,22 @@ mod tests {
         assert_eq!(added.version(), map.version() + 1);
         assert_eq!(added.slot_count_of(GroupId(3)), 0);
         assert_eq!(added.preferred_leader(GroupId(3)), Some(2));
+        assert_eq!(
+            map.without_group(GroupId(1)),
+            Err(PlacementError::StillOwns {
+                group: GroupId(1),
+                slots: 512
+            })
+        );
+        assert_eq!(
+            map.without_group(GroupId(9)),
+            Err(PlacementError::UnknownGroup(GroupId(9)))
+        );
+        let removed = added
+            .without_group(GroupId(3))
+            .expect("an empty group goes");
+        assert!(!removed.groups().contains_key(&GroupId(3)));
+        assert_eq!(removed.version(), added.version() + 1);
         let slot = Slot::new(7).expect("slot");
         let moved = added.with_owner(slot, GroupId(3)).expect("move");
         assert_eq!(

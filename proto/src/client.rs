@@ -1298,6 +1298,18 @@ impl Client {
         Ok(reply.map_version)
     }
 
+    /// Removes data group `group`, which must own no slot, from the slot map; the map
+    /// version that records it.
+    pub async fn remove_group(&self, group: u32) -> Result<u64, ClientError> {
+        let request = pb::RemoveGroupRequest { group };
+        let reply = self
+            .call(Retry::OnlyIfNotApplied, None, |ch| async move {
+                AdminClient::new(ch).remove_group(request).await
+            })
+            .await?;
+        Ok(reply.map_version)
+    }
+
     /// Moves the fewest slots that make every group's share follow its weight; the moves
     /// started.
     pub async fn rebalance(&self) -> Result<Vec<pb::Migration>, ClientError> {

@@ -1325,6 +1325,28 @@ impl Node {
         self.change_map(&map, next).await
     }
 
+    async fn remove_group(&self, group: u32) -> Result<u64, Status> {
+        let map = self.leader_map()?;
+        let group = GroupId(group);
+        if let Some(moving) = self
+            .meta()
+            .state
+            .shard()
+            .migrations
+            .iter()
+            .find(|m| m.from == group || m.to == group)
+        {
+            return Err(Status::failed_precondition(format!(
+                "{} of group {group} is moving (migration {}); nothing was changed",
+                moving.slot, moving.id
+            )));
+        }
+        let next = map
+            .without_group(group)
+            .map_err(|err| Status::invalid_argument(err.to_string()))?;
+        self.change_map(&map, next).await
+    }
+
     async fn rebalance(&self) -> Result<Vec<seedkv_core::migration::Migration>, Status> {
         let map = self.leader_map()?;
         let meta = self.meta().clone();
@@ -2367,6 +2389,14 @@ impl pb::admin_server::Admin for AdminService {
         request: Request<pb::SetWeightRequest>,
     ) -> Result<GrpcResponse<pb::SetWeightResponse>, Status> {
         let map_version = self.0.set_weight(request.into_inner()).await?;
+        Ok(GrpcResponse::new(pb::SetWeightResponse { map_version }))
+    }
+
+    async fn remove_group(
+        &self,
+        request: Request<pb::RemoveGroupRequest>,
+    ) -> Result<GrpcResponse<pb::SetWeightResponse>, Status> {
+        let map_version = self.0.remove_group(request.into_inner().group).await?;
         Ok(GrpcResponse::new(pb::SetWeightResponse { map_version }))
     }
 
