@@ -61,6 +61,11 @@ fn apply(state: &mut KvState, limits: &Limits, command: Command) {
         }
         // The state owns every slot: no client write can be refused as not owned.
         Response::NotOwned { .. } => panic!("a write refused as not owned by a group owning every slot"),
+        // Nothing is frozen: no slot is moving.
+        Response::Frozen { .. } => panic!("a write refused as frozen where no slot moves"),
+        Response::Stepped(_) | Response::Migration(_) => {
+            panic!("a client command answered as a slot move step")
+        }
         Response::Owned { .. } | Response::MapSet { .. } => {
             panic!("a client command answered as a slot grant or map change")
         }
