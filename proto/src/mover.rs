@@ -123,15 +123,17 @@ async fn carry(node: Weak<Node>, migration: Migration) {
         };
         let stalled = progress_at.elapsed() > Duration::from_millis(STALL_ABORT_MS);
         let outcome = if stalled && matches!(record.step, Step::Planned | Step::Copied) {
-            tracing::warn!(node = node_id, migration = id, %slot, "move stalled: aborting it");
-            propose_meta(
+            tracing::warn!(node = node_id, migration = id, %slot, to = %record.to, "move stalled: aborting it and every move to its destination not begun");
+            let aborted = propose_meta(
                 &meta,
                 MetaStep::Abort {
                     slot,
                     migration: id,
                 },
             )
-            .await
+            .await;
+            abort_waiting_moves_to(&meta, record.to).await;
+            aborted
         } else {
             step(&client, &meta, &record, &mut undone).await
         };
@@ -220,6 +222,42 @@ async fn undo_leftovers(client: &Client, meta: &Group, group: u32) -> Result<(),
         propose_in(client, group, Command::Move(step)).await?;
     }
     Ok(())
+}
+
+/// Aborts every move to `to` still at `Planned`: a destination that stalled one move for
+/// [`STALL_ABORT_MS`] (no leader, out of reach) would stall each of them as long, one
+/// batch of [`MAX_MOVING`] after another. Aborting a move before its commit is always safe;
+/// the operator moves the slots again once the group serves.
+async fn abort_waiting_moves_to(meta: &Group, to: seedkv_core::GroupId) {
+    let steps: Vec<Command> = meta
+        .state
+        .shard()
+        .migrations
+        .iter()
+        .filter(|m| m.to == to && m.step == Step::Planned)
+        .map(|m| {
+            Command::Migrate(MetaStep::Abort {
+                slot: m.slot,
+                migration: m.id,
+            })
+        })
+        .collect();
+    if steps.is_empty() {
+        return;
+    }
+    let count = steps.len();
+    match timeout(
+        Duration::from_millis(META_COMMIT_MS),
+        meta.raft.client_write(Command::Multi(steps)),
+    )
+    .await
+    {
+        Ok(Ok(_)) => {
+            tracing::warn!(to = %to, count, "aborted the moves waiting for a stalled group")
+        }
+        Ok(Err(err)) => tracing::debug!(to = %to, "aborting the moves to a stalled group: {err}"),
+        Err(_) => tracing::debug!(to = %to, "aborting the moves to a stalled group timed out"),
+    }
 }
 
 /// A client of the cluster for the driver's calls, through the meta group's members.

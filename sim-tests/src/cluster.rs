@@ -373,6 +373,19 @@ impl SimCluster {
             .collect()
     }
 
+    /// Every Raft group of the cluster now: the meta group, the bootstrap's data groups, and
+    /// any group added since, as any running node's slot map names it.
+    pub fn live_groups(&self) -> Vec<GroupId> {
+        let mut groups: std::collections::BTreeSet<GroupId> =
+            raft_groups(&self.plan).into_iter().collect();
+        for index in 0..self.len() {
+            if let Some(map) = self.node(index).and_then(|node| node.slot_map()) {
+                groups.extend(map.groups().keys().copied());
+            }
+        }
+        groups.into_iter().collect()
+    }
+
     /// True if any group's membership records a node that lost its data since.
     pub fn lost_data_anywhere(&self) -> bool {
         raft_groups(&self.plan)

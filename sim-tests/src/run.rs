@@ -247,6 +247,7 @@ pub async fn run(config: RunConfig) -> RunReport {
     // Slots move from their own operator too, in the `migration` scenario.
     let mover = (config.scenario.moves_slots() && config.plan.is_none()).then(|| {
         extra_host(&handle, "mover", 3).spawn(crate::mover::run(
+            cluster.clone(),
             endpoints.clone(),
             config.workload.keys,
             deadline,
@@ -288,17 +289,31 @@ pub async fn run(config: RunConfig) -> RunReport {
         }
     }
     if let Some(mover) = mover {
-        let budget = deadline.saturating_duration_since(Instant::now()) + Duration::from_secs(30);
+        // An added group's operator restores its membership after the deadline too.
+        let budget = deadline.saturating_duration_since(Instant::now()) + Duration::from_secs(120);
         match tokio::time::timeout(budget, mover).await {
-            Ok(Ok(done)) => note(format!(
-                "slot mover: {} moves recorded, {} requests refused",
-                done.started, done.refused
-            )),
+            Ok(Ok(done)) => {
+                note(format!(
+                    "slot mover: {} moves recorded, {} requests refused, groups added {:?}, \
+                     {} rebalances",
+                    done.started, done.refused, done.added, done.rebalances
+                ));
+                for action in done.operator.actions {
+                    note(action);
+                }
+                if let Some(why) = done.operator.failure {
+                    return failed(
+                        start,
+                        &trace,
+                        format!("membership of an added group: {why}"),
+                    );
+                }
+            }
             _ => {
                 return failed(
                     start,
                     &trace,
-                    "the slot mover did not finish within 30 s of the deadline".into(),
+                    "the slot mover did not finish within 120 s of the deadline".into(),
                 )
             }
         }
@@ -527,7 +542,7 @@ async fn converge(
     let give_up = Instant::now() + bound;
     let groups = {
         let c = cluster.lock().unwrap_or_else(|p| p.into_inner());
-        raft_groups(&c.plan)
+        c.live_groups()
     };
     // A cluster healed just after it bootstrapped may still be setting its first slot map
     // and taking the grants (each one more entry): converge again until every slot has its
