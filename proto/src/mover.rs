@@ -44,21 +44,38 @@ const STEP_RETRY_MS: u64 = 20;
 /// How long a meta entry of the driver may take to commit.
 const META_COMMIT_MS: u64 = 10_000;
 
+/// What a periodic task of the meta leader finds after its pause.
+enum Tick {
+    /// The node is gone or stopping: the task ends.
+    Stopped,
+    /// Another node leads the meta group.
+    NotLeader,
+    /// This node leads the meta group.
+    Leader(Arc<Node>),
+}
+
+/// Waits `every_ms`, then says whether this node (if still running) leads the meta group.
+async fn tick_as_meta_leader(node: &Weak<Node>, every_ms: u64) -> Tick {
+    tokio::time::sleep(Duration::from_millis(every_ms)).await;
+    let Some(strong) = node.upgrade() else {
+        return Tick::Stopped;
+    };
+    match strong.raft().metrics().borrow().state {
+        ServerState::Shutdown => Tick::Stopped,
+        ServerState::Leader => Tick::Leader(strong.clone()),
+        _ => Tick::NotLeader,
+    }
+}
+
 /// Runs until the node is dropped or its Raft stops.
 pub(crate) async fn drive(node: Weak<Node>) {
     let moving: Arc<Mutex<BTreeSet<MigrationId>>> = Arc::default();
     loop {
-        tokio::time::sleep(Duration::from_millis(DRIVE_EVERY_MS)).await;
-        let Some(strong) = node.upgrade() else {
-            return;
+        let strong = match tick_as_meta_leader(&node, DRIVE_EVERY_MS).await {
+            Tick::Stopped => return,
+            Tick::NotLeader => continue,
+            Tick::Leader(strong) => strong,
         };
-        let state = strong.raft().metrics().borrow().state;
-        if state == ServerState::Shutdown {
-            return;
-        }
-        if state != ServerState::Leader {
-            continue;
-        }
         let records = strong.meta().state.shard();
         for migration in records.migrations.iter() {
             let mut moving_now = lock(&moving);
@@ -158,17 +175,11 @@ pub const LEFTOVERS_EVERY_MS: u64 = 1_000;
 pub(crate) async fn collect_leftovers(node: Weak<Node>) {
     let mut client: Option<Arc<Client>> = None;
     loop {
-        tokio::time::sleep(Duration::from_millis(LEFTOVERS_EVERY_MS)).await;
-        let Some(strong) = node.upgrade() else {
-            return;
+        let strong = match tick_as_meta_leader(&node, LEFTOVERS_EVERY_MS).await {
+            Tick::Stopped => return,
+            Tick::NotLeader => continue,
+            Tick::Leader(strong) => strong,
         };
-        let state = strong.raft().metrics().borrow().state;
-        if state == ServerState::Shutdown {
-            return;
-        }
-        if state != ServerState::Leader {
-            continue;
-        }
         let meta = strong.meta().clone();
         let groups: Vec<u32> = strong
             .slot_map()
